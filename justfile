@@ -1,0 +1,33 @@
+# Recipes run inside .venv (python3 dev.py <recipe> sets it up and puts it on PATH).
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+default:
+    @just --list
+
+# Whole test suite, then the linters: this is what CI runs.
+test *ARGS:
+    python -m pytest {{ARGS}}
+    just lint
+
+lint:
+    ruff check .
+    ruff format --check .
+    mypy serbero
+
+fmt:
+    ruff format .
+    ruff check --fix .
+
+# The daemon on an embedded default: local relay, simulated Mostro and solvers.
+demo:
+    python -m serbero.demo
+
+# The daemon itself (SERBERO_CONFIG or ./config.toml).
+run:
+    serbero
+
+bench:
+    for f in bench/*.py; do echo "== $f"; python "$f"; done
+
+stress:
+    python -m pytest tests/stress -p no:cacheprovider -o addopts="" -s

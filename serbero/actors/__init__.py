@@ -1,0 +1,1 @@
+"""Trio actors: each module exposes an `async def run(...)` that talks only through channels."""

@@ -1,0 +1,1 @@
+"""Sans-IO Nostr and Mostro wire code: pure functions and msgspec structs, no I/O."""

@@ -1,0 +1,1 @@
+"""SQLite schema, migrations and plain functions over one APSW connection (owned by the tracker)."""

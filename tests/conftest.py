@@ -1,0 +1,27 @@
+"""Shared fixtures. Test vectors load from the steering repo's shared/vectors, never retyped."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _vectors_dir() -> Path:
+    override = os.environ.get("SERBERO_VECTORS_DIR")
+    if override:
+        return Path(override)
+    return REPO_ROOT.parent / "shared" / "vectors"
+
+
+VECTORS_DIR = _vectors_dir()
+
+
+@pytest.fixture(scope="session")
+def vectors_dir() -> Path:
+    if not VECTORS_DIR.is_dir():
+        pytest.fail(f"test vectors not found at {VECTORS_DIR} (set SERBERO_VECTORS_DIR)")
+    return VECTORS_DIR
