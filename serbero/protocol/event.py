@@ -19,6 +19,7 @@ from serbero.protocol.keys import Keys, verify_schnorr
 __all__ = [
     "MAX_KIND",
     "MAX_TAGS",
+    "MAX_TIMESTAMP",
     "TIMESTAMP_TWEAK_RANGE",
     "Event",
     "EventError",
