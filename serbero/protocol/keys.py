@@ -7,6 +7,7 @@ rather than at first use.
 
 from __future__ import annotations
 
+import hmac
 import os
 from collections.abc import Callable
 from functools import lru_cache
@@ -223,7 +224,7 @@ class Keys:
         return f"Keys(public_hex={self.public_hex!r})"
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Keys) and other.secret == self.secret
+        return isinstance(other, Keys) and hmac.compare_digest(other.secret, self.secret)
 
     def __hash__(self) -> int:
         return hash(self.public_hex)
