@@ -1,0 +1,217 @@
+"""The `serbero` command: no arguments runs the daemon (drop-in), subcommands serve operators.
+
+`serbero` alone behaves exactly like the reference binary (CORE-8): the config comes from
+`SERBERO_CONFIG` or `./config.toml`, a bad config prints one `failed to load config from …`
+line on stderr and exits 1. Operator subcommands (BEY-10) are entries in `SUBCOMMANDS`; each
+adds its own arguments and returns an exit status, so a new one is one `Subcommand` away.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, Final
+
+import msgspec
+
+from serbero import __version__
+from serbero.config import (
+    ENV_CONFIG,
+    ConfigError,
+    LoadedConfig,
+    load_config,
+    render_toml,
+    validate_for_daemon,
+)
+from serbero.log import configure_logging, get_logger
+from serbero.protocol.keys import encode_npub
+
+__all__ = [
+    "SUBCOMMANDS",
+    "Subcommand",
+    "add_config_argument",
+    "load_for_command",
+    "log_config_warnings",
+    "main",
+    "run",
+]
+
+PROG: Final = "serbero"
+DAEMON_MODULE: Final = "serbero.daemon"
+
+log = get_logger("serbero.cli")
+
+
+class Subcommand(msgspec.Struct, frozen=True, kw_only=True):
+    """One operator subcommand: its name, help line, argument setup and handler."""
+
+    name: str
+    help: str
+    configure: Callable[[argparse.ArgumentParser], None]
+    handler: Callable[[argparse.Namespace], int]
+
+
+# --- shared helpers for subcommands -------------------------------------------------------
+
+
+def add_config_argument(parser: argparse.ArgumentParser) -> None:
+    """`--config PATH`; without it the path comes from SERBERO_CONFIG or ./config.toml."""
+    parser.add_argument(
+        "--config",
+        metavar="PATH",
+        help=f"config file (default: ${ENV_CONFIG} or ./config.toml)",
+    )
+
+
+def add_json_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print JSON for scripts")
+
+
+def load_for_command(args: argparse.Namespace) -> LoadedConfig | None:
+    """Load the config for a subcommand; on failure print the one-line error and return None."""
+    try:
+        return load_config(getattr(args, "config", None), os.environ)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return None
+
+
+def log_config_warnings(loaded: LoadedConfig) -> None:
+    """The loader's findings, logged once logging is configured (it cannot log them itself)."""
+    config_log = get_logger("serbero.config")
+    for warning in loaded.warnings:
+        config_log.warning(warning.event, **warning.fields)
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, ensure_ascii=False))
+
+
+# --- the daemon (no subcommand) -----------------------------------------------------------
+
+
+def run(loaded: LoadedConfig) -> int:
+    """Start logging and hand a loaded config to the daemon; returns the exit status."""
+    configure_logging(loaded.config.serbero.log_level)
+    log_config_warnings(loaded)
+    try:
+        validate_for_daemon(loaded)
+    except ConfigError as exc:
+        log.error("daemon_terminated", error=exc.reason)
+        return 1
+    daemon = importlib.import_module(DAEMON_MODULE)
+    status: int = daemon.run_daemon(loaded)
+    return status
+
+
+def _run_daemon(args: argparse.Namespace) -> int:
+    try:
+        loaded = load_config(None, os.environ)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    return run(loaded)
+
+
+# --- check-config -------------------------------------------------------------------------
+
+
+def _configure_check_config(parser: argparse.ArgumentParser) -> None:
+    add_config_argument(parser)
+    add_json_argument(parser)
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    loaded = load_for_command(args)
+    if loaded is None:
+        return 1
+    try:
+        validate_for_daemon(loaded)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    for warning in loaded.warnings:
+        print(f"warning: {warning.message}", file=sys.stderr)
+    if args.json:
+        _print_json(
+            {
+                "path": loaded.path,
+                "config": loaded.config.masked(),
+                "warnings": [msgspec.to_builtins(w) for w in loaded.warnings],
+            }
+        )
+    else:
+        print(f"# effective config from {loaded.path} (secrets masked)")
+        print(render_toml(loaded.config), end="")
+    return 0
+
+
+# --- pubkey -------------------------------------------------------------------------------
+
+
+def _configure_pubkey(parser: argparse.ArgumentParser) -> None:
+    add_config_argument(parser)
+    add_json_argument(parser)
+
+
+def _pubkey(args: argparse.Namespace) -> int:
+    loaded = load_for_command(args)
+    if loaded is None:
+        return 1
+    public_hex = loaded.config.identity().public_hex
+    npub = encode_npub(public_hex)
+    if args.json:
+        _print_json({"hex": public_hex, "npub": npub})
+    else:
+        print(f"hex:  {public_hex}")
+        print(f"npub: {npub}")
+    return 0
+
+
+SUBCOMMANDS: Final[tuple[Subcommand, ...]] = (
+    Subcommand(
+        name="check-config",
+        help="validate the config and print it with secrets masked",
+        configure=_configure_check_config,
+        handler=_check_config,
+    ),
+    Subcommand(
+        name="pubkey",
+        help="print Serbero's public key (hex and npub)",
+        configure=_configure_pubkey,
+        handler=_pubkey,
+    ),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Nostr dispute coordination for Mostro. Without a command: run the daemon.",
+    )
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    parser.set_defaults(handler=_run_daemon)
+    commands = parser.add_subparsers(title="commands", dest="command", metavar="COMMAND")
+    for subcommand in SUBCOMMANDS:
+        sub = commands.add_parser(subcommand.name, help=subcommand.help)
+        subcommand.configure(sub)
+        sub.set_defaults(handler=subcommand.handler)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `serbero` script; returns the process exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        # argparse exits for --help, --version and usage errors; report its status instead.
+        if exc.code is None:
+            return 0
+        return exc.code if isinstance(exc.code, int) else 2
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    return handler(args)
