@@ -1,0 +1,795 @@
+"""Mostro: kind 38386 dispute facts (PROTO-36..39, BEY-21) and order messages (PROTO-43..53)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from serbero.protocol.chat import derive_chat_material
+from serbero.protocol.event import Event, encode_event, make_rumor, sign_event, verify_event
+from serbero.protocol.keys import Keys
+from serbero.protocol.mostro import (
+    DISPUTE_EVENT_KIND,
+    TAKE_TIMEOUT_ERROR,
+    CantDoPayload,
+    Dispute,
+    DisputeError,
+    DisputePayload,
+    DisputeStatus,
+    InvalidAssignedSolverError,
+    InvalidDisputeIdError,
+    InvalidInitiatorError,
+    MissingDisputeIdError,
+    MissingStatusTagError,
+    MostroMessage,
+    MostroMessageError,
+    NotADisputeEventError,
+    OtherPayload,
+    PeerPayload,
+    TakeRefused,
+    TakeReplyOutcome,
+    TakeSkip,
+    TakeTook,
+    TextMessagePayload,
+    UnrecognisedStatusError,
+    admin_take_dispute_content,
+    build_admin_take_dispute,
+    canonical_uuid,
+    encode_mostro_message,
+    is_valid_dispute_id,
+    match_take_reply,
+    parse_dispute_event,
+    parse_mostro_message,
+    status_route,
+    take_refusal_error,
+)
+from serbero.protocol.nip59 import Unwrapped, build_gift_wrap, unwrap_gift
+
+ZERO_AUX = bytes(32)
+NOW = 1_700_000_500
+
+HOSTILE_IDS = {
+    "empty": "",
+    "129 chars": "a" * 129,
+    "space": "abc def",
+    "leading space": " abc",
+    "tab": "abc\tdef",
+    "newline": "abc\ndispute_id: forged",
+    "carriage return": "abc\r",
+    "nul": "abc\x00",
+    "escape": "abc\x1b[2J",
+    "del": "abc\x7f",
+    "nbsp": "abc\u00a0def",
+    "line separator": "abc\u2028def",
+    "zero width space": "abc\u200bdef",
+    "bidi override": "abc\u202edef",
+    "next line": "abc\x85def",
+}
+
+
+@pytest.fixture(scope="module")
+def derived(vectors_dir: Path) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(
+        (vectors_dir / "serbero-protocol.derived.vectors.json").read_text(encoding="utf-8")
+    )
+    return data
+
+
+def _keys(derived: dict[str, Any], name: str) -> Keys:
+    return Keys.from_secret(bytes.fromhex(derived["keys"][name]["secret"]))
+
+
+@pytest.fixture(scope="module")
+def mostro(derived: dict[str, Any]) -> Keys:
+    return _keys(derived, "mostro")
+
+
+@pytest.fixture(scope="module")
+def serbero(derived: dict[str, Any]) -> Keys:
+    return _keys(derived, "serbero")
+
+
+@pytest.fixture(scope="module")
+def dispute_id(derived: dict[str, Any]) -> str:
+    tags = derived["event_id_dispute_38386"]["tags"]
+    value: str = next(tag[1] for tag in tags if tag[0] == "d")
+    return value
+
+
+def _dispute_event(mostro: Keys, tags: list[list[str]], *, kind: int = DISPUTE_EVENT_KIND) -> Event:
+    return sign_event(mostro, created_at=NOW, kind=kind, tags=tags, content="", aux_rand=ZERO_AUX)
+
+
+# --- kind 38386 -> Dispute ----------------------------------------------------------------
+
+
+def test_vector_event_parses_into_a_dispute(derived: dict[str, Any]) -> None:
+    vector = derived["event_id_dispute_38386"]
+    event = msgspec.convert(vector["event"], Event)
+    verify_event(event)
+    dispute = parse_dispute_event(event)
+    assert dispute == Dispute(
+        dispute_id=next(tag[1] for tag in vector["tags"] if tag[0] == "d"),
+        status=DisputeStatus.INITIATED,
+        initiator="buyer",
+        mostro_pubkey=vector["event"]["pubkey"],
+        event_id=vector["event"]["id"],
+        event_timestamp=vector["created_at"],
+        assigned_solver=None,
+    )
+    assert dispute.mostro_pubkey == derived["keys"]["mostro"]["pubkey"]
+    assert status_route(dispute.status) == "detected"
+
+
+@pytest.mark.parametrize(
+    ("status", "route"),
+    [
+        ("initiated", "detected"),
+        ("in-progress", "updated"),
+        ("seller-refunded", "resolved"),
+        ("settled", "resolved"),
+        ("released", "resolved"),
+    ],
+)
+def test_every_status_routes(mostro: Keys, status: str, route: str) -> None:
+    event = _dispute_event(mostro, [["d", "d-1"], ["s", status], ["initiator", "seller"]])
+    dispute = parse_dispute_event(event)
+    assert dispute.status == status
+    assert status_route(dispute.status) == route
+
+
+def test_status_strings_are_exactly_proto_37() -> None:
+    assert {s.value for s in DisputeStatus} == {
+        "initiated",
+        "in-progress",
+        "seller-refunded",
+        "settled",
+        "released",
+    }
+
+
+def test_wrong_kind_is_rejected(mostro: Keys) -> None:
+    event = _dispute_event(mostro, [["d", "d-1"], ["s", "initiated"]], kind=38383)
+    with pytest.raises(NotADisputeEventError) as info:
+        parse_dispute_event(event)
+    assert info.value.kind == 38383
+    assert info.value.event_id == event.id
+
+
+@pytest.mark.parametrize(
+    "tags",
+    [
+        [["d", "d-1"], ["initiator", "buyer"]],
+        [["d", "d-1"], ["S", "initiated"], ["initiator", "buyer"]],
+        [["d", "d-1"], ["s"], ["initiator", "buyer"]],
+    ],
+    ids=["absent", "uppercase S", "valueless"],
+)
+def test_no_status_tag(mostro: Keys, tags: list[list[str]]) -> None:
+    """PROTO-67: an uppercase `S` is not a status; a valueless tag counts as absent."""
+    with pytest.raises(MissingStatusTagError):
+        parse_dispute_event(_dispute_event(mostro, tags))
+
+
+@pytest.mark.parametrize("status", ["Initiated", "IN-PROGRESS", "closed", "", "in_progress"])
+def test_unknown_status_is_skipped(mostro: Keys, status: str) -> None:
+    with pytest.raises(UnrecognisedStatusError) as info:
+        parse_dispute_event(_dispute_event(mostro, [["d", "d-1"], ["s", status]]))
+    assert info.value.status == status
+
+
+def test_first_valued_tag_wins(mostro: Keys) -> None:
+    event = _dispute_event(
+        mostro,
+        [["s"], ["s", "settled"], ["s", "initiated"], ["d", "first"], ["d", "second"]],
+    )
+    dispute = parse_dispute_event(event)
+    assert (dispute.status, dispute.dispute_id) == ("settled", "first")
+
+
+@pytest.mark.parametrize("tags", [[["s", "initiated"]], [["d"], ["s", "settled"]]])
+def test_missing_dispute_id(mostro: Keys, tags: list[list[str]]) -> None:
+    with pytest.raises(MissingDisputeIdError):
+        parse_dispute_event(_dispute_event(mostro, tags))
+
+
+@pytest.mark.parametrize("hostile", list(HOSTILE_IDS.values()), ids=list(HOSTILE_IDS))
+@pytest.mark.parametrize("status", ["initiated", "in-progress", "settled"])
+def test_hostile_dispute_ids_are_rejected(mostro: Keys, hostile: str, status: str) -> None:
+    """BEY-21: 1-128 printable characters, no whitespace or control characters."""
+    event = _dispute_event(mostro, [["d", hostile], ["s", status], ["initiator", "buyer"]])
+    with pytest.raises(InvalidDisputeIdError) as info:
+        parse_dispute_event(event)
+    assert info.value.dispute_id == hostile
+    assert not is_valid_dispute_id(hostile)
+
+
+@pytest.mark.parametrize(
+    "good", ["a" * 128, "x", "1f6d3d2e-9a4b-4c1e-8f3a-2b7c5d9e0a11", "caf\u00e9\U0001f600"]
+)
+def test_valid_dispute_ids(mostro: Keys, good: str) -> None:
+    event = _dispute_event(mostro, [["d", good], ["s", "initiated"], ["initiator", "buyer"]])
+    assert parse_dispute_event(event).dispute_id == good
+
+
+@pytest.mark.parametrize("initiator", [None, "unknown", "Buyer", "", "admin"])
+def test_initiated_needs_buyer_or_seller(mostro: Keys, initiator: str | None) -> None:
+    tags = [["d", "d-1"], ["s", "initiated"]]
+    if initiator is not None:
+        tags.append(["initiator", initiator])
+    with pytest.raises(InvalidInitiatorError):
+        parse_dispute_event(_dispute_event(mostro, tags))
+
+
+@pytest.mark.parametrize(
+    ("initiator", "kept"),
+    [("unknown", "unknown"), ("seller", "seller"), ("x\ny", None), (None, None)],
+)
+def test_initiator_on_other_statuses_is_informational(
+    mostro: Keys, initiator: str | None, kept: str | None
+) -> None:
+    tags = [["d", "d-1"], ["s", "settled"]]
+    if initiator is not None:
+        tags.append(["initiator", initiator])
+    assert parse_dispute_event(_dispute_event(mostro, tags)).initiator == kept
+
+
+def test_in_progress_reads_the_first_p(mostro: Keys, derived: dict[str, Any]) -> None:
+    solver = derived["keys"]["solver"]["pubkey"]
+    tags = [["d", "d-1"], ["s", "in-progress"], ["p"], ["p", solver], ["p", "other"]]
+    assert parse_dispute_event(_dispute_event(mostro, tags)).assigned_solver == solver
+    bare = _dispute_event(mostro, [["d", "d-1"], ["s", "in-progress"]])
+    assert parse_dispute_event(bare).assigned_solver is None
+
+
+def test_p_is_ignored_outside_in_progress(mostro: Keys) -> None:
+    tags = [["d", "d-1"], ["s", "initiated"], ["initiator", "buyer"], ["p", "x\ny"]]
+    assert parse_dispute_event(_dispute_event(mostro, tags)).assigned_solver is None
+
+
+@pytest.mark.parametrize("hostile", ["", "ab\ncd", "a b", "x" * 129])
+def test_hostile_assigned_solver_is_rejected(mostro: Keys, hostile: str) -> None:
+    tags = [["d", "d-1"], ["s", "in-progress"], ["p", hostile]]
+    with pytest.raises(InvalidAssignedSolverError):
+        parse_dispute_event(_dispute_event(mostro, tags))
+
+
+def test_error_types_are_distinct_dispute_errors() -> None:
+    types = [
+        NotADisputeEventError,
+        MissingStatusTagError,
+        UnrecognisedStatusError,
+        MissingDisputeIdError,
+        InvalidDisputeIdError,
+        InvalidInitiatorError,
+        InvalidAssignedSolverError,
+    ]
+    assert len(set(types)) == len(types)
+    for error in types:
+        assert issubclass(error, DisputeError)
+        assert issubclass(error, ValueError)
+        assert not any(issubclass(error, other) for other in types if other is not error)
+
+
+_tag_names = st.sampled_from(["d", "s", "S", "initiator", "p", "y", "z", "expiration"])
+_tag_values = st.sampled_from(
+    [
+        "initiated",
+        "in-progress",
+        "settled",
+        "released",
+        "seller-refunded",
+        "buyer",
+        "seller",
+        "unknown",
+    ]
+) | st.text(max_size=130)
+
+
+@given(
+    st.sampled_from([DISPUTE_EVENT_KIND, DISPUTE_EVENT_KIND, 1, 38383]),
+    st.lists(st.tuples(_tag_names, st.lists(_tag_values, max_size=2)), max_size=8),
+)
+def test_property_dispute_parser_raises_only_dispute_error(kind: int, raw_tags: list[Any]) -> None:
+    tags = [[name, *values] for name, values in raw_tags]
+    event = Event(
+        id="0" * 64, pubkey="1" * 64, created_at=1, kind=kind, tags=tags, content="", sig="2" * 128
+    )
+    try:
+        dispute = parse_dispute_event(event)
+    except DisputeError:
+        return
+    assert is_valid_dispute_id(dispute.dispute_id)
+    if dispute.status is DisputeStatus.INITIATED:
+        assert dispute.initiator in ("buyer", "seller")
+
+
+# --- Mostro messages: building ------------------------------------------------------------
+
+
+def test_canonical_message_json(derived: dict[str, Any], dispute_id: str) -> None:
+    vector = derived["mostro_message_signature"]
+    message = encode_mostro_message("dispute", "admin-take-dispute", id=dispute_id)
+    assert message.decode() == vector["message_json"]
+    assert hashlib.sha256(message).hexdigest() == vector["sha256"]
+
+
+def test_message_without_id_leaves_the_key_out() -> None:
+    assert encode_mostro_message("order", "new-order", id=None) == (
+        b'{"order":{"version":1,"request_id":null,"trade_index":null,"action":"new-order","payload":null}}'
+    )
+
+
+def test_signed_rumor_content(derived: dict[str, Any], serbero: Keys, dispute_id: str) -> None:
+    """PROTO-45/47 vector `mostro_message_signature`."""
+    vector = derived["mostro_message_signature"]
+    assert Keys.from_secret(bytes.fromhex(vector["secret"])) == serbero
+    content = admin_take_dispute_content(serbero, dispute_id, aux_rand=ZERO_AUX)
+    assert content == vector["rumor_content"]
+    assert json.loads(content)[1] == vector["signature"]
+
+
+def test_take_request_needs_a_uuid(serbero: Keys) -> None:
+    with pytest.raises(MostroMessageError):
+        admin_take_dispute_content(serbero, "not-a-uuid", aux_rand=ZERO_AUX)
+
+
+def test_take_request_canonicalises_the_uuid(serbero: Keys, dispute_id: str) -> None:
+    upper = admin_take_dispute_content(serbero, dispute_id.upper(), aux_rand=ZERO_AUX)
+    assert upper == admin_take_dispute_content(serbero, dispute_id, aux_rand=ZERO_AUX)
+
+
+def test_admin_take_dispute_wrap_vector(
+    derived: dict[str, Any], serbero: Keys, mostro: Keys
+) -> None:
+    """PROTO-46 vector `mostro_admin_take_dispute_wrap`, byte for byte."""
+    vector = derived["mostro_admin_take_dispute_wrap"]
+    wrap = build_admin_take_dispute(
+        Keys.from_secret(bytes.fromhex(vector["sender_secret"])),
+        vector["mostro_pubkey"],
+        json.loads(vector["rumor"]["content"])[0]["dispute"]["id"],
+        now=vector["rumor"]["created_at"],
+        aux_rand=ZERO_AUX,
+        ephemeral=Keys.from_secret(bytes.fromhex(vector["ephemeral_secret"])),
+        seal_nonce=bytes.fromhex(vector["seal_nonce"]),
+        wrap_nonce=bytes.fromhex(vector["wrap_nonce"]),
+        seal_created_at=vector["seal"]["created_at"],
+        wrap_created_at=vector["gift_wrap"]["created_at"],
+    )
+    assert msgspec.to_builtins(wrap) == vector["gift_wrap"]
+    verify_event(wrap)
+    opened = unwrap_gift(mostro, wrap)
+    assert opened.sender == serbero.public_hex
+    assert encode_event(opened.rumor).decode() == vector["rumor_json"]
+    message = parse_mostro_message(opened)
+    assert message.signed
+    assert (message.channel, message.action, message.id, message.payload) == (
+        "dispute",
+        "admin-take-dispute",
+        json.loads(vector["rumor"]["content"])[0]["dispute"]["id"],
+        None,
+    )
+
+
+# --- Mostro messages: parsing -------------------------------------------------------------
+
+
+def _opened(sender: str, content: str, *, kind: int = 1) -> Unwrapped:
+    rumor = make_rumor(sender, created_at=NOW, kind=kind, tags=[], content=content)
+    return Unwrapped(sender=sender, rumor=rumor, wrap_id="f" * 64)
+
+
+def test_admin_took_dispute_reply(
+    derived: dict[str, Any], mostro: Keys, serbero: Keys, dispute_id: str
+) -> None:
+    """Vector `mostro_admin_took_dispute_reply_content`, delivered as a real gift wrap."""
+    content = derived["mostro_admin_took_dispute_reply_content"]
+    rumor = make_rumor(mostro.public_hex, created_at=NOW, kind=1, tags=[], content=content)
+    wrap = build_gift_wrap(mostro, serbero.public_hex, rumor, now=NOW)
+    message = parse_mostro_message(unwrap_gift(serbero, wrap))
+    assert not message.signed
+    assert message.sender == mostro.public_hex
+    assert message.wrap_id == wrap.id
+    assert isinstance(message.payload, DisputePayload)
+    info = message.payload.info
+    assert info is not None
+    expected = json.loads(content)[0]["dispute"]["payload"]["dispute"][1]
+    assert info.buyer_pubkey == derived["keys"]["buyer_trade"]["pubkey"] == expected["buyer_pubkey"]
+    assert info.seller_pubkey == derived["keys"]["seller_trade"]["pubkey"]
+    assert info.order_id == expected["id"]
+    assert info.counterpart_info is not None
+    assert info.counterpart_info.reviews == expected["counterpart_info"]["reviews"]
+    assert info.amount == expected["amount"]
+
+    outcome = match_take_reply(message, mostro_pk=mostro.public_hex, dispute_id=dispute_id)
+    assert outcome == TakeTook(info=info)
+    material = derive_chat_material(serbero, info.buyer_pubkey, info.seller_pubkey)
+    shared = derived["chat_shared_key_serbero"]
+    assert material.buyer_shared.public_hex == shared["buyer_shared_pubkey"]
+    assert material.seller_shared.public_hex == shared["seller_shared_pubkey"]
+
+
+def test_cant_do_reply(derived: dict[str, Any], mostro: Keys, dispute_id: str) -> None:
+    """Vector `mostro_cant_do_reply_content`: the take-flow fails with the reason."""
+    message = parse_mostro_message(
+        _opened(mostro.public_hex, derived["mostro_cant_do_reply_content"])
+    )
+    assert message.channel == "cant-do"
+    assert message.payload == CantDoPayload(reason="invalid_pubkey")
+    outcome = match_take_reply(message, mostro_pk=mostro.public_hex, dispute_id=dispute_id)
+    assert outcome == TakeRefused(reason="invalid_pubkey")
+    assert take_refusal_error(dispute_id, "invalid_pubkey") == (
+        f"Mostro refused AdminTakeDispute for dispute {dispute_id}: invalid_pubkey"
+    )
+    assert TAKE_TIMEOUT_ERROR == "timed out waiting for AdminTookDispute response from Mostro"
+
+
+def _cant_do(dispute_id: str | None, reason: str | None) -> str:
+    message = encode_mostro_message(
+        "cant-do", "cant-do", id=dispute_id, payload={"cant_do": reason}
+    )
+    return "[" + message.decode() + ",null]"
+
+
+@pytest.mark.parametrize(
+    ("reason", "kept"), [(None, "invalid_action"), ("brand_new_reason", "brand_new_reason")]
+)
+def test_cant_do_reasons(mostro: Keys, dispute_id: str, reason: str | None, kept: str) -> None:
+    """PROTO-51: null means invalid_action; an unknown reason is still a refusal."""
+    message = parse_mostro_message(_opened(mostro.public_hex, _cant_do(dispute_id, reason)))
+    assert match_take_reply(
+        message, mostro_pk=mostro.public_hex, dispute_id=dispute_id
+    ) == TakeRefused(reason=kept)
+
+
+def _run_take_flow(
+    messages: list[MostroMessage], *, mostro_pk: str, dispute_id: str
+) -> TakeReplyOutcome:
+    """The decision half of PROTO-53 step 3: the first non-skip outcome ends the flow."""
+    for message in messages:
+        outcome = match_take_reply(message, mostro_pk=mostro_pk, dispute_id=dispute_id)
+        if not isinstance(outcome, TakeSkip):
+            return outcome
+    return TakeSkip(reason="deadline")
+
+
+def test_stale_cant_do_for_another_dispute_then_valid_reply(
+    derived: dict[str, Any], mostro: Keys, dispute_id: str
+) -> None:
+    """PROTO-67 / MAS-6: a replayed refusal for another dispute does not fail the take."""
+    stale = parse_mostro_message(
+        _opened(
+            mostro.public_hex, _cant_do("00000000-0000-4000-8000-000000000000", "invalid_pubkey")
+        )
+    )
+    good = parse_mostro_message(
+        _opened(mostro.public_hex, derived["mostro_admin_took_dispute_reply_content"])
+    )
+    outcome = _run_take_flow([stale, good], mostro_pk=mostro.public_hex, dispute_id=dispute_id)
+    assert isinstance(outcome, TakeTook)
+    assert outcome.info.buyer_pubkey == derived["keys"]["buyer_trade"]["pubkey"]
+
+
+def _reply(dispute_id: str | None, action: str, payload: object) -> str:
+    return (
+        "["
+        + encode_mostro_message("dispute", action, id=dispute_id, payload=payload).decode()
+        + ",null]"
+    )
+
+
+def _info(derived: dict[str, Any]) -> dict[str, Any]:
+    info: dict[str, Any] = json.loads(derived["mostro_admin_took_dispute_reply_content"])[0][
+        "dispute"
+    ]["payload"]["dispute"][1]
+    return info
+
+
+def test_take_reply_skips(
+    derived: dict[str, Any], mostro: Keys, serbero: Keys, dispute_id: str
+) -> None:
+    info = _info(derived)
+    other = "00000000-0000-4000-8000-000000000000"
+    cases = {
+        "other sender": _opened(
+            serbero.public_hex, derived["mostro_admin_took_dispute_reply_content"]
+        ),
+        "missing id": _opened(
+            mostro.public_hex, _reply(None, "admin-took-dispute", {"dispute": [dispute_id, info]})
+        ),
+        "other id": _opened(
+            mostro.public_hex, _reply(other, "admin-took-dispute", {"dispute": [dispute_id, info]})
+        ),
+        "other action": _opened(
+            mostro.public_hex, _reply(dispute_id, "admin-settle", {"dispute": [dispute_id, info]})
+        ),
+        "null info": _opened(
+            mostro.public_hex,
+            _reply(dispute_id, "admin-took-dispute", {"dispute": [dispute_id, None]}),
+        ),
+        "payload for another dispute": _opened(
+            mostro.public_hex, _reply(dispute_id, "admin-took-dispute", {"dispute": [other, info]})
+        ),
+        "no payload": _opened(mostro.public_hex, _reply(dispute_id, "admin-took-dispute", None)),
+        "peer payload": _opened(
+            mostro.public_hex,
+            _reply(
+                dispute_id,
+                "admin-took-dispute",
+                {"peer": {"pubkey": serbero.public_hex, "reputation": None}},
+            ),
+        ),
+    }
+    for name, opened in cases.items():
+        outcome = match_take_reply(
+            parse_mostro_message(opened), mostro_pk=mostro.public_hex, dispute_id=dispute_id
+        )
+        assert isinstance(outcome, TakeSkip), name
+
+
+def test_cant_do_beats_the_action_check(mostro: Keys, dispute_id: str) -> None:
+    """PROTO-53 step 3.4 comes before 3.5: any cant_do payload for this dispute fails."""
+    content = _reply(dispute_id, "admin-took-dispute", {"cant_do": "not_found"})
+    message = parse_mostro_message(_opened(mostro.public_hex, content))
+    assert match_take_reply(
+        message, mostro_pk=mostro.public_hex, dispute_id=dispute_id
+    ) == TakeRefused(reason="not_found")
+
+
+def test_ids_compare_as_uuids(derived: dict[str, Any], mostro: Keys, dispute_id: str) -> None:
+    content = _reply(
+        dispute_id.upper(),
+        "admin-took-dispute",
+        {"dispute": [dispute_id.replace("-", ""), _info(derived)]},
+    )
+    message = parse_mostro_message(_opened(mostro.public_hex, content))
+    assert isinstance(
+        match_take_reply(
+            message, mostro_pk=mostro.public_hex.upper(), dispute_id="{" + dispute_id + "}"
+        ),
+        TakeTook,
+    )
+
+
+def test_any_rumor_kind_is_accepted(derived: dict[str, Any], mostro: Keys) -> None:
+    message = parse_mostro_message(
+        _opened(mostro.public_hex, derived["mostro_cant_do_reply_content"], kind=14)
+    )
+    assert message.rumor_created_at == NOW
+
+
+def test_lenient_solver_dispute_info(mostro: Keys, dispute_id: str) -> None:
+    """PROTO-50: only buyer_pubkey and seller_pubkey are required (and may be null)."""
+    content = _reply(
+        dispute_id,
+        "admin-took-dispute",
+        {"dispute": [dispute_id, {"buyer_pubkey": None, "seller_pubkey": "x", "new": 1}]},
+    )
+    outcome = match_take_reply(
+        parse_mostro_message(_opened(mostro.public_hex, content)),
+        mostro_pk=mostro.public_hex,
+        dispute_id=dispute_id,
+    )
+    assert isinstance(outcome, TakeTook)
+    assert (outcome.info.buyer_pubkey, outcome.info.seller_pubkey, outcome.info.amount) == (
+        None,
+        "x",
+        None,
+    )
+
+
+def test_other_payloads(mostro: Keys, serbero: Keys, dispute_id: str) -> None:
+    def payload(value: object) -> object:
+        return parse_mostro_message(
+            _opened(mostro.public_hex, _reply(dispute_id, "x", value))
+        ).payload
+
+    assert payload({"text_message": "hi"}) == TextMessagePayload(text="hi")
+    assert payload({"peer": {"pubkey": serbero.public_hex}}) == PeerPayload(
+        pubkey=serbero.public_hex
+    )
+    assert payload({"payment_request": [None, "lnbc", None]}) == OtherPayload(
+        name="payment_request"
+    )
+
+
+def test_unknown_keys_and_key_order_are_free(mostro: Keys, dispute_id: str) -> None:
+    content = (
+        '[{"dispute":{"payload":null,"action":"admin-took-dispute","future":[1],"id":"'
+        + dispute_id
+        + '","version":1}},null]'
+    )
+    message = parse_mostro_message(_opened(mostro.public_hex, content))
+    assert (message.id, message.request_id, message.trade_index) == (dispute_id, None, None)
+
+
+def _signed_content(keys: Keys, message_text: str, signed_text: str | None = None) -> str:
+    to_sign = (signed_text if signed_text is not None else message_text).encode()
+    sig = keys.sign_schnorr(hashlib.sha256(to_sign).digest(), ZERO_AUX).hex()
+    return "[" + message_text + ',"' + sig + '"]'
+
+
+def test_signature_over_raw_bytes_as_received(serbero: Keys, dispute_id: str) -> None:
+    """PROTO-52: a non-canonical element 0 still verifies over its own bytes."""
+    spaced = (
+        '{ "dispute" : { "action" : "admin-take-dispute", "version" : 1, "id" : "'
+        + dispute_id
+        + '" } }'
+    )
+    message = parse_mostro_message(_opened(serbero.public_hex, _signed_content(serbero, spaced)))
+    assert message.signed
+
+
+def test_signature_over_canonical_form(serbero: Keys, dispute_id: str) -> None:
+    """PROTO-52 fallback: the sender signed the canonical bytes, the wire carries a variant."""
+    canonical = encode_mostro_message("dispute", "admin-take-dispute", id=dispute_id).decode()
+    spaced = canonical.replace(",", " , ")
+    message = parse_mostro_message(
+        _opened(serbero.public_hex, _signed_content(serbero, spaced, canonical))
+    )
+    assert message.signed
+
+
+@pytest.mark.parametrize(
+    "case", ["other key", "other message", "short", "uppercase ok", "not a string"]
+)
+def test_signature_failures(serbero: Keys, mostro: Keys, dispute_id: str, case: str) -> None:
+    canonical = encode_mostro_message("dispute", "admin-take-dispute", id=dispute_id).decode()
+    content = _signed_content(serbero, canonical)
+    if case == "other key":
+        content = _signed_content(mostro, canonical)
+    elif case == "other message":
+        content = _signed_content(serbero, canonical, canonical.replace("take", "took"))
+    elif case == "short":
+        content = content[:-3] + '"]'
+    elif case == "uppercase ok":
+        content = content.upper().replace(canonical.upper(), canonical)
+        assert parse_mostro_message(_opened(serbero.public_hex, content)).signed
+        return
+    else:
+        content = "[" + canonical + ",42]"
+    with pytest.raises(MostroMessageError):
+        parse_mostro_message(_opened(serbero.public_hex, content))
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "",
+        "not json",
+        "[]",
+        '[{"dispute":{"version":1,"action":"x"}}]',
+        '[{"dispute":{"version":1,"action":"x"}},null,null]',
+        '[{"dispute":{"version":1,"action":"x"}},null] trailing',
+        '{"dispute":{"version":1,"action":"x"}}',
+        "[null,null]",
+        "[{},null]",
+        '[{"dispute":{"version":1,"action":"x"},"order":{"version":1,"action":"x"}},null]',
+        '[{"dispute":{"action":"x"}},null]',
+        '[{"dispute":{"version":1}},null]',
+        '[{"dispute":{"version":"1","action":"x"}},null]',
+        '[{"dispute":{"version":1,"action":"x","request_id":-1}},null]',
+        '[{"dispute":{"version":1,"action":"x","payload":{"a":1,"b":2}}},null]',
+        '[{"dispute":{"version":1,"action":"x","payload":[]}},null]',
+        '[{"dispute":{"version":1,"action":"x","payload":{"dispute":["id"]}}},null]',
+        '[{"dispute":{"version":1,"action":"x","payload":{"dispute":["id",{"buyer_pubkey":"a"}]}}},null]',
+        '[{"dispute":{"version":1,"action":"x","payload":{"dispute":["id",{"buyer_pubkey":"a","seller_pubkey":"b","amount":1.5}]}}},null]',
+        '[{"dispute":{"version":1,"action":"x","payload":{"cant_do":5}}},null]',
+        '[{"dispute":{"version":1,"action":"x","payload":{"peer":{}}}},null]',
+        '[{"dispute":{"version":1,"action":"x","payload":{"text_message":null}}},null]',
+    ],
+)
+def test_malformed_content(serbero: Keys, content: str) -> None:
+    with pytest.raises(MostroMessageError):
+        parse_mostro_message(_opened(serbero.public_hex, content))
+
+
+@pytest.mark.parametrize(
+    ("value", "canonical"),
+    [
+        ("1F6D3D2E-9A4B-4C1E-8F3A-2B7C5D9E0A11", "1f6d3d2e-9a4b-4c1e-8f3a-2b7c5d9e0a11"),
+        ("1f6d3d2e9a4b4c1e8f3a2b7c5d9e0a11", "1f6d3d2e-9a4b-4c1e-8f3a-2b7c5d9e0a11"),
+        ("{1f6d3d2e-9a4b-4c1e-8f3a-2b7c5d9e0a11}", "1f6d3d2e-9a4b-4c1e-8f3a-2b7c5d9e0a11"),
+        ("urn:uuid:1f6d3d2e-9a4b-4c1e-8f3a-2b7c5d9e0a11", "1f6d3d2e-9a4b-4c1e-8f3a-2b7c5d9e0a11"),
+        ("1f6d3d2e-9a4b4c1e-8f3a-2b7c5d9e0a11", None),
+        ("1f6d3d2e-9a4b-4c1e-8f3a-2b7c5d9e0a1", None),
+        ("dispute-1", None),
+        ("", None),
+    ],
+)
+def test_canonical_uuid(value: str, canonical: str | None) -> None:
+    """PROTO-41: only UUID dispute ids run the take-flow."""
+    assert canonical_uuid(value) == canonical
+
+
+@given(st.text())
+def test_property_message_parser_raises_only_its_error_on_text(content: str) -> None:
+    try:
+        message = parse_mostro_message(_opened("1" * 64, content))
+    except MostroMessageError:
+        return
+    assert message.sender == "1" * 64
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=6),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(
+            st.sampled_from(["dispute", "cant_do", "peer", "text_message", "buyer_pubkey", "x"])
+            | st.text(max_size=4),
+            inner,
+            max_size=3,
+        )
+    ),
+    max_leaves=12,
+)
+_kind = st.fixed_dictionaries(
+    {"version": st.integers(-2, 2**64), "action": st.text(max_size=20)},
+    optional={
+        "id": st.none() | st.text(max_size=40),
+        "request_id": _json,
+        "trade_index": _json,
+        "payload": _json,
+    },
+)
+
+
+@given(
+    st.sampled_from(["dispute", "cant-do", "order"]),
+    _kind,
+    st.none() | st.text(max_size=130) | st.just("a" * 128),
+)
+def test_property_structured_messages_raise_only_its_error(
+    channel: str, kind: dict[str, Any], sig: str | None
+) -> None:
+    content = json.dumps([{channel: kind}, sig])
+    try:
+        message = parse_mostro_message(_opened("1" * 64, content))
+    except MostroMessageError:
+        return
+    outcome = match_take_reply(
+        message, mostro_pk="1" * 64, dispute_id="1f6d3d2e-9a4b-4c1e-8f3a-2b7c5d9e0a11"
+    )
+    assert isinstance(outcome, TakeSkip | TakeRefused | TakeTook)
+
+
+def _seeded_rand(seed: bytes) -> Callable[[int], bytes]:
+    counter = iter(range(1_000_000))
+
+    def rand(n: int) -> bytes:
+        return hashlib.sha256(seed + next(counter).to_bytes(4, "big")).digest()[:n]
+
+    return rand
+
+
+def test_take_request_is_deterministic_under_injected_rand(
+    serbero: Keys, mostro: Keys, dispute_id: str
+) -> None:
+    """PROTO-1: every random input, message signature included, comes from `rand`."""
+    first = build_admin_take_dispute(
+        serbero, mostro.public_hex, dispute_id, now=NOW, rand=_seeded_rand(b"a")
+    )
+    again = build_admin_take_dispute(
+        serbero, mostro.public_hex, dispute_id, now=NOW, rand=_seeded_rand(b"a")
+    )
+    other = build_admin_take_dispute(
+        serbero, mostro.public_hex, dispute_id, now=NOW, rand=_seeded_rand(b"b")
+    )
+    assert first == again
+    assert first.id != other.id
+    assert unwrap_gift(mostro, first).rumor.created_at == NOW
+
+
+def test_cant_do_known_reasons() -> None:
+    assert CantDoPayload(reason="invalid_pubkey").known
+    assert CantDoPayload(reason="invalid_action").known
+    assert not CantDoPayload(reason="brand_new_reason").known
