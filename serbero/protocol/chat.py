@@ -35,7 +35,9 @@ __all__ = [
     "ChatWrap",
     "InboundChat",
     "Party",
+    "PartyWraps",
     "build_chat_wrap",
+    "build_party_wraps",
     "derive_chat_material",
     "order_inbound",
     "shared_keys",
@@ -69,6 +71,13 @@ class ChatWrap(NamedTuple):
     outer: Event
     inner_id: str
     inner_created_at: int
+
+
+class PartyWraps(msgspec.Struct, frozen=True):
+    """One round's outbound pair, built together before anything is stored or published."""
+
+    buyer: ChatWrap
+    seller: ChatWrap
 
 
 class ChatMessage(msgspec.Struct, frozen=True):
@@ -116,7 +125,7 @@ def derive_chat_material(
         raise ChatError("buyer and seller trade keys are the same")
     buyer_shared = shared_keys(serbero, buyer)
     seller_shared = shared_keys(serbero, seller)
-    if buyer_shared.secret == seller_shared.secret:
+    if buyer_shared == seller_shared:
         raise ChatError("buyer and seller shared secrets are the same")
     return ChatMaterial(
         buyer_pubkey=buyer,
@@ -169,6 +178,31 @@ def build_chat_wrap(
     except (KeyFormatError, EventError, Nip44Error) as exc:
         raise ChatError(f"cannot build chat wrap: {exc}") from None
     return ChatWrap(outer=outer, inner_id=inner.id, inner_created_at=inner.created_at)
+
+
+def build_party_wraps(
+    serbero: Keys,
+    material: ChatMaterial,
+    *,
+    buyer_text: str,
+    seller_text: str,
+    now: int,
+    rand: Callable[[int], bytes] = os.urandom,
+) -> PartyWraps:
+    """Both wraps of a round, each to its party's *shared* key only (PROTO-58, PROTO-63).
+
+    Identical inner ids for the two parties would make their messages indistinguishable in
+    the store, so that is refused before anything is written (PROTO-58 note, MED-81).
+    """
+    buyer = build_chat_wrap(
+        serbero, material.buyer_shared.public_hex, buyer_text, now=now, rand=rand
+    )
+    seller = build_chat_wrap(
+        serbero, material.seller_shared.public_hex, seller_text, now=now, rand=rand
+    )
+    if buyer.inner_id == seller.inner_id:
+        raise ChatError("buyer and seller messages have the same inner event id")
+    return PartyWraps(buyer=buyer, seller=seller)
 
 
 def unwrap_chat(shared: Keys, expected_author: str, wrap: Event) -> ChatMessage:

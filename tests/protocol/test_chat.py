@@ -17,6 +17,7 @@ from serbero.protocol.chat import (
     ChatError,
     ChatMessage,
     build_chat_wrap,
+    build_party_wraps,
     derive_chat_material,
     order_inbound,
     shared_keys,
@@ -25,6 +26,7 @@ from serbero.protocol.chat import (
 from serbero.protocol.event import Event, encode_event, sign_event
 from serbero.protocol.keys import Keys, encode_npub
 from serbero.protocol.nip44 import conversation_key, encrypt
+from tests.support import nostr_sdk_peer as peer
 
 ZERO_AUX = bytes(32)
 NOW = 1_700_000_100
@@ -384,3 +386,60 @@ def test_wrap_is_deterministic_under_injected_rand(serbero: Keys, buyer: Keys) -
         first.outer
         != build_chat_wrap(serbero, shared_pk, "Buyer: hi", now=NOW, rand=seeded(b"b")).outer
     )
+
+
+# --- interop with nostr-sdk (an independent implementation of every layer) ----------------
+
+
+def test_our_chat_wrap_opens_with_nostr_sdk(serbero: Keys, buyer: Keys) -> None:
+    """The party side (PROTO-57) decrypts with its shared key and verifies Serbero's note."""
+    shared = shared_keys(buyer, serbero.public_hex)
+    wrap = build_chat_wrap(serbero, shared.public_hex, "Buyer: please upload the receipt", now=NOW)
+    assert peer.verify_event_json(encode_event(wrap.outer).decode())
+    inner_json = peer.nip44_decrypt(shared.secret.hex(), wrap.outer.pubkey, wrap.outer.content)
+    assert peer.verify_event_json(inner_json)
+    inner = json.loads(inner_json)
+    assert (inner["id"], inner["kind"], inner["pubkey"]) == (wrap.inner_id, 1, serbero.public_hex)
+
+
+def test_nostr_sdk_party_note_opens_here(serbero: Keys, seller: Keys) -> None:
+    """A party client built on nostr-sdk: note signed by the trade key, wrapped to shared_pk."""
+    shared = shared_keys(serbero, seller.public_hex)
+    note_json = peer.sign_event(
+        seller.secret.hex(), kind=1, content="Seller: funds not received", tags=[], created_at=NOW
+    )
+    one_time = Keys.generate()
+    content = peer.nip44_encrypt(one_time.secret.hex(), shared.public_hex, note_json)
+    wrap = sign_event(
+        one_time, created_at=NOW - 5000, kind=1059, tags=[["p", shared.public_hex]], content=content
+    )
+    message = unwrap_chat(shared, seller.public_hex, wrap)
+    assert message.content == "Seller: funds not received"
+    assert message.inner_event_id == json.loads(note_json)["id"]
+    assert message.inner_created_at == NOW
+
+
+# --- a round's pair -----------------------------------------------------------------------
+
+
+def test_party_wraps_go_to_the_shared_keys_only(serbero: Keys, buyer: Keys, seller: Keys) -> None:
+    """PROTO-63: never to a trade key; each party's shared key opens only its own wrap."""
+    material = derive_chat_material(serbero, buyer.public_hex, seller.public_hex)
+    pair = build_party_wraps(
+        serbero, material, buyer_text="Buyer: receipt?", seller_text="Seller: paid?", now=NOW
+    )
+    assert pair.buyer.outer.tags == [["p", material.buyer_shared.public_hex]]
+    assert pair.seller.outer.tags == [["p", material.seller_shared.public_hex]]
+    targets = {tag[1] for wrap in (pair.buyer, pair.seller) for tag in wrap.outer.tags}
+    assert not targets & {buyer.public_hex, seller.public_hex}
+    read = unwrap_chat(material.buyer_shared, serbero.public_hex, pair.buyer.outer)
+    assert read.content == "Buyer: receipt?"
+    with pytest.raises(ChatError):
+        unwrap_chat(material.seller_shared, serbero.public_hex, pair.buyer.outer)
+
+
+def test_identical_inner_ids_are_refused(serbero: Keys, buyer: Keys, seller: Keys) -> None:
+    """PROTO-58 note: the same text at the same second gives the same inner id."""
+    material = derive_chat_material(serbero, buyer.public_hex, seller.public_hex)
+    with pytest.raises(ChatError):
+        build_party_wraps(serbero, material, buyer_text="same", seller_text="same", now=NOW)

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from serbero.protocol.chat import derive_chat_material
 from serbero.protocol.event import Event, encode_event, make_rumor, sign_event, verify_event
-from serbero.protocol.keys import Keys
+from serbero.protocol.keys import Keys, verify_schnorr
 from serbero.protocol.mostro import (
     DISPUTE_EVENT_KIND,
     TAKE_TIMEOUT_ERROR,
@@ -52,6 +52,7 @@ from serbero.protocol.mostro import (
     take_refusal_error,
 )
 from serbero.protocol.nip59 import Unwrapped, build_gift_wrap, unwrap_gift
+from tests.support import nostr_sdk_peer as peer
 
 ZERO_AUX = bytes(32)
 NOW = 1_700_000_500
@@ -793,3 +794,17 @@ def test_cant_do_known_reasons() -> None:
     assert CantDoPayload(reason="invalid_pubkey").known
     assert CantDoPayload(reason="invalid_action").known
     assert not CantDoPayload(reason="brand_new_reason").known
+
+
+def test_take_request_opens_with_nostr_sdk(serbero: Keys, mostro: Keys, dispute_id: str) -> None:
+    """Mostro runs nostr-sdk's UnwrappedGift on our request (PROTO-48 step 1)."""
+    wrap = build_admin_take_dispute(serbero, mostro.public_hex, dispute_id, now=NOW)
+    sender, rumor = peer.open_gift_wrap(mostro.secret.hex(), encode_event(wrap).decode())
+    assert sender == serbero.public_hex
+    assert (rumor["kind"], rumor["tags"], rumor["created_at"]) == (1, [], NOW)
+    message_json, sig = json.loads(rumor["content"])
+    raw_message = rumor["content"][1 : rumor["content"].index(',"' + sig)]
+    assert json.loads(raw_message) == message_json
+    assert verify_schnorr(
+        serbero.public_hex, hashlib.sha256(raw_message.encode()).digest(), bytes.fromhex(sig)
+    )
