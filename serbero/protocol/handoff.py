@@ -85,7 +85,13 @@ def decode_handoff_package(payload_json: str) -> HandoffPackage:
     """
     try:
         package = _package_decoder.decode(payload_json)
-    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeEncodeError) as exc:
+    except (
+        msgspec.DecodeError,
+        msgspec.ValidationError,
+        UnicodeEncodeError,
+        # msgspec's answer to nesting deeper than about a thousand levels.
+        RecursionError,
+    ) as exc:
         raise HandoffError(f"malformed handoff package: {exc}") from None
     _check_header_values(package)
     return package
@@ -95,7 +101,7 @@ def dispute_id_hint(payload_json: str) -> str:
     """ESC-16: the string `dispute_id` of a JSON object payload, else `unknown`."""
     try:
         value = _any_decoder.decode(payload_json)
-    except (msgspec.DecodeError, UnicodeEncodeError):
+    except (msgspec.DecodeError, UnicodeEncodeError, RecursionError):
         return DISPUTE_ID_UNKNOWN
     if isinstance(value, dict):
         hint = value.get("dispute_id")

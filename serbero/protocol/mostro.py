@@ -469,7 +469,7 @@ def encode_mostro_message(
     kind["payload"] = payload
     try:
         return _encoder.encode({channel: kind})
-    except (UnicodeEncodeError, TypeError, OverflowError) as exc:
+    except (UnicodeEncodeError, TypeError, OverflowError, RecursionError) as exc:
         raise MostroMessageError(f"message cannot be encoded: {exc}") from None
 
 
@@ -533,9 +533,16 @@ def build_admin_take_dispute(
 
 
 def _decode(decoder: msgspec.json.Decoder[_T], data: bytes | str, what: str) -> _T:
+    """Decode or raise MostroMessageError; msgspec raises RecursionError (not a DecodeError)
+    on nesting deeper than about a thousand levels, which a 2 KB message can reach."""
     try:
         return decoder.decode(data)
-    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeEncodeError) as exc:
+    except (
+        msgspec.DecodeError,
+        msgspec.ValidationError,
+        UnicodeEncodeError,
+        RecursionError,
+    ) as exc:
         raise MostroMessageError(f"malformed {what}: {exc}") from None
 
 
@@ -569,7 +576,7 @@ def _parse_payload(raw: msgspec.Raw) -> Payload | None:
 
 def _canonical_bytes(channel: str, kind: _WireKind) -> bytes:
     """The canonical re-serialization of a received message (PROTO-52 fallback)."""
-    payload = _any_decoder.decode(bytes(kind.payload))
+    payload = _decode(_any_decoder, bytes(kind.payload), "payload")
     return encode_mostro_message(
         channel,
         kind.action,

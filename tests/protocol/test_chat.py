@@ -443,3 +443,11 @@ def test_identical_inner_ids_are_refused(serbero: Keys, buyer: Keys, seller: Key
     material = derive_chat_material(serbero, buyer.public_hex, seller.public_hex)
     with pytest.raises(ChatError):
         build_party_wraps(serbero, material, buyer_text="same", seller_text="same", now=NOW)
+
+
+def test_deeply_nested_inner_is_rejected_not_a_crash(serbero: Keys, buyer: Keys) -> None:
+    """A 10 KB note nested 5000 levels deep makes msgspec raise RecursionError."""
+    shared = shared_keys(serbero, buyer.public_hex)
+    deep = '{"x":' + "[" * 5000 + "]" * 5000 + "}"
+    with pytest.raises(ChatError):
+        unwrap_chat(shared, buyer.public_hex, _wrap_inner(deep, shared.public_hex))

@@ -389,3 +389,15 @@ def test_property_parse_raises_only_handoff_error(header: str, tail: str) -> Non
         except HandoffError:
             continue
         assert parsed.package.dispute_id == parsed.dispute_id
+
+
+def test_deep_nesting_is_malformed_not_a_crash() -> None:
+    """msgspec raises RecursionError past ~1000 levels; that must stay a HandoffError."""
+    deep = "[" * 5000 + "]" * 5000
+    with pytest.raises(HandoffError):
+        decode_handoff_package(_payload().replace('["e1"]', deep))
+    with pytest.raises(HandoffError):
+        decode_handoff_package(deep)
+    assert dispute_id_hint(deep) == DISPUTE_ID_UNKNOWN
+    with pytest.raises(HandoffError):
+        parse_handoff_dm(f"escalation_handoff/v1\nHandoff payload (JSON):\n{deep}")

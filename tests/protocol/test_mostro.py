@@ -808,3 +808,18 @@ def test_take_request_opens_with_nostr_sdk(serbero: Keys, mostro: Keys, dispute_
     assert verify_schnorr(
         serbero.public_hex, hashlib.sha256(raw_message.encode()).digest(), bytes.fromhex(sig)
     )
+
+
+@pytest.mark.parametrize("where", ["payload", "message", "content", "signed"])
+def test_deep_nesting_is_malformed_not_a_crash(serbero: Keys, dispute_id: str, where: str) -> None:
+    """msgspec raises RecursionError past ~1000 levels; that must stay a MostroMessageError."""
+    deep = "[" * 5000 + "]" * 5000
+    message = '{"dispute":{"version":1,"action":"x","payload":{"other":' + deep + "}}}"
+    content = {
+        "payload": "[" + message + ",null]",
+        "message": "[" + deep + ",null]",
+        "content": deep,
+        "signed": "[" + message + ',"' + "a" * 128 + '"]',
+    }[where]
+    with pytest.raises(MostroMessageError):
+        parse_mostro_message(_opened(serbero.public_hex, content))
