@@ -1,0 +1,730 @@
+"""One connection actor per relay URL: connect, subscribe, publish, authenticate, stay alive.
+
+The actor never gives up on its relay (BEY-7): it reconnects forever with capped, jittered
+exponential backoff, re-sends every live subscription after each reconnect (with `since` moved
+to the last event it saw minus a skew) and after a `CLOSED`, answers NIP-42 challenges with
+Serbero's key (BEY-8, PROTO-21..23) and pings every 30 s, dropping a link whose pong does not
+come back within 10 s (BEY-9).
+
+It talks only through channels: commands in (subscribe, unsubscribe, publish), raw but
+shape-checked events out to the pool's intake (which verifies and de-duplicates them once for
+all relays), and `RelayState` snapshots out whenever its link changes. Bad frames from a relay
+are logged and skipped; they never end the actor.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import ssl
+from collections.abc import Callable
+from typing import Final
+
+import msgspec
+import trio
+from trio_websocket import (
+    ConnectionClosed,
+    HandshakeError,
+    WebSocketConnection,
+    open_websocket_url,
+)
+
+from serbero.clock import WallClock
+from serbero.log import get_logger
+from serbero.protocol.event import Event, EventError
+from serbero.protocol.keys import Keys
+from serbero.protocol.messages import (
+    MAX_FRAME_BYTES,
+    Filter,
+    FrameError,
+    RelayAuthChallenge,
+    RelayClosed,
+    RelayEose,
+    RelayEvent,
+    RelayNotice,
+    RelayOk,
+    build_auth_event,
+    decode_relay_frame,
+    encode_auth_message,
+    encode_close,
+    encode_event_message,
+    encode_req,
+    message_prefix,
+)
+
+__all__ = [
+    "AUTH_PUBLISH_WAIT",
+    "AUTH_TIMEOUT",
+    "BACKOFF_CAP",
+    "BACKOFF_FIRST",
+    "BACKOFF_JITTER",
+    "CONNECT_TIMEOUT",
+    "DISCONNECT_TIMEOUT",
+    "HEALTHY_AFTER",
+    "OK_TIMEOUT",
+    "PING_INTERVAL",
+    "PING_TIMEOUT",
+    "RATE_LIMIT_RETRY_DELAYS",
+    "RESUME_SKEW",
+    "Command",
+    "InboundEnd",
+    "InboundEvent",
+    "InboundItem",
+    "PublishCommand",
+    "PublishReply",
+    "PublishStatus",
+    "RelayConnection",
+    "RelayPublishOutcome",
+    "RelayState",
+    "RelayTiming",
+    "SubscribeCommand",
+    "UnsubscribeCommand",
+    "backoff_delay",
+    "jitter_factor",
+]
+
+log = get_logger("serbero.relay")
+
+# --- timing defaults (BEY-7, BEY-9, PROTO-20, PROTO-21); RelayTiming overrides them in tests ---
+CONNECT_TIMEOUT: Final = 10.0
+# Closing a dead link waits this long for the close handshake before the socket is just dropped.
+DISCONNECT_TIMEOUT: Final = 2.0
+BACKOFF_FIRST: Final = 1.0
+BACKOFF_CAP: Final = 60.0
+BACKOFF_JITTER: Final = 0.2
+# A link that stayed up this long was healthy: the next outage starts the backoff afresh.
+HEALTHY_AFTER: Final = 60.0
+PING_INTERVAL: Final = 30.0
+PING_TIMEOUT: Final = 10.0
+OK_TIMEOUT: Final = 10.0
+AUTH_TIMEOUT: Final = 10.0
+# PROTO-20 step 3: after an `auth-required:` OK, wait this long for AUTH to succeed, then resend.
+AUTH_PUBLISH_WAIT: Final = 7.0
+# Re-sent live subscriptions ask for events from this long before the newest one seen (CORE-20).
+RESUME_SKEW: Final = 60
+# Delays before re-publishing to a relay that answered `rate-limited:` (BEY-3); ~1 min budget.
+RATE_LIMIT_RETRY_DELAYS: Final = (2.0, 4.0, 8.0, 16.0, 30.0)
+
+# Frames buffered by trio-websocket between its reader and ours; pongs queue behind them.
+WS_MESSAGE_QUEUE: Final = 64
+WS_RECEIVE_BUFFER: Final = 64 * 1024
+# A relay's free text (NOTICE, CLOSED, error reasons) is cut to this length in logs.
+LOG_TEXT_LIMIT: Final = 200
+_JITTER_DRAW_BYTES: Final = 4
+
+
+class RelayTiming(msgspec.Struct, frozen=True):
+    """Every delay the relay actors use; defaults are the module constants above."""
+
+    connect_timeout: float = CONNECT_TIMEOUT
+    disconnect_timeout: float = DISCONNECT_TIMEOUT
+    backoff_first: float = BACKOFF_FIRST
+    backoff_cap: float = BACKOFF_CAP
+    backoff_jitter: float = BACKOFF_JITTER
+    healthy_after: float = HEALTHY_AFTER
+    ping_interval: float = PING_INTERVAL
+    ping_timeout: float = PING_TIMEOUT
+    ok_timeout: float = OK_TIMEOUT
+    auth_timeout: float = AUTH_TIMEOUT
+    auth_publish_wait: float = AUTH_PUBLISH_WAIT
+    rate_limit_retry_delays: tuple[float, ...] = RATE_LIMIT_RETRY_DELAYS
+
+
+def jitter_factor(jitter: float, rand: Callable[[int], bytes]) -> float:
+    """A factor uniform in [1 - jitter, 1 + jitter), drawn from injected randomness."""
+    unit = int.from_bytes(rand(_JITTER_DRAW_BYTES), "big") / (1 << (8 * _JITTER_DRAW_BYTES))
+    return 1.0 + jitter * (2.0 * unit - 1.0)
+
+
+def backoff_delay(attempt: int, timing: RelayTiming, rand: Callable[[int], bytes]) -> float:
+    """Delay before reconnect number `attempt` (0-based): first, doubling, jittered, capped."""
+    base = timing.backoff_first * 2.0 ** min(attempt, 32)
+    return min(timing.backoff_cap, base * jitter_factor(timing.backoff_jitter, rand))
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= LOG_TEXT_LIMIT else text[:LOG_TEXT_LIMIT] + "…"
+
+
+# --- what the actor exchanges with the pool --------------------------------------------------
+
+
+class RelayState(msgspec.Struct, frozen=True):
+    """An observable snapshot of one relay link (logs now, the health endpoint later).
+
+    `since` is the wall-clock second of the last change; `reconnect_attempts` counts reconnects
+    scheduled since the last successful connection; `last_error` is why the link last went
+    down (kept while connected again, so the health record can show it).
+    """
+
+    url: str
+    connected: bool
+    since: int
+    last_error: str | None = None
+    reconnect_attempts: int = 0
+    authenticated: bool = False
+
+
+class PublishStatus(enum.StrEnum):
+    ACCEPTED = "accepted"
+    DUPLICATE = "duplicate"
+    RATE_LIMITED = "rate_limited"
+    REJECTED = "rejected"
+    TIMED_OUT = "timed_out"
+    NOT_CONNECTED = "not_connected"
+
+
+class RelayPublishOutcome(msgspec.Struct, frozen=True):
+    """One relay's answer to one publish; `message` is the relay's OK text or our reason."""
+
+    relay: str
+    status: PublishStatus
+    message: str = ""
+
+    @property
+    def accepted(self) -> bool:
+        """BEY-1: `OK true` and `duplicate:` both mean the relay holds the event."""
+        return self.status in (PublishStatus.ACCEPTED, PublishStatus.DUPLICATE)
+
+
+class PublishReply:
+    """A one-shot answer slot: the connection fills it, the publishing task awaits it."""
+
+    __slots__ = ("_done", "_outcome")
+
+    def __init__(self) -> None:
+        self._done = trio.Event()
+        self._outcome: RelayPublishOutcome | None = None
+
+    def set(self, outcome: RelayPublishOutcome) -> None:
+        if self._outcome is None:
+            self._outcome = outcome
+            self._done.set()
+
+    async def wait(self) -> RelayPublishOutcome:
+        await self._done.wait()
+        assert self._outcome is not None
+        return self._outcome
+
+
+class SubscribeCommand(msgspec.Struct, frozen=True, tag=True):
+    """Open (or replace) a subscription. `once` marks a fetch: ended by EOSE/CLOSED, never
+    re-sent. `resume_skew=None` re-sends the filter unchanged (gift wraps: their `created_at`
+    is randomised, PROTO-5, so moving `since` would lose them)."""
+
+    sub_id: str
+    name: str
+    filter: Filter
+    resume_skew: int | None = RESUME_SKEW
+    once: bool = False
+
+
+class UnsubscribeCommand(msgspec.Struct, frozen=True, tag=True):
+    sub_id: str
+
+
+class PublishCommand(msgspec.Struct, frozen=True, tag=True):
+    event: Event
+    reply: PublishReply
+
+
+Command = SubscribeCommand | UnsubscribeCommand | PublishCommand
+
+
+class InboundEvent(msgspec.Struct, frozen=True):
+    """An event as a relay sent it: shape-checked, not yet verified or de-duplicated."""
+
+    relay: str
+    sub_id: str
+    event: Event
+
+
+class InboundEnd(msgspec.Struct, frozen=True):
+    """A fetch subscription is over on this relay (EOSE, CLOSED, not connected, link lost)."""
+
+    relay: str
+    sub_id: str
+    reason: str
+    connected: bool = True
+
+
+InboundItem = InboundEvent | InboundEnd
+
+NOT_CONNECTED_REASON: Final = "not connected"
+LINK_LOST_REASON: Final = "connection lost before OK"
+
+
+def _outcome_from_ok(relay: str, ok: RelayOk) -> RelayPublishOutcome:
+    prefix = message_prefix(ok.message)
+    if prefix == "duplicate":
+        status = PublishStatus.DUPLICATE
+    elif ok.accepted:
+        status = PublishStatus.ACCEPTED
+    elif prefix == "rate-limited":
+        status = PublishStatus.RATE_LIMITED
+    else:
+        status = PublishStatus.REJECTED
+    return RelayPublishOutcome(relay, status, ok.message)
+
+
+# --- per-connection bookkeeping ----------------------------------------------------------------
+
+
+class _SubStatus(enum.Enum):
+    IDLE = "idle"  # known, not sent on the current link
+    ACTIVE = "active"  # REQ sent and not closed
+    CLOSED = "closed"  # CLOSED by the relay; a resend is scheduled or waits for AUTH
+
+
+class _Sub:
+    """One subscription as this relay link sees it."""
+
+    __slots__ = (
+        "closed_attempts",
+        "command",
+        "generation",
+        "newest_created_at",
+        "sent_auth_epoch",
+        "status",
+    )
+
+    def __init__(self, command: SubscribeCommand) -> None:
+        self.command = command
+        self.status = _SubStatus.IDLE
+        self.newest_created_at: int | None = None
+        self.closed_attempts = 0
+        # Bumped on every REQ; a scheduled resend fires only if nothing was sent since.
+        self.generation = 0
+        self.sent_auth_epoch = 0
+
+
+class _OkWaiter:
+    __slots__ = ("answer", "done")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.answer: RelayOk | None = None
+
+
+class _Link:
+    """State of one live WebSocket; a reconnect starts a fresh one (auth resets, PROTO-23)."""
+
+    def __init__(self, ws: WebSocketConnection, nursery: trio.Nursery) -> None:
+        self.ws = ws
+        self.nursery = nursery
+        self.drop_reason: str | None = None
+        self.ok_waiters: dict[str, list[_OkWaiter]] = {}
+        self.authenticated = trio.Event()
+        # Incremented on each successful AUTH; a REQ sent in an older epoch may be re-sent at
+        # once when it comes back `CLOSED auth-required:`.
+        self.auth_epoch = 0
+
+    def drop(self, reason: str) -> None:
+        if self.drop_reason is None:
+            self.drop_reason = reason
+        self.nursery.cancel_scope.cancel()
+
+    async def send(self, frame: bytes) -> bool:
+        """Send one text frame; a failure drops the link and returns False."""
+        try:
+            await self.ws.send_message(frame.decode())
+        except ConnectionClosed as exc:
+            self.drop(_describe_close(exc))
+            return False
+        return True
+
+    def watch_ok(self, event_id: str) -> _OkWaiter:
+        waiter = _OkWaiter()
+        self.ok_waiters.setdefault(event_id, []).append(waiter)
+        return waiter
+
+    def unwatch_ok(self, event_id: str, waiter: _OkWaiter) -> None:
+        waiters = self.ok_waiters.get(event_id)
+        if waiters is not None and waiter in waiters:
+            waiters.remove(waiter)
+            if not waiters:
+                del self.ok_waiters[event_id]
+
+    def deliver_ok(self, ok: RelayOk) -> bool:
+        waiters = self.ok_waiters.pop(ok.event_id, None)
+        if waiters is None:
+            return False
+        for waiter in waiters:
+            waiter.answer = ok
+            waiter.done.set()
+        return True
+
+    async def send_and_await_ok(
+        self, event_id: str, frame: bytes, timeout: float
+    ) -> RelayOk | None:
+        """Send a frame carrying `event_id` and wait for its OK; None when none came in time."""
+        waiter = self.watch_ok(event_id)
+        try:
+            if await self.send(frame):
+                with trio.move_on_after(timeout):
+                    await waiter.done.wait()
+            return waiter.answer
+        finally:
+            self.unwatch_ok(event_id, waiter)
+
+
+def _describe_close(exc: ConnectionClosed) -> str:
+    reason = exc.reason
+    if reason is None:
+        return "connection closed"
+    text = f"closed by relay ({reason.code} {reason.name})"
+    if reason.reason:
+        text += f": {_clip(reason.reason)}"
+    return text
+
+
+# --- the actor ---------------------------------------------------------------------------------
+
+
+class RelayConnection:
+    """The actor for one relay URL. Run `run()` in a nursery; it returns only when cancelled."""
+
+    def __init__(
+        self,
+        url: str,
+        keys: Keys,
+        *,
+        commands: trio.MemoryReceiveChannel[Command],
+        inbound: trio.MemorySendChannel[InboundItem],
+        states: trio.MemorySendChannel[RelayState],
+        wall_clock: WallClock,
+        timing: RelayTiming,
+        rand: Callable[[int], bytes] = os.urandom,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self.url = url
+        self._keys = keys
+        self._commands = commands
+        self._inbound = inbound
+        self._states = states
+        self._wall_clock = wall_clock
+        self._timing = timing
+        self._rand = rand
+        self._ssl_context = ssl_context
+        self._subs: dict[str, _Sub] = {}
+        self._link: _Link | None = None
+        self._attempt = 0
+        self._state = RelayState(url=url, connected=False, since=wall_clock())
+
+    async def run(self) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._command_loop)
+            await self._connect_loop()
+
+    # --- state ---------------------------------------------------------------------------------
+
+    async def _publish_state(self, **changes: object) -> None:
+        self._state = msgspec.structs.replace(self._state, since=self._wall_clock(), **changes)
+        await self._states.send(self._state)
+
+    # --- reconnect loop --------------------------------------------------------------------------
+
+    def _ssl_for_url(self) -> ssl.SSLContext | None:
+        if not self.url.startswith("wss:"):
+            return None
+        if self._ssl_context is None:
+            # The system trust store, as every TLS client on the host uses.
+            self._ssl_context = ssl.create_default_context()
+        return self._ssl_context
+
+    async def _connect_loop(self) -> None:
+        timing = self._timing
+        while True:
+            connected_at: float | None = None
+            reason: str | None = None
+            try:
+                async with open_websocket_url(
+                    self.url,
+                    ssl_context=self._ssl_for_url(),
+                    connect_timeout=timing.connect_timeout,
+                    disconnect_timeout=timing.disconnect_timeout,
+                    max_message_size=MAX_FRAME_BYTES,
+                    message_queue_size=WS_MESSAGE_QUEUE,
+                    receive_buffer_size=WS_RECEIVE_BUFFER,
+                ) as ws:
+                    connected_at = trio.current_time()
+                    reason = await self._serve(ws)
+            except ConnectionClosed as exc:
+                reason = reason or _describe_close(exc)
+            except HandshakeError as exc:
+                # ConnectionTimeout / ConnectionRejected / DisconnectionTimeout, or a network
+                # error during the handshake (chained as the cause). A failed closing handshake
+                # after a drop keeps the drop's reason.
+                cause = exc.__cause__ or exc
+                reason = reason or f"{type(exc).__name__}: {_clip(str(cause)) or 'no detail'}"
+            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                reason = reason or f"{type(exc).__name__}: {_clip(str(exc))}"
+            reason = reason or "connection closed"
+
+            if connected_at is not None:
+                if trio.current_time() - connected_at >= timing.healthy_after:
+                    self._attempt = 0
+                log.warning("relay_disconnected", relay=self.url, reason=reason)
+            elif self._state.reconnect_attempts == 0:
+                log.warning("relay_connect_failed", relay=self.url, reason=reason)
+            else:
+                # Still down: one warning per outage is enough, the rest is detail.
+                log.debug("relay_connect_failed", relay=self.url, reason=reason)
+
+            delay = backoff_delay(self._attempt, timing, self._rand)
+            self._attempt += 1
+            await self._publish_state(
+                connected=False,
+                last_error=reason,
+                reconnect_attempts=self._state.reconnect_attempts + 1,
+                authenticated=False,
+            )
+            log.debug(
+                "relay_reconnect_scheduled",
+                relay=self.url,
+                delay_seconds=round(delay, 3),
+                attempt=self._attempt,
+            )
+            await trio.sleep(delay)
+
+    async def _serve(self, ws: WebSocketConnection) -> str:
+        """Run one connected session; returns why it ended."""
+        async with trio.open_nursery() as nursery:
+            link = _Link(ws, nursery)
+            self._link = link
+            try:
+                log.info("relay_connected", relay=self.url)
+                await self._publish_state(connected=True, reconnect_attempts=0)
+                nursery.start_soon(self._keep_alive, link)
+                for sub in list(self._subs.values()):
+                    if not sub.command.once:
+                        await self._send_req(link, sub)
+                await self._read_loop(link)
+            finally:
+                self._link = None
+                nursery.cancel_scope.cancel()
+        await self._end_link()
+        return link.drop_reason or "connection closed"
+
+    async def _end_link(self) -> None:
+        """Forget what belonged to the link: fetches end here, live subscriptions wait."""
+        for sub_id, sub in list(self._subs.items()):
+            if sub.command.once:
+                del self._subs[sub_id]
+                await self._inbound.send(InboundEnd(self.url, sub_id, "connection lost"))
+            else:
+                sub.status = _SubStatus.IDLE
+                sub.closed_attempts = 0
+
+    async def _keep_alive(self, link: _Link) -> None:
+        timing = self._timing
+        while True:
+            await trio.sleep(timing.ping_interval)
+            with trio.move_on_after(timing.ping_timeout) as scope:
+                try:
+                    await link.ws.ping()
+                except ConnectionClosed as exc:
+                    link.drop(_describe_close(exc))
+                    return
+            if scope.cancelled_caught:
+                link.drop(f"no pong within {timing.ping_timeout:g} s")
+                return
+
+    # --- commands from the pool ----------------------------------------------------------------
+
+    async def _command_loop(self) -> None:
+        async for command in self._commands:
+            if isinstance(command, SubscribeCommand):
+                await self._subscribe(command)
+            elif isinstance(command, UnsubscribeCommand):
+                await self._unsubscribe(command.sub_id)
+            else:
+                self._publish(command)
+
+    async def _subscribe(self, command: SubscribeCommand) -> None:
+        sub = _Sub(command)
+        self._subs[command.sub_id] = sub
+        link = self._link
+        if link is not None:
+            await self._send_req(link, sub)
+        elif command.once:
+            del self._subs[command.sub_id]
+            await self._inbound.send(
+                InboundEnd(self.url, command.sub_id, NOT_CONNECTED_REASON, connected=False)
+            )
+
+    async def _unsubscribe(self, sub_id: str) -> None:
+        sub = self._subs.pop(sub_id, None)
+        link = self._link
+        if sub is not None and link is not None and sub.status is _SubStatus.ACTIVE:
+            await link.send(encode_close(sub_id))
+
+    def _publish(self, command: PublishCommand) -> None:
+        link = self._link
+        if link is None:
+            command.reply.set(
+                RelayPublishOutcome(self.url, PublishStatus.NOT_CONNECTED, NOT_CONNECTED_REASON)
+            )
+            return
+        link.nursery.start_soon(self._publish_on_link, link, command)
+
+    async def _publish_on_link(self, link: _Link, command: PublishCommand) -> None:
+        """PROTO-20: send, await the OK; after `auth-required:` wait for AUTH and resend once."""
+        outcome = RelayPublishOutcome(self.url, PublishStatus.NOT_CONNECTED, LINK_LOST_REASON)
+        try:
+            event = command.event
+            frame = encode_event_message(event)
+            ok = await link.send_and_await_ok(event.id, frame, self._timing.ok_timeout)
+            if ok is not None and not ok.accepted and message_prefix(ok.message) == "auth-required":
+                with trio.move_on_after(self._timing.auth_publish_wait):
+                    await link.authenticated.wait()
+                ok = await link.send_and_await_ok(event.id, frame, self._timing.ok_timeout)
+            if ok is None:
+                outcome = RelayPublishOutcome(
+                    self.url,
+                    PublishStatus.TIMED_OUT,
+                    f"no OK within {self._timing.ok_timeout:g} s",
+                )
+            else:
+                outcome = _outcome_from_ok(self.url, ok)
+        finally:
+            command.reply.set(outcome)
+
+    # --- subscriptions ---------------------------------------------------------------------------
+
+    def _filter_to_send(self, sub: _Sub) -> Filter:
+        """The filter with `since` moved to the newest event seen minus the skew (BEY-7)."""
+        command = sub.command
+        if command.resume_skew is None or sub.newest_created_at is None:
+            return command.filter
+        newest = min(sub.newest_created_at, self._wall_clock())
+        resume = max(0, newest - command.resume_skew)
+        if command.filter.since is not None and resume <= command.filter.since:
+            return command.filter
+        return msgspec.structs.replace(command.filter, since=resume)
+
+    async def _send_req(self, link: _Link, sub: _Sub) -> None:
+        sub.generation += 1
+        sub.sent_auth_epoch = link.auth_epoch
+        sub.status = _SubStatus.ACTIVE
+        flt = self._filter_to_send(sub)
+        if await link.send(encode_req(sub.command.sub_id, flt)):
+            log.info(
+                "subscription_sent",
+                relay=self.url,
+                subscription=sub.command.name,
+                sub_id=sub.command.sub_id,
+                since=flt.since,
+            )
+
+    async def _resend_later(self, link: _Link, sub: _Sub, generation: int, delay: float) -> None:
+        await trio.sleep(delay)
+        if self._subs.get(sub.command.sub_id) is sub and sub.generation == generation:
+            await self._send_req(link, sub)
+
+    async def _on_closed(self, link: _Link, frame: RelayClosed) -> None:
+        sub = self._subs.get(frame.sub_id)
+        if sub is None:
+            return
+        log.warning(
+            "subscription_closed",
+            relay=self.url,
+            subscription=sub.command.name,
+            message=_clip(frame.message),
+        )
+        if sub.command.once:
+            del self._subs[frame.sub_id]
+            await self._inbound.send(InboundEnd(self.url, frame.sub_id, _clip(frame.message)))
+            return
+        sub.status = _SubStatus.CLOSED
+        auth_required = message_prefix(frame.message) == "auth-required"
+        if auth_required and sub.sent_auth_epoch < link.auth_epoch:
+            # The REQ went out before our AUTH succeeded: the relay can serve it now.
+            await self._send_req(link, sub)
+            return
+        # Re-send with backoff (BEY-7); a successful AUTH re-sends sooner (PROTO-23).
+        delay = backoff_delay(sub.closed_attempts, self._timing, self._rand)
+        sub.closed_attempts += 1
+        link.nursery.start_soon(self._resend_later, link, sub, sub.generation, delay)
+
+    # --- NIP-42 ----------------------------------------------------------------------------------
+
+    async def _authenticate(self, link: _Link, challenge: str) -> None:
+        """PROTO-21: answer with a signed kind 22242 event and wait for its OK."""
+        try:
+            auth = build_auth_event(
+                self._keys,
+                challenge=challenge,
+                relay_url=self.url,
+                created_at=self._wall_clock(),
+            )
+        except (EventError, FrameError) as exc:
+            log.warning("relay_auth_failed", relay=self.url, reason=_clip(str(exc)))
+            return
+        ok = await link.send_and_await_ok(
+            auth.id, encode_auth_message(auth), self._timing.auth_timeout
+        )
+        if ok is None or not ok.accepted:
+            reason = "no OK for AUTH" if ok is None else _clip(ok.message)
+            log.warning("relay_auth_failed", relay=self.url, reason=reason)
+            return
+        link.auth_epoch += 1
+        link.authenticated.set()
+        log.info("relay_authenticated", relay=self.url)
+        await self._publish_state(authenticated=True)
+        for sub in list(self._subs.values()):
+            if sub.status is _SubStatus.CLOSED:
+                await self._send_req(link, sub)
+
+    # --- inbound frames --------------------------------------------------------------------------
+
+    async def _read_loop(self, link: _Link) -> None:
+        while True:
+            try:
+                data = await link.ws.get_message()
+            except ConnectionClosed as exc:
+                link.drop(_describe_close(exc))
+                return
+            try:
+                frame = decode_relay_frame(data)
+            except (FrameError, RecursionError) as exc:
+                # msgspec reports absurdly deep nesting ("[[[[…") as RecursionError.
+                reason = _clip(str(exc)) if isinstance(exc, FrameError) else "nesting too deep"
+                log.warning("relay_frame_malformed", relay=self.url, reason=reason)
+                continue
+            await self._on_frame(link, frame)
+
+    async def _on_frame(
+        self,
+        link: _Link,
+        frame: RelayEvent | RelayOk | RelayEose | RelayClosed | RelayNotice | RelayAuthChallenge,
+    ) -> None:
+        if isinstance(frame, RelayEvent):
+            sub = self._subs.get(frame.sub_id)
+            if sub is None:
+                return
+            created_at = frame.event.created_at
+            if sub.newest_created_at is None or created_at > sub.newest_created_at:
+                sub.newest_created_at = created_at
+            await self._inbound.send(InboundEvent(self.url, frame.sub_id, frame.event))
+        elif isinstance(frame, RelayOk):
+            if not link.deliver_ok(frame):
+                log.debug("relay_ok_unmatched", relay=self.url, event_id=frame.event_id)
+        elif isinstance(frame, RelayEose):
+            await self._on_eose(link, frame.sub_id)
+        elif isinstance(frame, RelayClosed):
+            await self._on_closed(link, frame)
+        elif isinstance(frame, RelayNotice):
+            log.debug("relay_notice", relay=self.url, message=_clip(frame.message))
+        else:
+            link.nursery.start_soon(self._authenticate, link, frame.challenge)
+
+    async def _on_eose(self, link: _Link, sub_id: str) -> None:
+        sub = self._subs.get(sub_id)
+        if sub is None:
+            return
+        sub.closed_attempts = 0
+        if sub.command.once:
+            del self._subs[sub_id]
+            await self._inbound.send(InboundEnd(self.url, sub_id, "eose"))
+            await link.send(encode_close(sub_id))

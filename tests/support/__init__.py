@@ -1,0 +1,1 @@
+"""Test support: independent peers (nostr-sdk) and real relays for integration tests."""
