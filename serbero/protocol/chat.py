@@ -218,9 +218,7 @@ def unwrap_chat(shared: Keys, expected_author: str, wrap: Event) -> ChatMessage:
         raise ChatError(f"cannot decrypt chat wrap: {exc}") from None
     try:
         inner = decode_event(inner_json)
-    # decode_event lets msgspec's RecursionError (nesting deeper than ~1000 levels) through;
-    # a hostile party must not crash the ingest with a 2 KB note, so it is caught here too.
-    except (EventError, RecursionError) as exc:
+    except EventError as exc:
         raise ChatError(f"inner event is malformed: {exc}") from None
     if inner.kind != CHAT_INNER_KIND:
         raise ChatError(f"inner event kind {inner.kind} is not 1")

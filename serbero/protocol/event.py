@@ -89,7 +89,14 @@ _event_decoder: Final = msgspec.json.Decoder(Event)
 _rumor_decoder: Final = msgspec.json.Decoder(Rumor)
 _encoder: Final = msgspec.json.Encoder()
 # msgspec raises these for malformed JSON, wrong shapes, un-encodable str input or non-buffers.
-_DECODE_ERRORS: Final = (msgspec.DecodeError, msgspec.ValidationError, UnicodeError, TypeError)
+# RecursionError: msgspec gives up on ~1000-deep nesting; hostile input must stay a typed error.
+_DECODE_ERRORS: Final = (
+    msgspec.DecodeError,
+    msgspec.ValidationError,
+    UnicodeError,
+    TypeError,
+    RecursionError,
+)
 
 
 def _serialize_for_id(

@@ -277,7 +277,7 @@ def decode_relay_frame(data: bytes | str) -> RelayFrame:
         raise FrameError("frame larger than 5 MiB")
     try:
         frame: RelayFrame = _frame_decoder.decode(data)
-    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeError) as exc:
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeError, RecursionError) as exc:
         raise FrameError(f"malformed or unknown frame: {exc}") from None
     return frame
 

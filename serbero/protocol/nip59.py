@@ -225,7 +225,7 @@ def unwrap_gift(receiver: Keys, wrap: Event) -> Unwrapped:
         raise NotForMe(f"seal does not decrypt: {exc}") from exc
     try:
         raw = _rumor_decoder.decode(rumor_json)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
         raise Malformed(f"invalid rumor: {exc}") from None
     if raw.pubkey != seal.pubkey:
         raise SenderMismatch("rumor author differs from the seal signer")
