@@ -1,0 +1,37 @@
+"""`mediation_events` rows: the append-only audit log shared by mediation and escalation.
+
+Payloads are compact JSON with keys sorted, as the reference emits them (ESC-31, MED-3);
+readers use `json_extract` and never rely on key order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import apsw
+import msgspec
+
+
+def encode_payload(payload: Mapping[str, object]) -> str:
+    """Compact JSON, keys in lexicographic order, non-ASCII kept raw."""
+    return msgspec.json.encode(payload, order="sorted").decode()
+
+
+def insert_event(
+    conn: apsw.Connection,
+    *,
+    session_id: str | None,
+    kind: str,
+    payload: Mapping[str, object],
+    prompt_bundle_id: str | None,
+    policy_hash: str | None,
+    occurred_at: int,
+) -> int:
+    """Append one audit event (`rationale_id` NULL) and return its id; caller owns the tx."""
+    conn.execute(
+        "INSERT INTO mediation_events"
+        " (session_id, kind, payload_json, rationale_id, prompt_bundle_id, policy_hash,"
+        " occurred_at) VALUES (?, ?, ?, NULL, ?, ?, ?)",
+        (session_id, kind, encode_payload(payload), prompt_bundle_id, policy_hash, occurred_at),
+    )
+    return int(conn.last_insert_rowid())

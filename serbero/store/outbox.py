@@ -1,0 +1,347 @@
+"""The notification outbox: DMs that were decided, and what became of them (BEY-2, BEY-3, BEY-22).
+
+A decision to notify is written in the transaction that records its cause; the sender then
+*claims* due rows, publishes them, and *completes* each one. Completion writes the
+`notifications` attempt row (CORE-37) and, for the reference's bookkeeping, moves the
+dispute `new -> notified` on the first delivered initial notice and `last_notified_at` on a
+delivered re-notification, all in one transaction.
+
+Rules the sender can rely on:
+
+- Rows are handed out oldest first. For one (`dispute_id`, `solver_pubkey`) pair only the
+  earliest pending row is ever handed out, so one solver's DMs about one dispute go out in
+  decision order (initial, assignment, closing notice), one at a time.
+- A claimed row is in flight until completed. A claim older than `CLAIM_LEASE_SECONDS` is
+  handed out again (a sender that vanished); `requeue_in_flight` at start-up releases every
+  claim at once, so a `kill -9` between claim and completion re-sends.
+- A retryable failure reschedules the row with capped exponential backoff, forever, until
+  it is sent or its purpose is gone. A final failure (e.g. an unparsable key) ends it.
+- Rows whose purpose is gone are *abandoned* instead of sent: an initial notice once the
+  dispute left `new`/`notified`, a re-notification once it left `notified`, an assignment
+  notice once it is resolved. In-flight rows are left to finish.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Final, cast
+
+import apsw
+import msgspec
+
+from serbero.store.errors import InvalidRecord, UnknownOutboxRow
+from serbero.store.lifecycle import (
+    TRIGGER_INITIAL_NOTIFICATION,
+    LifecycleState,
+    TransitionResult,
+    apply_transition,
+)
+from serbero.store.notifications import (
+    FORBIDDEN_NOTIF_TYPES,
+    STATUS_FAILED,
+    STATUS_SENT,
+    NotificationRecord,
+    NotifType,
+    insert_notification,
+)
+from serbero.store.transaction import transaction
+
+PENDING: Final = "pending"
+SENT: Final = "sent"
+FAILED: Final = "failed"
+ABANDONED: Final = "abandoned"
+
+CLAIM_LEASE_SECONDS: Final = 300
+RETRY_INITIAL_SECONDS: Final = 5
+RETRY_MAX_SECONDS: Final = 600
+
+# For each notif_type that can become pointless: the dispute states in which it still matters.
+LIVE_STATES_BY_TYPE: Final[Mapping[str, tuple[str, ...]]] = {
+    NotifType.INITIAL: (LifecycleState.NEW, LifecycleState.NOTIFIED),
+    NotifType.RENOTIFICATION: (LifecycleState.NOTIFIED,),
+    NotifType.ASSIGNMENT: (
+        LifecycleState.NEW,
+        LifecycleState.NOTIFIED,
+        LifecycleState.TAKEN,
+        LifecycleState.WAITING,
+        LifecycleState.ESCALATED,
+    ),
+}
+
+
+def _obsolete_sql() -> str:
+    """SQL truth value over `o` (outbox) and `d` (disputes): the row's purpose is gone."""
+    arms = []
+    for notif_type, states in LIVE_STATES_BY_TYPE.items():
+        live = ", ".join(f"'{state}'" for state in states)
+        arms.append(f"WHEN '{notif_type}' THEN d.lifecycle_state NOT IN ({live})")
+    return f"(CASE o.notif_type {' '.join(arms)} ELSE 0 END)"
+
+
+_OBSOLETE: Final = _obsolete_sql()
+_UNCLAIMED: Final = "(o.claimed_at IS NULL OR o.claimed_at <= :stale)"
+_ROW_COLUMNS: Final = (
+    "o.id, o.dispute_id, o.solver_pubkey, o.notif_type, o.body, o.cause, o.created_at,"
+    " o.attempts, o.handoff_event_id"
+)
+
+
+class OutboxMessage(msgspec.Struct, frozen=True):
+    """One DM to decide: the recipient exactly as configured, and the finished body."""
+
+    solver_pubkey: str
+    body: str
+
+
+class OutboxRow(msgspec.Struct, frozen=True):
+    """A claimed row, as the sender needs it; `attempts` counts this hand-out."""
+
+    id: int
+    dispute_id: str
+    solver_pubkey: str
+    notif_type: str
+    body: str
+    cause: str
+    created_at: int
+    attempts: int
+    handoff_event_id: int | None
+
+
+class OutboxClaim(msgspec.Struct, frozen=True):
+    """Rows handed to the sender now, and how many pointless rows were abandoned first."""
+
+    rows: tuple[OutboxRow, ...]
+    abandoned: int
+
+
+class OutboxCompletion(msgspec.Struct, frozen=True):
+    """What completing one row committed.
+
+    `state` is the row's state afterwards (a late completion of a row that had already
+    finished leaves it unchanged); `transition` is the `new -> notified` change a delivered
+    initial notice caused, if any; `last_notified_at` is the value written, if any.
+    """
+
+    outbox_id: int
+    dispute_id: str
+    solver_pubkey: str
+    notif_type: str
+    state: str
+    notification_id: int
+    next_attempt_at: int | None
+    transition: TransitionResult | None
+    last_notified_at: int | None
+
+
+def retry_delay(attempts: int) -> int:
+    """Backoff before the next try after `attempts` hand-outs: 5 s doubling, capped at 10 min."""
+    exponent = max(0, min(attempts - 1, 16))
+    return int(min(RETRY_MAX_SECONDS, RETRY_INITIAL_SECONDS * 2**exponent))
+
+
+def is_obsolete(notif_type: str, lifecycle_state: str | None) -> bool:
+    """Python twin of the SQL rule: the dispute is gone or no longer needs this DM."""
+    if lifecycle_state is None:
+        return True
+    live = LIVE_STATES_BY_TYPE.get(notif_type)
+    return live is not None and lifecycle_state not in live
+
+
+def enqueue(
+    conn: apsw.Connection,
+    *,
+    dispute_id: str,
+    notif_type: str,
+    cause: str,
+    messages: Sequence[OutboxMessage],
+    now: int,
+    handoff_event_id: int | None = None,
+) -> tuple[int, ...]:
+    """Insert one pending row per message, due now; ids in message order. Caller owns the tx."""
+    if notif_type in FORBIDDEN_NOTIF_TYPES:
+        raise InvalidRecord(f"notif_type {notif_type!r} is never written (CORE-1)")
+    ids = []
+    for message in messages:
+        conn.execute(
+            "INSERT INTO notification_outbox (dispute_id, solver_pubkey, notif_type, body, cause,"
+            " created_at, next_attempt_at, handoff_event_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                dispute_id,
+                message.solver_pubkey,
+                str(notif_type),
+                message.body,
+                cause,
+                now,
+                now,
+                handoff_event_id,
+            ),
+        )
+        ids.append(int(conn.last_insert_rowid()))
+    return tuple(ids)
+
+
+def enqueue_notifications(
+    conn: apsw.Connection,
+    *,
+    dispute_id: str,
+    notif_type: str,
+    cause: str,
+    messages: Sequence[OutboxMessage],
+    now: int,
+    handoff_event_id: int | None = None,
+) -> tuple[int, ...]:
+    """`enqueue` as its own transaction, for decisions whose cause is already recorded."""
+    with transaction(conn):
+        return enqueue(
+            conn,
+            dispute_id=dispute_id,
+            notif_type=notif_type,
+            cause=cause,
+            messages=messages,
+            now=now,
+            handoff_event_id=handoff_event_id,
+        )
+
+
+def abandon_obsolete(conn: apsw.Connection, now: int, dispute_id: str | None = None) -> int:
+    """Mark pending, not-in-flight rows whose purpose is gone `abandoned`; returns the count.
+
+    Limited to one dispute when `dispute_id` is given. Caller owns the transaction.
+    """
+    scope = "" if dispute_id is None else " AND o.dispute_id = :dispute_id"
+    conn.execute(
+        "UPDATE notification_outbox SET state = 'abandoned', finished_at = :now,"
+        " claimed_at = NULL WHERE id IN (SELECT o.id FROM notification_outbox o"
+        " JOIN disputes d ON d.dispute_id = o.dispute_id"
+        f" WHERE o.state = 'pending' AND {_UNCLAIMED} AND {_OBSOLETE}{scope})",
+        {"now": now, "stale": now - CLAIM_LEASE_SECONDS, "dispute_id": dispute_id},
+    )
+    return int(conn.changes())
+
+
+def claim_due(conn: apsw.Connection, now: int, limit: int) -> OutboxClaim:
+    """Abandon pointless rows, then hand out up to `limit` due rows, oldest first, in one tx.
+
+    A row is due when pending, not in flight, `next_attempt_at <= now`, and no earlier row
+    for the same (dispute, solver) pair is still pending. `limit` below 1 counts as 1.
+    """
+    with transaction(conn):
+        abandoned = abandon_obsolete(conn, now)
+        found = conn.execute(
+            f"SELECT {_ROW_COLUMNS} FROM notification_outbox o"
+            f" WHERE o.state = 'pending' AND o.next_attempt_at <= :now AND {_UNCLAIMED}"
+            " AND NOT EXISTS (SELECT 1 FROM notification_outbox e WHERE e.state = 'pending'"
+            " AND e.dispute_id = o.dispute_id AND e.solver_pubkey = o.solver_pubkey"
+            " AND e.id < o.id) ORDER BY o.id LIMIT :limit",
+            {"now": now, "stale": now - CLAIM_LEASE_SECONDS, "limit": max(1, limit)},
+        ).fetchall()
+        rows = []
+        for values in found:
+            conn.execute(
+                "UPDATE notification_outbox SET claimed_at = ?, attempts = attempts + 1"
+                " WHERE id = ?",
+                (now, values[0]),
+            )
+            row = OutboxRow(*cast(tuple[Any, ...], values))
+            rows.append(msgspec.structs.replace(row, attempts=row.attempts + 1))
+    return OutboxClaim(rows=tuple(rows), abandoned=abandoned)
+
+
+def complete(
+    conn: apsw.Connection,
+    outbox_id: int,
+    *,
+    ok: bool,
+    error: str | None,
+    retry: bool,
+    now: int,
+) -> OutboxCompletion:
+    """Record one attempt's outcome and everything it implies, in one transaction.
+
+    `ok`: a relay accepted the DM. Otherwise `error` is the CORE-37 error text and `retry`
+    says whether trying again can help (publish failures: yes; unparsable key: no).
+    """
+    with transaction(conn):
+        found = conn.execute(
+            "SELECT o.dispute_id, o.solver_pubkey, o.notif_type, o.state, o.attempts,"
+            " d.lifecycle_state FROM notification_outbox o"
+            " LEFT JOIN disputes d ON d.dispute_id = o.dispute_id WHERE o.id = ?",
+            (outbox_id,),
+        ).fetchone()
+        if found is None:
+            raise UnknownOutboxRow(outbox_id)
+        dispute_id, solver, notif_type, state, attempts, lifecycle_state = found
+        notification_id = insert_notification(
+            conn,
+            NotificationRecord(
+                dispute_id=dispute_id,
+                solver_pubkey=solver,
+                sent_at=now,
+                status=STATUS_SENT if ok else STATUS_FAILED,
+                notif_type=notif_type,
+                error_message=None if ok else error,
+            ),
+        )
+        transition: TransitionResult | None = None
+        last_notified_at: int | None = None
+        next_attempt_at: int | None = None
+        if state != PENDING:
+            new_state = str(state)
+        elif ok:
+            new_state = SENT
+            conn.execute(
+                "UPDATE notification_outbox SET state = 'sent', finished_at = ?, claimed_at = NULL"
+                " WHERE id = ?",
+                (now, outbox_id),
+            )
+            if notif_type == NotifType.INITIAL and lifecycle_state == LifecycleState.NEW:
+                transition = apply_transition(
+                    conn, dispute_id, LifecycleState.NOTIFIED, TRIGGER_INITIAL_NOTIFICATION, now
+                )
+                last_notified_at = now
+            elif (
+                notif_type == NotifType.RENOTIFICATION
+                and lifecycle_state == LifecycleState.NOTIFIED
+            ):
+                last_notified_at = now
+            if last_notified_at is not None:
+                conn.execute(
+                    "UPDATE disputes SET last_notified_at = ? WHERE dispute_id = ?",
+                    (last_notified_at, dispute_id),
+                )
+        elif retry and not is_obsolete(notif_type, lifecycle_state):
+            new_state = PENDING
+            next_attempt_at = now + retry_delay(int(attempts))
+            conn.execute(
+                "UPDATE notification_outbox SET claimed_at = NULL, next_attempt_at = ?,"
+                " last_error = ? WHERE id = ?",
+                (next_attempt_at, error, outbox_id),
+            )
+        else:
+            new_state = ABANDONED if retry else FAILED
+            conn.execute(
+                "UPDATE notification_outbox SET state = ?, finished_at = ?, claimed_at = NULL,"
+                " last_error = ? WHERE id = ?",
+                (new_state, now, error, outbox_id),
+            )
+    return OutboxCompletion(
+        outbox_id=outbox_id,
+        dispute_id=dispute_id,
+        solver_pubkey=solver,
+        notif_type=notif_type,
+        state=new_state,
+        notification_id=notification_id,
+        next_attempt_at=next_attempt_at,
+        transition=transition,
+        last_notified_at=last_notified_at,
+    )
+
+
+def requeue_in_flight(conn: apsw.Connection) -> int:
+    """Release every claim (start-up: whatever was in flight died with the last process)."""
+    with transaction(conn):
+        conn.execute(
+            "UPDATE notification_outbox SET claimed_at = NULL"
+            " WHERE state = 'pending' AND claimed_at IS NOT NULL"
+        )
+        return int(conn.changes())

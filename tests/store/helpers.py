@@ -1,0 +1,94 @@
+"""Small builders and probes shared by the store tests."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import apsw
+
+from serbero.store.disputes import DisputeEvent
+from serbero.store.outbox import OutboxMessage
+
+MOSTRO = "79be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798"
+SOLVERS = ("a" * 64, "b" * 64, "c" * 64)
+T0 = 1_700_000_000
+
+
+def event(
+    dispute_id: str = "d-1",
+    status: str = "initiated",
+    *,
+    event_id: str | None = None,
+    ts: int = T0,
+    initiator: str = "buyer",
+) -> DisputeEvent:
+    """A kind-38386 event's facts; the event id defaults to one derived from id and status."""
+    return DisputeEvent(
+        dispute_id=dispute_id,
+        event_id=event_id or f"ev-{dispute_id}-{status}",
+        mostro_pubkey=MOSTRO,
+        event_timestamp=ts,
+        status=status,
+        initiator_role=initiator,
+    )
+
+
+def messages(kind: str, solvers: tuple[str, ...] = SOLVERS) -> tuple[OutboxMessage, ...]:
+    return tuple(OutboxMessage(solver_pubkey=s, body=f"{kind} for {s[:4]}") for s in solvers)
+
+
+def count(conn: apsw.Connection, table: str, where: str = "1", args: tuple[Any, ...] = ()) -> int:
+    row = conn.execute(f"SELECT COUNT(*) FROM {table} WHERE {where}", args).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def rows(conn: apsw.Connection, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    return [tuple(r) for r in conn.execute(sql, args)]
+
+
+def one(conn: apsw.Connection, sql: str, args: tuple[Any, ...] = ()) -> Any:
+    row = conn.execute(sql, args).fetchone()
+    assert row is not None
+    return row[0]
+
+
+def normalise_sql(sql: str) -> str:
+    """Whitespace-insensitive DDL text, so only tokens are compared."""
+    text = re.sub(r"\s+", " ", sql).strip()
+    text = re.sub(r"\s*([(),])\s*", r"\1", text)
+    return text.replace("IF NOT EXISTS ", "")
+
+
+def table_structure(conn: apsw.Connection, table: str) -> dict[str, Any]:
+    """Everything SQLite reports about a table: columns, FKs, indexes and their columns."""
+    indexes = {}
+    for _seq, name, unique, origin, partial in conn.execute(f"PRAGMA index_list({table})"):
+        columns = [tuple(r) for r in conn.execute(f"PRAGMA index_xinfo({name})")]
+        indexes[name] = (unique, origin, partial, columns)
+    return {
+        "columns": [tuple(r) for r in conn.execute(f"PRAGMA table_xinfo({table})")],
+        "foreign_keys": [tuple(r) for r in conn.execute(f"PRAGMA foreign_key_list({table})")],
+        "indexes": indexes,
+    }
+
+
+def master(conn: apsw.Connection) -> dict[str, tuple[str, str, str | None]]:
+    """`sqlite_master` by name: (type, table, normalised sql)."""
+    return {
+        name: (kind, tbl, None if sql is None else normalise_sql(sql))
+        for kind, name, tbl, sql in conn.execute(
+            "SELECT type, name, tbl_name, sql FROM sqlite_master"
+        )
+    }
+
+
+def tables(conn: apsw.Connection) -> list[str]:
+    return [
+        str(r[0])
+        for r in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+            " ORDER BY name"
+        )
+    ]
