@@ -72,7 +72,10 @@ def pending_handoffs_page(
     """One page of pending handoffs with `id > after_id`, ascending (ESC-12, ESC-14).
 
     The scanner asks again with the last id until a page comes back short, so every
-    pending handoff is examined each cycle. `limit` below 1 is clamped to 1.
+    pending handoff is examined each cycle. `limit` below 1 is clamped to 1. Besides the
+    ESC-12 predicate, a handoff whose DMs are still owed in our outbox is being worked on
+    and is skipped; once those rows finish it is pending again until its dispatch row
+    exists (so a crash before that re-sends, ESC-30).
     """
     rows = conn.execute(
         "SELECT h.id, h.session_id, h.payload_json, h.prompt_bundle_id, h.policy_hash,"
@@ -82,6 +85,8 @@ def pending_handoffs_page(
         " WHERE d.handoff_event_id = h.id)"
         " AND NOT EXISTS (SELECT 1 FROM mediation_events p WHERE p.kind = :parse_failed"
         f" AND {_HANDOFF_REF} = h.id)"
+        " AND NOT EXISTS (SELECT 1 FROM notification_outbox o"
+        " WHERE o.handoff_event_id = h.id AND o.state = 'pending')"
         " ORDER BY h.id LIMIT :limit",
         {
             "kind": HANDOFF_KIND,

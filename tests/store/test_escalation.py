@@ -17,6 +17,7 @@ from serbero.store.escalation import (
     record_superseded,
     record_unroutable,
 )
+from serbero.store.outbox import OutboxMessage, claim_due, complete, enqueue_notifications
 from tests.store.helpers import T0, count, event, rows
 
 RECONCILIATION = (
@@ -93,6 +94,24 @@ def test_scan_returns_pending_handoffs_in_order(esc: apsw.Connection) -> None:
     )
     assert [h.id for h in pending_handoffs_page(esc, limit=1)] == [first]
     assert [h.id for h in pending_handoffs_page(esc, after_id=first)] == [fourth]
+
+
+def test_a_handoff_with_owed_outbox_dms_is_not_pending(esc: apsw.Connection) -> None:
+    handoff_id = add_handoff(esc)
+    (row_id,) = enqueue_notifications(
+        esc,
+        dispute_id="d-1",
+        notif_type="mediation_escalation_recommended",
+        cause=f"handoff:{handoff_id}",
+        messages=[OutboxMessage("A", "escalation_handoff/v1")],
+        now=T0,
+        handoff_event_id=handoff_id,
+    )
+    assert pending_handoffs_page(esc) == ()
+    (claimed,) = claim_due(esc, T0, 10).rows
+    assert (claimed.id, claimed.handoff_event_id) == (row_id, handoff_id)
+    complete(esc, row_id, ok=True, error=None, retry=True, now=T0)
+    assert [h.id for h in pending_handoffs_page(esc)] == [handoff_id]
 
 
 @pytest.mark.parametrize("limit", [0, -1, -(2**63)])
