@@ -64,6 +64,7 @@ __all__ = [
     "OK_TIMEOUT",
     "PING_INTERVAL",
     "PING_TIMEOUT",
+    "RATE_LIMIT_BUDGET",
     "RATE_LIMIT_RETRY_DELAYS",
     "RESUME_SKEW",
     "Command",
@@ -102,8 +103,10 @@ AUTH_TIMEOUT: Final = 10.0
 AUTH_PUBLISH_WAIT: Final = 7.0
 # Re-sent live subscriptions ask for events from this long before the newest one seen (CORE-20).
 RESUME_SKEW: Final = 60
-# Delays before re-publishing to a relay that answered `rate-limited:` (BEY-3); ~1 min budget.
+# After a `rate-limited:` answer nothing is sent to that relay for the next of these delays
+# (growing while it keeps refusing); an event keeps being retried for at most the budget (BEY-3).
 RATE_LIMIT_RETRY_DELAYS: Final = (2.0, 4.0, 8.0, 16.0, 30.0)
+RATE_LIMIT_BUDGET: Final = 60.0
 
 # Frames buffered by trio-websocket between its reader and ours; pongs queue behind them.
 WS_MESSAGE_QUEUE: Final = 64
@@ -128,6 +131,11 @@ class RelayTiming(msgspec.Struct, frozen=True):
     auth_timeout: float = AUTH_TIMEOUT
     auth_publish_wait: float = AUTH_PUBLISH_WAIT
     rate_limit_retry_delays: tuple[float, ...] = RATE_LIMIT_RETRY_DELAYS
+    rate_limit_budget: float = RATE_LIMIT_BUDGET
+
+    def __post_init__(self) -> None:
+        if not self.rate_limit_retry_delays:
+            raise ValueError("rate_limit_retry_delays needs at least one delay")
 
 
 def jitter_factor(jitter: float, rand: Callable[[int], bytes]) -> float:

@@ -86,6 +86,7 @@ FETCH_BUFFER: Final = 256
 STATE_BUFFER: Final = 64
 # Publishes in flight at once (each one a pipelined EVENT on every relay).
 MAX_PUBLISHES_IN_FLIGHT: Final = 1024
+STILL_RATE_LIMITED: Final = "rate-limited: still paused when the retry budget ran out"
 
 
 class ReceivedEvent(msgspec.Struct, frozen=True):
@@ -293,6 +294,7 @@ class RelayPool:
         self._state_changed = trio.Event()
         self._outage = False
         self._publish_slots = trio.Semaphore(MAX_PUBLISHES_IN_FLIGHT)
+        self._rate_gates = {url: _RateGate() for url in self.urls}
 
     def _start(self, nursery: trio.Nursery) -> None:
         inbound_send, inbound_recv = trio.open_memory_channel[InboundItem](INTAKE_BUFFER)
@@ -434,25 +436,67 @@ class RelayPool:
         event: Event,
         outcomes: dict[str, RelayPublishOutcome],
     ) -> None:
-        delays = self._timing.rate_limit_retry_delays
-        retries = 0
+        """One relay's share of a publish: send, and while it answers `rate-limited:`, wait
+        for its pause to end and send again, within the budget (BEY-3)."""
+        gate = self._rate_gates[url]
+        deadline = trio.current_time() + self._timing.rate_limit_budget
+        outcome = RelayPublishOutcome(url, PublishStatus.RATE_LIMITED, STILL_RATE_LIMITED)
         while True:
+            with trio.move_on_at(deadline):
+                await gate.wait_open()
+            if not gate.is_open():
+                break
             reply = PublishReply()
             await commands.send(PublishCommand(event, reply))
             outcome = await reply.wait()
-            if outcome.status is not PublishStatus.RATE_LIMITED or retries >= len(delays):
+            if outcome.status is not PublishStatus.RATE_LIMITED:
+                gate.clear()
                 break
-            delay = delays[retries] * jitter_factor(self._timing.backoff_jitter, self._rand)
-            retries += 1
+            delay = gate.pause(self._timing, self._rand)
             log.debug(
                 "publish_rate_limited",
                 relay=url,
                 event_id=event.id,
-                retry=retries,
-                delay_seconds=round(delay, 3),
+                paused_seconds=round(delay, 3),
             )
-            await trio.sleep(delay)
+            if gate.reopens_at() > deadline:
+                break
         outcomes[url] = outcome
+
+
+class _RateGate:
+    """Per-relay pause after `rate-limited:`. While paused nothing is published to that relay:
+    relays that refuse a client who keeps knocking only extend its penalty by doing so."""
+
+    def __init__(self) -> None:
+        self._until = 0.0
+        self._streak = 0
+
+    def is_open(self) -> bool:
+        return trio.current_time() >= self._until
+
+    def reopens_at(self) -> float:
+        return self._until
+
+    async def wait_open(self) -> None:
+        # The pause can be extended while we sleep, hence the loop.
+        while not self.is_open():
+            await trio.sleep_until(self._until)
+
+    def pause(self, timing: RelayTiming, rand: Callable[[int], bytes]) -> float:
+        """Start (or keep) a pause; answers from one burst escalate it only once."""
+        now = trio.current_time()
+        if now < self._until:
+            return self._until - now
+        delays = timing.rate_limit_retry_delays
+        delay = delays[min(self._streak, len(delays) - 1)]
+        delay *= jitter_factor(timing.backoff_jitter, rand)
+        self._until = now + delay
+        self._streak += 1
+        return delay
+
+    def clear(self) -> None:
+        self._streak = 0
 
 
 def _endpoint_key(url: str) -> str:
