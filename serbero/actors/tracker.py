@@ -422,9 +422,10 @@ def run_batch(
 ) -> list[Answer]:
     """Run requests in order under one commit, each in its own savepoint; one answer each.
 
-    If the shared transaction itself fails (commit error, SQLite rolling everything back),
-    nothing of it is committed and each request is re-run on its own, so every answer
-    still tells the truth about what was committed.
+    If the shared transaction cannot start (the write lock stays busy), every request fails
+    with that error and none runs. If it fails later (commit error, SQLite rolling
+    everything back), nothing of it is committed and each request is re-run on its own,
+    so every answer still tells the truth about what was committed.
     """
     if len(requests) == 1:
         return [_execute(conn, requests[0], ctx)]
@@ -435,7 +436,11 @@ def run_batch(
                 answers.append(_execute(conn, request, ctx))
                 if not conn.in_transaction:
                     raise _BatchLost
-    except (apsw.Error, _BatchLost):
+    except (apsw.Error, _BatchLost) as exc:
+        if not answers:
+            log.warning("store_batch_not_started", requests=len(requests), error=str(exc))
+            failure = StoreFailure(f"cannot start a transaction: {exc}")
+            return [Answer(error=failure) for _ in requests]
         return [_execute(conn, request, ctx) for request in requests]
     return answers
 
