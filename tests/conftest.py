@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+# Real loopback relays (nostr-sdk LocalRelay in a subprocess) for every test folder.
+pytest_plugins = ["tests.support.relay_fixtures"]
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
