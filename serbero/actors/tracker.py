@@ -35,6 +35,12 @@ import trio
 
 from serbero.clock import WallClock
 from serbero.log import get_logger
+from serbero.protocol.texts import (
+    ReportClassification,
+    ReportSession,
+    TextError,
+    mediation_resolution_report,
+)
 from serbero.store.connection import open_database
 from serbero.store.disputes import (
     AssignmentResult,
@@ -68,15 +74,23 @@ from serbero.store.escalation import (
 )
 from serbero.store.health import RelayHealth, write_health
 from serbero.store.lifecycle import TransitionResult, apply_transition
+from serbero.store.mediation import (
+    ReportFacts,
+    record_resolution_reported,
+    resolution_report_facts,
+)
 from serbero.store.migrations import SchemaStatus
-from serbero.store.notifications import NotificationRecord, record_notifications
+from serbero.store.notifications import NotificationRecord, NotifType, record_notifications
 from serbero.store.outbox import (
     OutboxClaim,
     OutboxCompletion,
     OutboxMessage,
     claim_due,
     complete,
+    count_pending,
+    enqueue,
     enqueue_notifications,
+    next_due_at,
     requeue_in_flight,
 )
 from serbero.store.transaction import transaction
@@ -166,6 +180,82 @@ class RecordResolution(Request[ResolutionResult], frozen=True):
         return record_resolution(conn, self.event, self.messages, ctx.now)
 
 
+class ResolutionOutcome(msgspec.Struct, frozen=True):
+    """What `ResolveDispute` committed: the resolution itself, and the CORE-49 step 5
+    report (queued, or why it could not be written)."""
+
+    resolution: ResolutionResult
+    report_outbox_ids: tuple[int, ...] = ()
+    reported: bool = False
+    report_error: str | None = None
+
+
+def _report_text(dispute_id: str, final_status: str, facts: ReportFacts) -> tuple[str, str]:
+    """The report's DM body and narrative (MED-143/144); TextError for unprintable data."""
+    session = (
+        None
+        if facts.session_id is None or facts.session_state is None
+        else ReportSession(session_id=facts.session_id, state=facts.session_state)
+    )
+    classification = (
+        None
+        if facts.classification is None or facts.confidence is None
+        else ReportClassification(label=facts.classification, confidence=facts.confidence)
+    )
+    report = mediation_resolution_report(
+        dispute_id=dispute_id,
+        final_status=final_status,
+        session=session,
+        classification=classification,
+        outbound_party_messages=facts.outbound_party_messages,
+        no_session_reason=facts.no_session_reason,
+    )
+    return report.body, report.narrative
+
+
+class ResolveDispute(Request[ResolutionOutcome], frozen=True):
+    """CORE-49 steps 3-5 as one transaction: resolve (BEY-4/5 included, via `RecordResolution`'s
+    step) and, when the dispute has mediation context, queue the `mediation_resolution_report`
+    to `report_recipients` with its `resolved_externally_reported` event (MED-142..145).
+
+    The report is decided with its cause, like every DM (BEY-2). Mediation data that cannot
+    be printed in a body (TextError) skips the report but never blocks the resolution.
+    """
+
+    event: DisputeEvent
+    notices: tuple[OutboxMessage, ...] = ()
+    report_recipients: tuple[str, ...] = ()
+
+    def apply(self, conn: apsw.Connection, ctx: Context) -> ResolutionOutcome:
+        event = self.event
+        with transaction(conn):
+            resolution = record_resolution(conn, event, self.notices, ctx.now)
+            if resolution.outcome != "resolved" or not resolution.has_mediation_context:
+                return ResolutionOutcome(resolution=resolution)
+            facts = resolution_report_facts(conn, event.dispute_id)
+            try:
+                body, narrative = _report_text(event.dispute_id, event.status, facts)
+            except TextError as exc:
+                return ResolutionOutcome(resolution=resolution, report_error=str(exc))
+            ids = enqueue(
+                conn,
+                dispute_id=event.dispute_id,
+                notif_type=NotifType.MEDIATION_RESOLUTION_REPORT,
+                cause=event.event_id,
+                messages=[OutboxMessage(solver, body) for solver in self.report_recipients],
+                now=ctx.now,
+            )
+            record_resolution_reported(
+                conn,
+                event.dispute_id,
+                facts,
+                final_status=event.status,
+                narrative=narrative,
+                now=ctx.now,
+            )
+        return ResolutionOutcome(resolution=resolution, report_outbox_ids=ids, reported=True)
+
+
 class ApplyTransition(Request[TransitionResult], frozen=True):
     """One CORE-43 lifecycle change; `InvalidTransition` / `UnknownDispute` otherwise."""
 
@@ -248,6 +338,20 @@ class CompleteOutbox(Request[OutboxCompletion], frozen=True):
         return complete(
             conn, self.outbox_id, ok=self.ok, error=self.error, retry=self.retry, now=ctx.now
         )
+
+
+class NextOutboxDue(Request[int | None], frozen=True):
+    """When the sender should claim again (wall-clock second), or None: nothing waits."""
+
+    def apply(self, conn: apsw.Connection, ctx: Context) -> int | None:
+        return next_due_at(conn)
+
+
+class CountOutboxPending(Request[int], frozen=True):
+    """How many decided DMs are still owed (the health snapshot's queue depth)."""
+
+    def apply(self, conn: apsw.Connection, ctx: Context) -> int:
+        return count_pending(conn)
 
 
 class RequeueInFlight(Request[int], frozen=True):

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Final, Literal
 
 import apsw
+import msgspec
 
 from serbero.store.audit import insert_event
 
@@ -76,3 +77,145 @@ def has_mediation_context(conn: apsw.Connection, dispute_id: str) -> bool:
         (dispute_id, dispute_id),
     ).fetchone()
     return bool(row[0]) if row is not None else False
+
+
+NoSessionReason = Literal["take_failed", "escalated_before_take", "none"]
+
+
+def _payload_field(name: str) -> str:
+    """SQL for one payload key; NULL (not an error) when the payload is not valid JSON."""
+    return f"CASE WHEN json_valid(payload_json) THEN json_extract(payload_json, '$.{name}') END"
+
+
+_DISPUTE_SCOPED: Final = f"session_id IS NULL AND {_payload_field('dispute_id')} = ?"
+
+
+class ReportFacts(msgspec.Struct, frozen=True):
+    """What a `mediation_resolution_report` says about a dispute (MED-142/143).
+
+    `session_id`/`session_state`: the most recent session by `started_at` (any state, read
+    after the resolution closed it), or None. `classification`/`confidence`: its latest
+    `classification_produced`, else the latest dispute-scoped `reasoning_verdict` carrying
+    both, else None. `outbound_party_messages`: distinct parties messaged in that session,
+    0..2. `no_session_reason` picks the narrative's clause when there is no session.
+    """
+
+    session_id: str | None
+    session_state: str | None
+    classification: str | None
+    confidence: float | None
+    outbound_party_messages: int
+    no_session_reason: NoSessionReason
+
+
+def _classification(payload: object) -> tuple[str, float] | None:
+    if not isinstance(payload, dict):
+        return None
+    label, confidence = payload.get("classification"), payload.get("confidence")
+    if not isinstance(label, str) or isinstance(confidence, bool):
+        return None
+    if not isinstance(confidence, int | float):
+        return None
+    return label, float(confidence)
+
+
+def _latest_classification(
+    conn: apsw.Connection, where: str, args: tuple[object, ...]
+) -> tuple[str, float] | None:
+    for (payload_json,) in conn.execute(
+        f"SELECT payload_json FROM mediation_events WHERE {where}"
+        " ORDER BY occurred_at DESC, id DESC",
+        args,
+    ):
+        try:
+            found = _classification(msgspec.json.decode(payload_json))
+        except (msgspec.DecodeError, RecursionError):
+            continue
+        if found is not None:
+            return found
+    return None
+
+
+def _exists(conn: apsw.Connection, sql: str, args: tuple[object, ...]) -> bool:
+    row = conn.execute(f"SELECT EXISTS ({sql})", args).fetchone()
+    return bool(row[0]) if row is not None else False
+
+
+def resolution_report_facts(conn: apsw.Connection, dispute_id: str) -> ReportFacts:
+    """MED-142's report data, read inside the resolution's transaction."""
+    session = conn.execute(
+        "SELECT session_id, state FROM mediation_sessions WHERE dispute_id = ?"
+        " ORDER BY started_at DESC, rowid DESC LIMIT 1",
+        (dispute_id,),
+    ).fetchone()
+    found: tuple[str, float] | None = None
+    outbound = 0
+    reason: NoSessionReason = "none"
+    session_id = session_state = None
+    if session is not None:
+        session_id, session_state = str(session[0]), str(session[1])
+        found = _latest_classification(
+            conn, "session_id = ? AND kind = 'classification_produced'", (session_id,)
+        )
+        row = conn.execute(
+            "SELECT COUNT(DISTINCT party) FROM mediation_messages"
+            " WHERE session_id = ? AND direction = 'outbound'",
+            (session_id,),
+        ).fetchone()
+        outbound = min(2, int(row[0])) if row is not None else 0
+    elif _exists(
+        conn,
+        "SELECT 1 FROM mediation_events WHERE kind = 'take_dispute_issued' AND "
+        f"{_DISPUTE_SCOPED} AND {_payload_field('outcome')} = 'failure'",
+        (dispute_id,),
+    ):
+        reason = "take_failed"
+    elif _exists(
+        conn,
+        "SELECT 1 FROM mediation_events WHERE ((kind = 'reasoning_verdict' AND"
+        f" {_payload_field('decision')} = 'escalate') OR"
+        f" kind = 'escalation_recommended') AND {_DISPUTE_SCOPED}",
+        (dispute_id,),
+    ):
+        reason = "escalated_before_take"
+    if found is None:
+        found = _latest_classification(
+            conn, f"kind = 'reasoning_verdict' AND {_DISPUTE_SCOPED}", (dispute_id,)
+        )
+    return ReportFacts(
+        session_id=session_id,
+        session_state=session_state,
+        classification=None if found is None else found[0],
+        confidence=None if found is None else found[1],
+        outbound_party_messages=outbound,
+        no_session_reason=reason,
+    )
+
+
+def record_resolution_reported(
+    conn: apsw.Connection,
+    dispute_id: str,
+    facts: ReportFacts,
+    *,
+    final_status: str,
+    narrative: str,
+    now: int,
+) -> int:
+    """MED-145: the `resolved_externally_reported` audit event; caller owns the transaction."""
+    return insert_event(
+        conn,
+        session_id=facts.session_id,
+        kind="resolved_externally_reported",
+        payload={
+            "dispute_id": dispute_id,
+            "session_id": facts.session_id,
+            "classification": facts.classification,
+            "confidence": facts.confidence,
+            "outbound_party_messages_count": facts.outbound_party_messages,
+            "final_dispute_status": final_status,
+            "narrative": narrative,
+        },
+        prompt_bundle_id=None,
+        policy_hash=None,
+        occurred_at=now,
+    )

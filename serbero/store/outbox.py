@@ -345,3 +345,25 @@ def requeue_in_flight(conn: apsw.Connection) -> int:
             " WHERE state = 'pending' AND claimed_at IS NOT NULL"
         )
         return int(conn.changes())
+
+
+def next_due_at(conn: apsw.Connection) -> int | None:
+    """When a claim could next hand something out: the earliest `next_attempt_at` among
+    pending rows that are not in flight and not held back behind an earlier pending row of
+    their pair (those become due when that row completes). None when nothing is waiting."""
+    row = conn.execute(
+        "SELECT MIN(o.next_attempt_at) FROM notification_outbox o"
+        " WHERE o.state = 'pending' AND o.claimed_at IS NULL"
+        " AND NOT EXISTS (SELECT 1 FROM notification_outbox e WHERE e.state = 'pending'"
+        " AND e.dispute_id = o.dispute_id AND e.solver_pubkey = o.solver_pubkey"
+        " AND e.id < o.id)"
+    ).fetchone()
+    return None if row is None or row[0] is None else int(row[0])
+
+
+def count_pending(conn: apsw.Connection) -> int:
+    """How many decided DMs are still owed (in flight included)."""
+    row = conn.execute(
+        "SELECT COUNT(*) FROM notification_outbox WHERE state = 'pending'"
+    ).fetchone()
+    return 0 if row is None else int(row[0])
