@@ -19,6 +19,7 @@ from typing import Any, Final
 import msgspec
 
 from serbero import __version__
+from serbero.clock import system_wall_clock
 from serbero.config import (
     ENV_CONFIG,
     ConfigError,
@@ -28,6 +29,9 @@ from serbero.config import (
     validate_for_daemon,
 )
 from serbero.log import configure_logging, get_logger
+from serbero.ops import commands as ops
+from serbero.ops.disputes import DEFAULT_LIMIT, STATE_FILTERS
+from serbero.ops.healthcheck import PROBE_TIMEOUT_SECONDS
 from serbero.protocol.keys import encode_npub
 
 __all__ = [
@@ -172,6 +176,145 @@ def _pubkey(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- read-only operator views: status, disputes, show (BEY-10) ------------------------------
+
+STATUS_EPILOG: Final = (
+    "exit status: 0 healthy; 1 no report (config or database unusable); 2 unhealthy: the "
+    "daemon's heartbeat is missing or stale, or no relay was connected at its last flush"
+)
+
+
+def add_db_argument(parser: argparse.ArgumentParser) -> None:
+    """`--config PATH` and `--db PATH` (which wins over the config and SERBERO_DB_PATH)."""
+    add_config_argument(parser)
+    parser.add_argument(
+        "--db", metavar="PATH", help="database file (default: the config's db_path)"
+    )
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _db_path(args: argparse.Namespace) -> str | None:
+    try:
+        return ops.resolve_db_path(args.db, args.config, os.environ)
+    except ops.OpsError as exc:
+        print(exc, file=sys.stderr)
+        return None
+
+
+def _on_terminal() -> bool:
+    return sys.stdout.isatty()
+
+
+def _configure_status(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = STATUS_EPILOG
+    add_db_argument(parser)
+    add_json_argument(parser)
+
+
+def _status(args: argparse.Namespace) -> int:
+    db_path = _db_path(args)
+    if db_path is None:
+        return ops.EXIT_ERROR
+    return ops.run_status(
+        db_path,
+        now=system_wall_clock(),
+        as_json=args.json,
+        short=_on_terminal(),
+        out=sys.stdout,
+        err=sys.stderr,
+    )
+
+
+def _configure_disputes(parser: argparse.ArgumentParser) -> None:
+    add_db_argument(parser)
+    add_json_argument(parser)
+    parser.add_argument(
+        "--state",
+        choices=STATE_FILTERS,
+        help="only disputes in this lifecycle state (open: every state but resolved)",
+    )
+    parser.add_argument(
+        "--limit",
+        type=_positive_int,
+        default=DEFAULT_LIMIT,
+        metavar="N",
+        help=f"at most N disputes, newest first (default {DEFAULT_LIMIT})",
+    )
+
+
+def _disputes(args: argparse.Namespace) -> int:
+    db_path = _db_path(args)
+    if db_path is None:
+        return ops.EXIT_ERROR
+    return ops.run_disputes(
+        db_path,
+        state=args.state,
+        limit=args.limit,
+        now=system_wall_clock(),
+        as_json=args.json,
+        short=_on_terminal(),
+        out=sys.stdout,
+        err=sys.stderr,
+    )
+
+
+def _configure_show(parser: argparse.ArgumentParser) -> None:
+    add_db_argument(parser)
+    add_json_argument(parser)
+    parser.add_argument("dispute_id", help="the dispute's id (Mostro's order UUID)")
+
+
+def _show(args: argparse.Namespace) -> int:
+    db_path = _db_path(args)
+    if db_path is None:
+        return ops.EXIT_ERROR
+    return ops.run_show(
+        db_path,
+        args.dispute_id,
+        now=system_wall_clock(),
+        as_json=args.json,
+        short=_on_terminal(),
+        out=sys.stdout,
+        err=sys.stderr,
+    )
+
+
+# --- health-check (BEY-11; runit's `check`) -----------------------------------------------
+
+
+def _configure_health_check(parser: argparse.ArgumentParser) -> None:
+    add_config_argument(parser)
+    parser.add_argument(
+        "--url",
+        help="health URL (default: from [health] listen, e.g. http://127.0.0.1:9797/health)",
+    )
+    parser.add_argument(
+        "--off-ok",
+        action="store_true",
+        help="succeed without probing when the config has no [health] listen",
+    )
+
+
+def _health_check(args: argparse.Namespace) -> int:
+    try:
+        url = ops.resolve_health_url(args.url, args.config, os.environ)
+    except ops.OpsError as exc:
+        print(exc, file=sys.stderr)
+        return ops.EXIT_ERROR
+    return ops.run_health_check(
+        url, timeout=PROBE_TIMEOUT_SECONDS, off_ok=args.off_ok, out=sys.stdout, err=sys.stderr
+    )
+
+
 SUBCOMMANDS: Final[tuple[Subcommand, ...]] = (
     Subcommand(
         name="check-config",
@@ -184,6 +327,30 @@ SUBCOMMANDS: Final[tuple[Subcommand, ...]] = (
         help="print Serbero's public key (hex and npub)",
         configure=_configure_pubkey,
         handler=_pubkey,
+    ),
+    Subcommand(
+        name="status",
+        help="daemon health, relays, dispute counts, pending notifications and handoffs",
+        configure=_configure_status,
+        handler=_status,
+    ),
+    Subcommand(
+        name="disputes",
+        help="list disputes, newest first",
+        configure=_configure_disputes,
+        handler=_disputes,
+    ),
+    Subcommand(
+        name="show",
+        help="one dispute's timeline across every audit table",
+        configure=_configure_show,
+        handler=_show,
+    ),
+    Subcommand(
+        name="health-check",
+        help="probe the daemon's /health endpoint (exit 0 up, 1 down); for runit's check",
+        configure=_configure_health_check,
+        handler=_health_check,
     ),
 )
 

@@ -1,0 +1,148 @@
+"""The operator subcommands' work, apart from argument parsing (which `serbero.cli` owns).
+
+Each `run_*` writes its answer to `out`, problems to `err`, and returns the exit status:
+
+- `EXIT_OK` (0): done; for `status`, the daemon is healthy.
+- `EXIT_ERROR` (1): nothing to show: no config, no database, unknown dispute, endpoint down.
+- `EXIT_UNHEALTHY` (2, `status` only): the report was printed, but the heartbeat is stale
+  (or missing) or no relay was connected at the daemon's last flush.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Final, TextIO
+
+import apsw
+
+from serbero.config import ENV_DB_PATH, ConfigError, load_config
+from serbero.ops.database import OpsError, open_for_reading
+from serbero.ops.disputes import list_disputes
+from serbero.ops.healthcheck import ProbeError, health_url, probe
+from serbero.ops.render import (
+    render_disputes,
+    render_status,
+    render_timeline,
+    to_json,
+)
+from serbero.ops.status import read_status
+from serbero.ops.timeline import read_timeline
+
+__all__ = [
+    "EXIT_ERROR",
+    "EXIT_OK",
+    "EXIT_UNHEALTHY",
+    "OpsError",
+    "resolve_db_path",
+    "resolve_health_url",
+    "run_disputes",
+    "run_health_check",
+    "run_show",
+    "run_status",
+]
+
+EXIT_OK: Final = 0
+EXIT_ERROR: Final = 1
+EXIT_UNHEALTHY: Final = 2
+
+
+def resolve_db_path(db: str | None, config_path: str | None, env: Mapping[str, str]) -> str:
+    """`--db`, else the config's `db_path` (SERBERO_DB_PATH applied), else SERBERO_DB_PATH.
+
+    The last step lets an operator read the database on a host where the config (which holds
+    the private key) is not readable to them. Raises OpsError with the config's error.
+    """
+    if db:
+        return db
+    try:
+        return load_config(config_path, env).config.serbero.db_path
+    except ConfigError as exc:
+        from_env = env.get(ENV_DB_PATH, "").strip()
+        if from_env and config_path is None:
+            return from_env
+        raise OpsError(str(exc)) from exc
+
+
+def resolve_health_url(
+    url: str | None, config_path: str | None, env: Mapping[str, str]
+) -> str | None:
+    """`--url`, else the config's `[health] listen`; None when the endpoint is off."""
+    if url:
+        return url
+    try:
+        address = load_config(config_path, env).config.health.address()
+    except ConfigError as exc:
+        raise OpsError(str(exc)) from exc
+    return None if address is None else health_url(address)
+
+
+def _fail(err: TextIO, message: str) -> int:
+    print(f"serbero: {message}", file=err)
+    return EXIT_ERROR
+
+
+def run_status(
+    db_path: str, *, now: int, as_json: bool, short: bool, out: TextIO, err: TextIO
+) -> int:
+    try:
+        with open_for_reading(db_path) as db:
+            report = read_status(db, now)
+    except (OpsError, apsw.Error) as exc:
+        return _fail(err, str(exc))
+    text = to_json(report) if as_json else render_status(report, short=short)
+    print(text, file=out)
+    return EXIT_OK if report.healthy else EXIT_UNHEALTHY
+
+
+def run_disputes(
+    db_path: str,
+    *,
+    state: str | None,
+    limit: int,
+    now: int,
+    as_json: bool,
+    short: bool,
+    out: TextIO,
+    err: TextIO,
+) -> int:
+    try:
+        with open_for_reading(db_path) as db:
+            disputes = list_disputes(db, state=state, limit=limit)
+    except (OpsError, apsw.Error) as exc:
+        return _fail(err, str(exc))
+    text = to_json(disputes) if as_json else render_disputes(disputes, now, short=short)
+    print(text, file=out)
+    return EXIT_OK
+
+
+def run_show(
+    db_path: str, dispute_id: str, *, now: int, as_json: bool, short: bool, out: TextIO, err: TextIO
+) -> int:
+    try:
+        with open_for_reading(db_path) as db:
+            timeline = read_timeline(db, dispute_id)
+    except (OpsError, apsw.Error) as exc:
+        return _fail(err, str(exc))
+    if timeline is None:
+        return _fail(err, f"no dispute {dispute_id!r} in {db_path}")
+    text = to_json(timeline) if as_json else render_timeline(timeline, now, short=short)
+    print(text, file=out)
+    return EXIT_OK
+
+
+def run_health_check(
+    url: str | None, *, timeout: float, off_ok: bool, out: TextIO, err: TextIO
+) -> int:
+    """Probe `url`. With the endpoint off (None) there is nothing to probe: that fails unless
+    `off_ok` (runit's `check` then degrades to runit's own "the process runs")."""
+    if url is None:
+        if off_ok:
+            print("health endpoint is off ([health] listen unset): not probed", file=out)
+            return EXIT_OK
+        return _fail(err, "health endpoint is off: set [health] listen or pass --url")
+    try:
+        result = probe(url, timeout=timeout)
+    except ProbeError as exc:
+        return _fail(err, str(exc))
+    print(result.detail, file=out if result.up else err)
+    return EXIT_OK if result.up else EXIT_ERROR

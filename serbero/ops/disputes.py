@@ -1,0 +1,42 @@
+"""`serbero disputes`: the dispute list, newest first, optionally one lifecycle state only.
+
+`open` is a shorthand an operator on call wants most: every dispute not yet `resolved`.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from serbero.ops.database import ReadOnlyDatabase
+from serbero.store.disputes import Dispute
+from serbero.store.lifecycle import LifecycleState
+
+__all__ = ["DEFAULT_LIMIT", "OPEN_FILTER", "STATE_FILTERS", "list_disputes"]
+
+DEFAULT_LIMIT: Final = 50
+OPEN_FILTER: Final = "open"
+STATE_FILTERS: Final = (OPEN_FILTER, *(state.value for state in LifecycleState))
+
+_COLUMNS: Final = (
+    "dispute_id, event_id, mostro_pubkey, initiator_role, dispute_status, event_timestamp,"
+    " detected_at, lifecycle_state, assigned_solver, last_notified_at, last_state_change"
+)
+
+
+def list_disputes(
+    db: ReadOnlyDatabase, *, state: str | None = None, limit: int = DEFAULT_LIMIT
+) -> tuple[Dispute, ...]:
+    """Up to `limit` disputes by `detected_at` descending; `state` a lifecycle state or `open`."""
+    where = ""
+    args: tuple[object, ...] = ()
+    if state == OPEN_FILTER:
+        where = " WHERE lifecycle_state <> ?"
+        args = (LifecycleState.RESOLVED.value,)
+    elif state is not None:
+        where = " WHERE lifecycle_state = ?"
+        args = (state,)
+    rows = db.conn.execute(
+        f"SELECT {_COLUMNS} FROM disputes{where} ORDER BY detected_at DESC, rowid DESC LIMIT ?",
+        (*args, max(1, limit)),
+    )
+    return tuple(Dispute(*row) for row in rows)

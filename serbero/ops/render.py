@@ -1,0 +1,209 @@
+"""Text for people (aligned tables, UTC times with ages) and JSON for scripts.
+
+Both renderings come from the same structs, so `--json` never says more or less than the
+table. On a terminal, 64-hex keys in tables are shortened to keep rows on one line; piped
+output keeps every value whole so it can be grepped.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Sequence
+from typing import Any, Final
+
+import msgspec
+
+from serbero.ops.status import StatusReport
+from serbero.ops.timeline import Timeline
+from serbero.store.disputes import Dispute
+
+__all__ = [
+    "format_age",
+    "format_time",
+    "render_disputes",
+    "render_status",
+    "render_table",
+    "render_timeline",
+    "to_json",
+]
+
+NONE_SHOWN: Final = "-"
+_HEX64: Final = re.compile(r"\b[0-9a-f]{64}\b")
+_SHORT_HEAD: Final = 8
+_SHORT_TAIL: Final = 4
+_COLUMN_GAP: Final = "  "
+
+
+def to_json(value: Any) -> str:
+    """Indented JSON of a struct (or plain data), keys in declaration order."""
+    return json.dumps(msgspec.to_builtins(value), indent=2, ensure_ascii=False)
+
+
+def format_time(at: int | None) -> str:
+    if at is None:
+        return NONE_SHOWN
+    return time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(at))
+
+
+def format_age(seconds: int) -> str:
+    """`42s`, `3m05s`, `2h07m`, `3d04h`: two units at most, enough to judge staleness."""
+    seconds = max(0, seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, secs = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours}h{minutes:02d}m"
+    days, hours = divmod(hours, 24)
+    return f"{days}d{hours:02d}h"
+
+
+def _when(at: int | None, now: int) -> str:
+    if at is None:
+        return NONE_SHOWN
+    return f"{format_time(at)} ({format_age(now - at)} ago)"
+
+
+def _shorten_keys(text: str) -> str:
+    return _HEX64.sub(lambda m: f"{m[0][:_SHORT_HEAD]}…{m[0][-_SHORT_TAIL:]}", text)
+
+
+def render_table(headers: Sequence[str], rows: Sequence[Sequence[str]], *, short: bool) -> str:
+    """Left-aligned columns; the last column is not padded (it may be long)."""
+    cells = [list(headers), *([_shorten_keys(c) if short else c for c in row] for row in rows)]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers) - 1)]
+    lines = []
+    for row in cells:
+        padded = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+        lines.append(_COLUMN_GAP.join([*padded, row[-1]]).rstrip())
+    return "\n".join(lines)
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return NONE_SHOWN
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, dict | list):
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return str(value)
+
+
+# --- status -------------------------------------------------------------------------------
+
+
+def render_status(report: StatusReport, *, short: bool) -> str:
+    now = report.now
+    verdict = "healthy" if report.healthy else "UNHEALTHY: " + "; ".join(report.problems)
+    lines = [
+        f"serbero status: {verdict}",
+        f"database    {report.database} (schema version {report.schema_version})",
+    ]
+    if report.heartbeat is None:
+        lines.append(f"heartbeat   {NONE_SHOWN}")
+    else:
+        beat = report.heartbeat
+        stale = " STALE" if beat.stale else ""
+        lines.append(f"heartbeat   {_when(beat.at, now)}{stale}")
+        lines.append(f"started     {_when(beat.started_at, now)}")
+    event = report.last_dispute_event
+    if event is None:
+        lines.append(f"last event  {NONE_SHOWN}")
+    else:
+        origin = "" if event.source == "health" else " (newest disputes row)"
+        lines.append(f"last event  {_when(event.at, now)} {event.event_id or ''}{origin}".rstrip())
+    counts = "  ".join(f"{state} {count}" for state, count in report.lifecycle_counts.items())
+    lines.append(f"disputes    {counts}  (total {report.disputes_total})")
+    if report.outbox is None:
+        lines.append("outbox      unavailable (no notification_outbox table)")
+    else:
+        box = report.outbox
+        oldest = (
+            "" if box.oldest_pending_at is None else f", oldest {_when(box.oldest_pending_at, now)}"
+        )
+        lines.append(
+            f"outbox      pending {box.pending} (in flight {box.in_flight}{oldest})"
+            f"  failed {box.failed}"
+        )
+    lines.append(f"handoffs    pending {report.pending_handoffs}")
+    lines.append("")
+    if report.relays is None:
+        lines.append("relays      unavailable (no health record tables: reference database)")
+    elif not report.relays:
+        lines.append("relays      none recorded")
+    else:
+        lines.append(f"relays      {report.relays_connected} of {len(report.relays)} connected")
+        rows = [
+            [relay.url, relay.state, _when(relay.since, now), _when(relay.last_event_at, now)]
+            for relay in report.relays
+        ]
+        lines.append(render_table(["RELAY", "STATE", "SINCE", "LAST EVENT"], rows, short=short))
+    return "\n".join(lines)
+
+
+# --- disputes -----------------------------------------------------------------------------
+
+
+def render_disputes(disputes: Sequence[Dispute], now: int, *, short: bool) -> str:
+    if not disputes:
+        return "no disputes"
+    rows = [
+        [
+            d.dispute_id,
+            d.lifecycle_state,
+            d.dispute_status,
+            d.initiator_role,
+            _when(d.detected_at, now),
+            _when(d.last_state_change, now),
+            d.assigned_solver or NONE_SHOWN,
+        ]
+        for d in disputes
+    ]
+    headers = ["DISPUTE", "STATE", "STATUS", "INITIATOR", "DETECTED", "LAST CHANGE", "ASSIGNED"]
+    return render_table(headers, rows, short=short)
+
+
+# --- show ---------------------------------------------------------------------------------
+
+
+def _is_time_key(key: str) -> bool:
+    return key.endswith("_at") or key == "event_timestamp"
+
+
+def _detail(key: str, value: Any) -> str:
+    if _is_time_key(key) and isinstance(value, int) and not isinstance(value, bool):
+        return format_time(value).replace(" ", "T")
+    return _text(value)
+
+
+def _details(details: dict[str, Any]) -> str:
+    """`key=value` pairs, None values left out, times as compact ISO (no spaces)."""
+    return " ".join(
+        f"{key}={_detail(key, value)}" for key, value in details.items() if value is not None
+    )
+
+
+def render_timeline(timeline: Timeline, now: int, *, short: bool) -> str:
+    d = timeline.dispute
+    lines = [
+        f"dispute     {d.dispute_id}",
+        f"state       {d.lifecycle_state} (since {_when(d.last_state_change, now)})",
+        f"status      {d.dispute_status}   initiator {d.initiator_role}",
+        f"assigned    {d.assigned_solver or NONE_SHOWN}",
+        f"detected    {_when(d.detected_at, now)}   event {d.event_id}",
+        f"notified    {_when(d.last_notified_at, now)}",
+        f"sessions    {', '.join(timeline.sessions) or NONE_SHOWN}",
+    ]
+    if timeline.unavailable:
+        lines.append(f"unavailable {', '.join(timeline.unavailable)} (tables absent)")
+    lines.append("")
+    rows = [
+        [format_time(entry.at), entry.source, entry.kind, entry.ref, _details(entry.details)]
+        for entry in timeline.entries
+    ]
+    lines.append(render_table(["TIME", "SOURCE", "WHAT", "REF", "DETAILS"], rows, short=short))
+    return "\n".join(lines)
