@@ -18,9 +18,9 @@ fmt:
     ruff format .
     ruff check --fix .
 
-# The daemon on an embedded default: local relay, simulated Mostro and solvers.
-demo:
-    python -m serbero.demo
+# The real daemon against a local relay, a simulated Mostro and three solver inboxes.
+demo *ARGS:
+    python demo/run.py {{ARGS}}
 
 # The daemon itself (SERBERO_CONFIG or ./config.toml).
 run:
