@@ -19,7 +19,7 @@ from serbero.actors import gate as gate_actor
 from serbero.actors.gate import Deliver, Gate, HandoffDone
 from serbero.actors.scanner import CycleReport, scan_cycle
 from serbero.actors.sender import SEND_FAILED_PREFIX, Delivery
-from serbero.actors.tracker import Tracker
+from serbero.actors.tracker import Request, Tracker
 from serbero.clock import WallClock
 from serbero.config import SolverConfig
 from serbero.protocol.keys import Keys
@@ -242,6 +242,26 @@ class SpyDeliver:
         if self.after is not None:
             await self.after()
         return delivery
+
+
+class FaultyTracker:
+    """Answers like the real tracker, except that `fault(request)` may raise instead."""
+
+    def __init__(self, inner: Tracker, fault: Callable[[Request[Any]], Exception | None]) -> None:
+        self.inner = inner
+        self.fault = fault
+
+    async def ask(self, request: Request[Any], **kwargs: Any) -> Any:
+        problem = self.fault(request)
+        if problem is not None:
+            raise problem
+        return await self.inner.ask(request, **kwargs)
+
+    async def submit(self, request: Request[Any], **kwargs: Any) -> Any:
+        problem = self.fault(request)
+        if problem is not None:
+            raise problem
+        return await self.inner.submit(request, **kwargs)
 
 
 Cycle = Callable[[], Awaitable[CycleReport]]
