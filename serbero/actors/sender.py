@@ -5,25 +5,42 @@ escalation DMs elsewhere). It never raises for a bad recipient or a refused publ
 outcome comes back as a `Delivery` carrying the exact CORE-37 error text the caller records.
 A DM counts as delivered only when at least one relay accepted it (BEY-1); each relay's
 answer goes to the log, the body never does.
+
+`OutboxSender` is the actor that works the notification outbox (BEY-2, BEY-22): decisions
+are recorded by ingest and the timer, it delivers them concurrently (at most
+`SENDER_CONCURRENCY` at once) and completes each row, which writes the `notifications`
+attempt row and the lifecycle bookkeeping in one transaction. Failed publishes are retried
+by the store's backoff (BEY-3); an unparsable key fails once, for good (CORE-37).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Final
 
 import msgspec
+import trio
 
 from serbero.actors.relay_pool import PublishResult, RelayPool
+from serbero.actors.tracker import ClaimOutbox, CompleteOutbox, NextOutboxDue, Tracker
+from serbero.clock import WallClock
 from serbero.config import SolverConfig
 from serbero.log import get_logger
 from serbero.protocol.keys import Keys
 from serbero.protocol.nip59 import build_private_dm
+from serbero.store.errors import StoreError
+from serbero.store.notifications import NotifType
+from serbero.store.outbox import OutboxCompletion, OutboxRow
 
 __all__ = [
+    "IDLE_RECHECK_SECONDS",
+    "SENDER_CONCURRENCY",
     "SEND_FAILED_PREFIX",
     "Delivery",
+    "Doorbell",
+    "OutboxSender",
+    "SenderStats",
     "deliver_dm",
 ]
 
@@ -85,3 +102,220 @@ async def deliver_dm(
     reason = _refusal_reason(result)
     log.info("dm_refused", solver=solver.pubkey, wrap_id=wrap.id, outcomes=outcomes)
     return Delivery(ok=False, error=SEND_FAILED_PREFIX + reason, retryable=True)
+
+
+# --- the outbox worker ------------------------------------------------------------------------
+
+# DMs being published at once. Each one is a wrap built and sent to every relay; the store
+# hands out at most one row per (dispute, solver) pair at a time, so per-pair order holds
+# whatever this is (BEY-22). Bounded so a slow relay slows the sender, not memory.
+SENDER_CONCURRENCY: Final = 64
+# Even with no ring and nothing due, look at the outbox this often: it bounds the delay of
+# anything a lost ring or a vanished claim could otherwise hold up.
+IDLE_RECHECK_SECONDS: Final = 30.0
+# A row that became due between the claim and the "when next?" query: look again soon.
+RACE_RECHECK_SECONDS: Final = 0.1
+
+
+class Doorbell:
+    """The sender's "work available" signal. Rings coalesce and are never lost: `reset`
+    comes before the sender looks for work, so a ring during the look wakes the next wait."""
+
+    __slots__ = ("_event",)
+
+    def __init__(self) -> None:
+        self._event = trio.Event()
+
+    def ring(self) -> None:
+        self._event.set()
+
+    def reset(self) -> None:
+        if self._event.is_set():
+            self._event = trio.Event()
+
+    async def wait(self, timeout: float) -> None:
+        """Return at the next ring (or at once if one came since `reset`), or after `timeout`."""
+        with trio.move_on_after(timeout):
+            await self._event.wait()
+
+
+def _log_delivered(row: OutboxRow) -> None:
+    """core.md §12.2 names per notif_type; BEY-5 notices and the rest get names of our own."""
+    fields = {
+        "dispute_id": row.dispute_id,
+        "solver": row.solver_pubkey,
+        "notif_type": row.notif_type,
+    }
+    if row.notif_type == NotifType.INITIAL:
+        log.info("notification_sent", **fields)
+    elif row.notif_type == NotifType.RENOTIFICATION:
+        log.info("renotification_sent", **fields)
+    elif row.notif_type == NotifType.ASSIGNMENT:
+        log.info("assignment_notification_sent", **fields)
+    elif row.notif_type == NotifType.RESOLUTION:
+        log.info("resolution_notice_sent", **fields)
+    elif row.notif_type == NotifType.MEDIATION_RESOLUTION_REPORT:
+        log.info("solver_final_resolution_report_sent", **fields)
+    else:
+        log.info("outbox_notification_sent", **fields)
+
+
+def _log_failed(row: OutboxRow, delivery: Delivery, completion: OutboxCompletion) -> None:
+    """`outcome` is the row's state afterwards: `pending` (retried at `retry_at`) or final."""
+    fields = {
+        "dispute_id": row.dispute_id,
+        "solver": row.solver_pubkey,
+        "notif_type": row.notif_type,
+        "error": delivery.error,
+        "attempts": row.attempts,
+        "outcome": completion.state,
+        "retry_at": completion.next_attempt_at,
+    }
+    if row.notif_type == NotifType.INITIAL:
+        log.error("notification_failed", **fields)
+    elif row.notif_type == NotifType.RENOTIFICATION:
+        log.warning("renotification_failed", **fields)
+    elif row.notif_type == NotifType.ASSIGNMENT:
+        log.warning("assignment_notification_failed", **fields)
+    elif row.notif_type == NotifType.RESOLUTION:
+        log.warning("resolution_notice_failed", **fields)
+    elif row.notif_type == NotifType.MEDIATION_RESOLUTION_REPORT:
+        log.warning("solver_final_resolution_report_failed", **fields)
+    else:
+        log.warning("outbox_notification_failed", **fields)
+
+
+class SenderStats:
+    """The sender's running figures; written by the sender only, read by the health snapshot."""
+
+    __slots__ = ("delivered", "failed", "in_flight", "last_delivery_at")
+
+    def __init__(self) -> None:
+        self.in_flight = 0
+        self.delivered = 0
+        self.failed = 0
+        self.last_delivery_at: int | None = None
+
+
+class OutboxSender:
+    """Works the notification outbox: claim due rows, deliver them concurrently (bounded),
+    complete each one. Wakes on a ring, when a delivery finishes, and when the earliest retry
+    falls due; never polls faster than that (no busy loop).
+    """
+
+    def __init__(
+        self,
+        tracker: Tracker,
+        pool: RelayPool,
+        identity: Keys,
+        solvers: Sequence[SolverConfig],
+        *,
+        doorbell: Doorbell,
+        stats: SenderStats,
+        wall_clock: WallClock,
+        rand: Callable[[int], bytes] = os.urandom,
+        concurrency: int = SENDER_CONCURRENCY,
+    ) -> None:
+        self._tracker = tracker
+        self._pool = pool
+        self._identity = identity
+        self._solvers: dict[str, SolverConfig] = {}
+        for solver in solvers:
+            self._solvers.setdefault(solver.pubkey, solver)
+        self._doorbell = doorbell
+        self.stats = stats
+        self._wall_clock = wall_clock
+        self._rand = rand
+        self._concurrency = max(1, concurrency)
+
+    async def run(self) -> None:
+        """Serve until cancelled. Claims still held when cancelled are released by the next
+        start's `RequeueInFlight` (BEY-2)."""
+        async with trio.open_nursery() as nursery:
+            while True:
+                self._doorbell.reset()
+                free = self._concurrency - self.stats.in_flight
+                if free <= 0:
+                    # Every slot busy: the next completion rings.
+                    await self._doorbell.wait(IDLE_RECHECK_SECONDS)
+                    continue
+                claim = await self._tracker.ask(ClaimOutbox(limit=free))
+                if claim.abandoned:
+                    log.debug("outbox_abandoned", count=claim.abandoned)
+                for row in claim.rows:
+                    self.stats.in_flight += 1
+                    nursery.start_soon(self._deliver, row)
+                if len(claim.rows) == free:
+                    continue
+                await self._doorbell.wait(await self._idle_timeout())
+
+    async def _idle_timeout(self) -> float:
+        """Seconds until the earliest claimable row falls due (capped)."""
+        due = await self._tracker.ask(NextOutboxDue())
+        if due is None:
+            return IDLE_RECHECK_SECONDS
+        wait = due - self._wall_clock()
+        if wait <= 0:
+            return RACE_RECHECK_SECONDS
+        return float(min(wait, IDLE_RECHECK_SECONDS))
+
+    def _solver(self, pubkey: str) -> SolverConfig:
+        solver = self._solvers.get(pubkey)
+        if solver is None:
+            # Decided while the solver was configured (the config changed since): the
+            # decision stands, the key is parsed as any configured one would be.
+            solver = SolverConfig.from_text(pubkey)
+            self._solvers[pubkey] = solver
+        return solver
+
+    async def _deliver(self, row: OutboxRow) -> None:
+        try:
+            delivery = await deliver_dm(
+                self._pool,
+                self._identity,
+                self._solver(row.solver_pubkey),
+                row.body,
+                now=self._wall_clock(),
+                rand=self._rand,
+            )
+            await self._complete(row, delivery)
+        finally:
+            self.stats.in_flight -= 1
+            self._doorbell.ring()
+
+    async def _complete(self, row: OutboxRow, delivery: Delivery) -> None:
+        try:
+            completion = await self._tracker.ask(
+                CompleteOutbox(
+                    outbox_id=row.id,
+                    ok=delivery.ok,
+                    error=delivery.error,
+                    retry=delivery.retryable,
+                )
+            )
+        except StoreError as exc:
+            # CORE-38: the DM outcome stands; the claim lapses and the row is tried again.
+            log.warning(
+                "notification_record_failed",
+                dispute_id=row.dispute_id,
+                solver_pubkey=row.solver_pubkey,
+                status="sent" if delivery.ok else "failed",
+                notif_type=row.notif_type,
+                error=str(exc),
+            )
+            return
+        self.stats.last_delivery_at = self._wall_clock()
+        if delivery.ok:
+            self.stats.delivered += 1
+            _log_delivered(row)
+        else:
+            self.stats.failed += 1
+            _log_failed(row, delivery, completion)
+        transition = completion.transition
+        if transition is not None:
+            log.info(
+                "state_transition",
+                dispute_id=transition.dispute_id,
+                **{"from": transition.from_state, "to": transition.to_state},
+                trigger=transition.trigger,
+            )

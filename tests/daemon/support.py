@@ -2,11 +2,30 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from functools import partial
+from typing import Any, TypeVar
+
+import apsw
+import trio
 
 from serbero.actors.relay import RelayTiming
+from serbero.config import (
+    Config,
+    MostroConfig,
+    NotificationsConfig,
+    RelayConfig,
+    SerberoConfig,
+    SolverConfig,
+    TimeoutsConfig,
+)
+from serbero.daemon import DaemonContext, serve
+from serbero.protocol.keys import Keys
 from tests.relay.raw_relay import RawConnection, RawRelay, open_raw_relay
+from tests.support.sdk_thread import ThreadedSdkPeer
+
+R = TypeVar("R")
 
 # Real-time relay timing for loopback tests: reconnect in a blink. The rate-limit pause
 # stays above one second because LocalRelay refills its tokens in whole seconds.
@@ -34,3 +53,95 @@ async def open_rejecting_relay() -> AsyncIterator[RawRelay]:
     """BEY-1 harness: a loopback relay that stores nothing and refuses every publish."""
     async with open_raw_relay(_reject_everything) as relay:
         yield relay
+
+
+# --- the daemon, in-process (CORE-12) -----------------------------------------------------
+
+# CORE-10 / AS-1: every shutdown is clean within this many seconds.
+SHUTDOWN_BUDGET = 2.0
+# CORE-7 / AS-1: solvers get the initial DM within 30 s; on loopback it takes milliseconds.
+DM_TIMEOUT = 30.0
+
+
+def make_config(
+    db_path: str,
+    relay_urls: Sequence[str],
+    *,
+    serbero: Keys,
+    mostro: Keys,
+    solvers: Sequence[SolverConfig] = (),
+    renotification_seconds: int = 3600,
+    renotification_check_interval_seconds: int = 3600,
+    resolution_notices: bool = True,
+) -> Config:
+    """A daemon config as the loader would produce it (timer settings 3600 s, core.md §15)."""
+    return Config(
+        serbero=SerberoConfig(private_key=serbero.secret.hex(), db_path=db_path),
+        mostro=MostroConfig(pubkey=mostro.public_hex),
+        relays=tuple(RelayConfig(url=url) for url in relay_urls),
+        solvers=tuple(solvers),
+        timeouts=TimeoutsConfig(
+            renotification_seconds=renotification_seconds,
+            renotification_check_interval_seconds=renotification_check_interval_seconds,
+        ),
+        notifications=NotificationsConfig(resolution=resolution_notices),
+    )
+
+
+@asynccontextmanager
+async def running_daemon(config: Config, **kwargs: Any) -> AsyncIterator[DaemonContext]:
+    """`serve` in a nursery; on leaving, trigger shutdown and require it within 2 s."""
+    shutdown = trio.Event()
+    async with trio.open_nursery() as nursery:
+        context: DaemonContext = await nursery.start(
+            partial(serve, config, shutdown=shutdown, relay_timing=FAST, **kwargs)
+        )
+        await context.pool.wait_connected()
+        yield context
+        shutdown.set()
+        started = trio.current_time()
+    assert trio.current_time() - started < SHUTDOWN_BUDGET
+
+
+P = TypeVar("P", bound=ThreadedSdkPeer)
+
+
+@asynccontextmanager
+async def started(peer: P) -> AsyncIterator[P]:
+    """Start a nostr-sdk peer off the Trio thread and close it the same way."""
+    await trio.to_thread.run_sync(peer.start)
+    try:
+        yield peer
+    finally:
+        await trio.to_thread.run_sync(peer.close)
+
+
+async def in_thread(fn: Callable[..., R], *args: Any) -> R:
+    """A blocking peer call (publish, wait_for_count) from a Trio test."""
+    return await trio.to_thread.run_sync(partial(fn, *args))
+
+
+def query(db_path: str, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Read the daemon's database from outside, as an operator's `sqlite3` would."""
+    conn = apsw.Connection(db_path, flags=apsw.SQLITE_OPEN_READONLY)
+    try:
+        return [tuple(row) for row in conn.execute(sql, args)]
+    finally:
+        conn.close()
+
+
+def count_rows(db_path: str, table: str, where: str = "1", args: tuple[Any, ...] = ()) -> int:
+    return int(scalar(db_path, f"SELECT COUNT(*) FROM {table} WHERE {where}", args))
+
+
+def scalar(db_path: str, sql: str, args: tuple[Any, ...] = ()) -> Any:
+    return query(db_path, sql, args)[0][0]
+
+
+async def eventually(
+    check: Callable[[], bool], timeout: float = 10.0, interval: float = 0.05
+) -> None:
+    """Poll `check` (e.g. a database probe) until it holds; fail after `timeout`."""
+    with trio.fail_after(timeout):
+        while not check():
+            await trio.sleep(interval)

@@ -1,0 +1,141 @@
+"""The health record: what `serbero status` reads about the running daemon (BEY-10).
+
+Another process cannot ask the daemon anything, so the daemon leaves a record in its own
+database: each relay's state, the last dispute event seen and a heartbeat. This actor
+samples the daemon's in-memory figures every `HEALTH_POLL_SECONDS` and writes them through
+the tracker when they changed, and at least every `HEARTBEAT_SECONDS` (the heartbeat
+`serbero status` checks against its stale limit). Writing only on change keeps a quiet
+daemon at one small transaction per heartbeat. It also reads the outbox depth for the live
+snapshot.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Final
+
+import trio
+
+from serbero.actors.ingest import IngestStats
+from serbero.actors.relay import RelayState
+from serbero.actors.tracker import CountOutboxPending, Tracker, WriteHealth
+from serbero.clock import WallClock
+from serbero.log import get_logger
+from serbero.store.errors import StoreError
+from serbero.store.health import (
+    KEY_HEARTBEAT_AT,
+    KEY_LAST_DISPUTE_EVENT_AT,
+    KEY_LAST_DISPUTE_EVENT_ID,
+    KEY_STARTED_AT,
+    RelayHealth,
+)
+
+__all__ = [
+    "CONNECTED",
+    "DISCONNECTED",
+    "HEALTH_POLL_SECONDS",
+    "HEARTBEAT_SECONDS",
+    "HealthRecorder",
+    "HealthStats",
+    "relay_state_name",
+]
+
+log = get_logger("serbero.health")
+
+HEALTH_POLL_SECONDS: Final = 1.0
+# Well under `serbero status`'s stale limit (120 s), so one slow disk flush is no alarm.
+HEARTBEAT_SECONDS: Final = 30.0
+CONNECTED: Final = "connected"
+DISCONNECTED: Final = "disconnected"
+
+
+def relay_state_name(state: RelayState) -> str:
+    """The state string stored for a relay (`serbero status` treats `connected` as up)."""
+    return CONNECTED if state.connected else DISCONNECTED
+
+
+class HealthStats:
+    """The recorder's figures; written by the recorder only, read by the health snapshot."""
+
+    __slots__ = ("last_write_at", "outbox_pending", "writes")
+
+    def __init__(self) -> None:
+        self.writes = 0
+        self.last_write_at: int | None = None
+        # Decided DMs still owed, as last counted; None until the first count.
+        self.outbox_pending: int | None = None
+
+
+class HealthRecorder:
+    """The health-record actor; `run` samples and writes until cancelled."""
+
+    def __init__(
+        self,
+        tracker: Tracker,
+        relay_states: Callable[[], Mapping[str, RelayState]],
+        ingest: IngestStats,
+        *,
+        started_at: int,
+        wall_clock: WallClock,
+        stats: HealthStats,
+        poll_seconds: float = HEALTH_POLL_SECONDS,
+        heartbeat_seconds: float = HEARTBEAT_SECONDS,
+    ) -> None:
+        self._tracker = tracker
+        self._relay_states = relay_states
+        self._ingest = ingest
+        self._started_at = started_at
+        self._wall_clock = wall_clock
+        self.stats = stats
+        self._poll = poll_seconds
+        self._heartbeat = heartbeat_seconds
+        self._written: tuple[object, ...] | None = None
+
+    async def run(self) -> None:
+        next_beat = trio.current_time()
+        while True:
+            if await self._flush(force=trio.current_time() >= next_beat):
+                next_beat = trio.current_time() + self._heartbeat
+            await self._count_outbox()
+            await trio.sleep(self._poll)
+
+    def _relays(self) -> tuple[RelayHealth, ...]:
+        last_events = self._ingest.relay_last_event_at
+        return tuple(
+            RelayHealth(
+                url=url,
+                state=relay_state_name(state),
+                last_change_at=state.since,
+                last_event_at=last_events.get(url),
+            )
+            for url, state in sorted(self._relay_states().items())
+        )
+
+    async def _flush(self, *, force: bool) -> bool:
+        """Write the record if it changed (or `force`); True when a write committed."""
+        relays = self._relays()
+        sample = (relays, self._ingest.last_event_id, self._ingest.last_event_at)
+        if not force and sample == self._written:
+            return False
+        now = self._wall_clock()
+        values = {KEY_HEARTBEAT_AT: str(now), KEY_STARTED_AT: str(self._started_at)}
+        if self._ingest.last_event_id is not None and self._ingest.last_event_at is not None:
+            values[KEY_LAST_DISPUTE_EVENT_ID] = self._ingest.last_event_id
+            values[KEY_LAST_DISPUTE_EVENT_AT] = str(self._ingest.last_event_at)
+        try:
+            await self._tracker.ask(
+                WriteHealth(relays=relays, values=values, prune_relays=self._written is None)
+            )
+        except StoreError as exc:
+            log.warning("health_record_failed", error=str(exc))
+            return False
+        self._written = sample
+        self.stats.writes += 1
+        self.stats.last_write_at = now
+        return True
+
+    async def _count_outbox(self) -> None:
+        try:
+            self.stats.outbox_pending = await self._tracker.ask(CountOutboxPending())
+        except StoreError as exc:
+            log.debug("outbox_count_failed", error=str(exc))

@@ -1,0 +1,386 @@
+"""Ingest: decides each dispute event, one at a time, in arrival order (CORE-24..30, 47, 49).
+
+Every event from the dispute subscription is checked (author, shape, BEY-21 hostile
+input), routed on its `s` tag, and turned into exactly one tracker request that records the
+event's effect *and* the DMs it owes in one transaction (BEY-2): a new dispute with its
+initial notices, a take with its assignment notices, a resolution with its closing notices
+and, when mediation was involved, the resolution report. Nothing is sent from here: after
+each decision the sender is rung and delivers in parallel, so a slow relay never holds up
+the next decision (BEY-22).
+
+Decisions are pipelined: the request for the next event goes into the tracker's inbox
+before the previous answer is read. The tracker runs requests strictly in inbox order, so
+events are still decided one at a time in arrival order; the answers are read (and logged)
+by a second task, at most `DECISION_PIPELINE` behind.
+
+A bad event is logged once and stored nowhere; a failed decision is logged and the next
+event is decided anyway (CORE-6, CORE-28).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Final, Literal
+
+import msgspec
+import trio
+
+from serbero.actors.relay_pool import ReceivedEvent
+from serbero.actors.tracker import (
+    Pending,
+    RecordAssignment,
+    RecordDetected,
+    ResolutionOutcome,
+    ResolveDispute,
+    Tracker,
+)
+from serbero.clock import WallClock
+from serbero.config import SolverConfig
+from serbero.log import get_logger
+from serbero.protocol.mostro import (
+    Dispute,
+    DisputeError,
+    DisputeRoute,
+    MissingStatusTagError,
+    NotADisputeEventError,
+    UnrecognisedStatusError,
+    parse_dispute_event,
+    status_route,
+)
+from serbero.protocol.texts import (
+    TextError,
+    assignment_notification,
+    initial_notification,
+    resolution_notice,
+)
+from serbero.store.disputes import (
+    AssignmentResult,
+    DetectionResult,
+    DisputeEvent,
+)
+from serbero.store.errors import StoreError
+from serbero.store.outbox import OutboxMessage
+
+__all__ = [
+    "DECISION_PIPELINE",
+    "Ingest",
+    "IngestStats",
+]
+
+log = get_logger("serbero.ingest")
+
+# Decisions in the tracker's inbox whose answers are not read yet. Bounded: when the store
+# falls behind, ingest stops reading events, which pushes back on the relays.
+DECISION_PIPELINE: Final = 64
+# Hostile events can carry up to 2000 tags of any length; logs show this much of them.
+LOG_TAGS_LIMIT: Final = 16
+LOG_VALUE_LIMIT: Final = 80
+# `initiator_role` of a row created by late discovery from an event without one (BEY-4).
+UNKNOWN_INITIATOR: Final = "unknown"
+Handler = Literal["detection", "assignment", "resolution"]
+# `routed` handler names (CORE-27).
+HANDLERS: Final[Mapping[DisputeRoute, Handler]] = {
+    "detected": "detection",
+    "updated": "assignment",
+    "resolved": "resolution",
+}
+
+
+class IngestStats:
+    """Ingest's running figures; written by ingest only, read by the health snapshot."""
+
+    __slots__ = (
+        "decisions_in_flight",
+        "events_received",
+        "last_event_at",
+        "last_event_id",
+        "relay_last_event_at",
+    )
+
+    def __init__(self) -> None:
+        self.events_received = 0
+        self.decisions_in_flight = 0
+        self.last_event_id: str | None = None
+        # Wall-clock second the last dispute event arrived, overall and per relay.
+        self.last_event_at: int | None = None
+        self.relay_last_event_at: dict[str, int] = {}
+
+
+class _Decision(msgspec.Struct, frozen=True):
+    """A submitted request whose answer the reporter still has to read and log."""
+
+    handler: Handler
+    dispute: Dispute
+    pending: Pending[Any]
+
+
+def _clip(value: str) -> str:
+    return value if len(value) <= LOG_VALUE_LIMIT else value[:LOG_VALUE_LIMIT] + "…"
+
+
+def _loggable_tags(tags: Sequence[Sequence[str]]) -> list[list[str]]:
+    return [[_clip(value) for value in tag[:3]] for tag in tags[:LOG_TAGS_LIMIT]]
+
+
+def _facts(dispute: Dispute) -> DisputeEvent:
+    return DisputeEvent(
+        dispute_id=dispute.dispute_id,
+        event_id=dispute.event_id,
+        mostro_pubkey=dispute.mostro_pubkey,
+        event_timestamp=dispute.event_timestamp,
+        status=str(dispute.status),
+        initiator_role=dispute.initiator or UNKNOWN_INITIATOR,
+    )
+
+
+class Ingest:
+    """The ingest actor; `run` consumes the dispute subscription until it ends."""
+
+    def __init__(
+        self,
+        tracker: Tracker,
+        *,
+        mostro_pubkey: str,
+        solvers: Sequence[SolverConfig],
+        resolution_notices: bool,
+        ring_sender: Callable[[], None],
+        wall_clock: WallClock,
+        stats: IngestStats,
+    ) -> None:
+        self._tracker = tracker
+        self._mostro = mostro_pubkey
+        self._recipients = tuple(solver.pubkey for solver in solvers)
+        self._resolution_notices = resolution_notices
+        self._ring = ring_sender
+        self._wall_clock = wall_clock
+        self.stats = stats
+
+    async def run(self, events: trio.MemoryReceiveChannel[ReceivedEvent]) -> None:
+        """Decide every event; returns only when the subscription's stream ends (CORE-11)."""
+        send, receive = trio.open_memory_channel[_Decision](DECISION_PIPELINE)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._report, receive)
+            async with send:
+                async for received in events:
+                    decision = await self._decide(received)
+                    if decision is not None:
+                        self.stats.decisions_in_flight += 1
+                        await send.send(decision)
+
+    # --- validation and routing --------------------------------------------------------------
+
+    async def _decide(self, received: ReceivedEvent) -> _Decision | None:
+        event = received.event
+        if event.pubkey != self._mostro:
+            log.warning(
+                "invalid_event_discarded",
+                relay=received.relay,
+                event_id=event.id,
+                reason="author is not the configured Mostro key",
+            )
+            return None
+        now = self._wall_clock()
+        self.stats.events_received += 1
+        self.stats.last_event_id = event.id
+        self.stats.last_event_at = now
+        self.stats.relay_last_event_at[received.relay] = now
+        log.info(
+            "event_received",
+            relay=received.relay,
+            event_id=event.id,
+            kind=event.kind,
+            author=event.pubkey,
+            tag_count=len(event.tags),
+        )
+        try:
+            dispute = parse_dispute_event(event)
+        except NotADisputeEventError as exc:
+            log.warning("ignored_non_dispute_event", kind=exc.kind, event_id=event.id)
+            return None
+        except MissingStatusTagError:
+            log.warning(
+                "missing_status_tag",
+                event_id=event.id,
+                tag_count=len(event.tags),
+                tags=_loggable_tags(event.tags),
+            )
+            return None
+        except UnrecognisedStatusError as exc:
+            log.warning(
+                "unrecognised_status_skipped", status=_clip(repr(exc.status)), event_id=event.id
+            )
+            return None
+        except DisputeError as exc:
+            # Missing or hostile `d`, bad initiator, forged `p` (CORE-29, BEY-21).
+            log.error(
+                "dispatch_error", event_id=event.id, error=str(exc), reason=type(exc).__name__
+            )
+            return None
+        handler = HANDLERS[status_route(dispute.status)]
+        log.info("routed", event_id=event.id, status=str(dispute.status), handler=handler)
+        try:
+            return await self._submit(handler, dispute)
+        except TextError as exc:
+            log.error("dispatch_error", event_id=event.id, error=str(exc), reason="TextError")
+        except StoreError as exc:
+            self._log_store_failure(handler, dispute, exc)
+        return None
+
+    async def _submit(self, handler: Handler, dispute: Dispute) -> _Decision:
+        """Build the decision's request (bodies included) and put it in the tracker's inbox."""
+        facts = _facts(dispute)
+        pending: Pending[Any]
+        if handler == "detection":
+            body = initial_notification(dispute)
+            pending = await self._tracker.submit(
+                RecordDetected(event=facts, messages=self._messages(body))
+            )
+        elif handler == "assignment":
+            body = assignment_notification(dispute.dispute_id, dispute.assigned_solver)
+            pending = await self._tracker.submit(
+                RecordAssignment(
+                    event=facts,
+                    assigned_solver=dispute.assigned_solver,
+                    messages=self._messages(body),
+                )
+            )
+        else:
+            # CORE-49 step 2 comes before the load.
+            log.info(
+                "dispute_resolved_externally",
+                dispute_id=dispute.dispute_id,
+                resolution_status=str(dispute.status),
+            )
+            notices = (
+                self._messages(resolution_notice(dispute.dispute_id, str(dispute.status)))
+                if self._resolution_notices
+                else ()
+            )
+            pending = await self._tracker.submit(
+                ResolveDispute(event=facts, notices=notices, report_recipients=self._recipients)
+            )
+        return _Decision(handler=handler, dispute=dispute, pending=pending)
+
+    def _messages(self, body: str) -> tuple[OutboxMessage, ...]:
+        return tuple(OutboxMessage(solver_pubkey=pubkey, body=body) for pubkey in self._recipients)
+
+    # --- answers -----------------------------------------------------------------------------
+
+    async def _report(self, decisions: trio.MemoryReceiveChannel[_Decision]) -> None:
+        async for decision in decisions:
+            self.stats.decisions_in_flight -= 1
+            try:
+                value = await decision.pending.result()
+            except StoreError as exc:
+                self._log_store_failure(decision.handler, decision.dispute, exc)
+                continue
+            if decision.handler == "detection":
+                self._detected(decision.dispute, value)
+            elif decision.handler == "assignment":
+                self._assigned(decision.dispute, value)
+            else:
+                self._resolved(decision.dispute, value)
+
+    def _log_store_failure(self, handler: Handler, dispute: Dispute, exc: StoreError) -> None:
+        if handler == "detection":
+            # CORE-30: nothing sent or queued; a later copy of the event is decided afresh.
+            log.error(
+                "persistence_failed",
+                dispute_id=dispute.dispute_id,
+                event_id=dispute.event_id,
+                error=str(exc),
+            )
+        elif handler == "assignment":
+            log.error("dispatch_error", event_id=dispute.event_id, error=str(exc))
+        else:
+            log.error(
+                "resolution_failed",
+                dispute_id=dispute.dispute_id,
+                event_id=dispute.event_id,
+                error=str(exc),
+            )
+
+    def _detected(self, dispute: Dispute, result: DetectionResult) -> None:
+        if not result.inserted:
+            log.debug("duplicate_skip", dispute_id=dispute.dispute_id, event_id=dispute.event_id)
+            return
+        log.info(
+            "detected",
+            dispute_id=dispute.dispute_id,
+            event_id=dispute.event_id,
+            initiator_role=dispute.initiator,
+        )
+        if not self._recipients:
+            log.warning("dispute_not_notified_no_solvers", dispute_id=dispute.dispute_id)
+            return
+        self._ring()
+
+    def _assigned(self, dispute: Dispute, result: AssignmentResult) -> None:
+        assigned = dispute.assigned_solver or "unknown"
+        if result.outcome == "noop":
+            log.debug("assignment_noop", dispute_id=dispute.dispute_id, state=result.state)
+            return
+        if result.outcome == "discovered":
+            # BEY-4: opened while we were away; recorded as taken, nobody is told.
+            log.info(
+                "dispute_discovered",
+                dispute_id=dispute.dispute_id,
+                event_id=dispute.event_id,
+                state=result.state,
+            )
+        _log_transition(dispute.dispute_id, result.from_state, result.state, dispute.event_id)
+        log.info("assignment_detected", dispute_id=dispute.dispute_id, assigned_solver=assigned)
+        if result.abandoned:
+            log.debug("outbox_abandoned", dispute_id=dispute.dispute_id, count=result.abandoned)
+        if result.outbox_ids:
+            self._ring()
+
+    def _resolved(self, dispute: Dispute, outcome: ResolutionOutcome) -> None:
+        result = outcome.resolution
+        if result.outcome == "noop":
+            log.debug("resolution_noop", dispute_id=dispute.dispute_id)
+            return
+        if result.outcome == "discovered":
+            log.info(
+                "dispute_discovered",
+                dispute_id=dispute.dispute_id,
+                event_id=dispute.event_id,
+                state="resolved",
+            )
+        _log_transition(
+            dispute.dispute_id, result.from_state, "resolved", "dispute_resolved_externally"
+        )
+        if result.superseded_session_id is not None:
+            log.info(
+                "mediation_session_superseded",
+                dispute_id=dispute.dispute_id,
+                session_id=result.superseded_session_id,
+            )
+        if result.abandoned:
+            log.debug("outbox_abandoned", dispute_id=dispute.dispute_id, count=result.abandoned)
+        if outcome.report_error is not None:
+            log.warning(
+                "resolution_report_failed",
+                dispute_id=dispute.dispute_id,
+                error=outcome.report_error,
+            )
+        elif outcome.reported:
+            log.info(
+                "resolution_report_queued",
+                dispute_id=dispute.dispute_id,
+                recipients=len(outcome.report_outbox_ids),
+            )
+        else:
+            log.debug("resolution_report_not_needed", dispute_id=dispute.dispute_id)
+        if result.outbox_ids or outcome.report_outbox_ids:
+            self._ring()
+
+
+def _log_transition(dispute_id: str, from_state: str | None, to_state: str, trigger: str) -> None:
+    """CORE-44's INFO line; `from` is None for a dispute discovered late (BEY-4)."""
+    log.info(
+        "state_transition",
+        dispute_id=dispute_id,
+        **{"from": from_state, "to": to_state},
+        trigger=trigger,
+    )

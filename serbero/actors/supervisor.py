@@ -1,0 +1,541 @@
+"""The supervisor: start-up in CORE-8 order, every actor in one nursery, restarts, a live view.
+
+Start-up (CORE-8 steps 4-14): log the config; parse the Mostro key; open and migrate the
+database (the tracker); compute the subscription's `since` (CORE-20/21); release outbox
+claims a killed process left behind, so they are delivered again (BEY-2); report solvers
+and optional features; derive Serbero's identity; start the relay pool; subscribe to the
+dispute feed; start the actors; log `event_loop_started`. Every failure up to the pool is
+fatal (`DaemonFatal`); unreachable relays are not.
+
+Restart policy, decided per actor (design.md, "Failure model"):
+
+- **tracker** and **relay pool** are not restarted: they are the ground everything else
+  stands on. Their failure ends the supervisor with `DaemonFatal`, the daemon exits 1 and
+  runit starts a fresh process.
+- **ingest** is restarted with backoff. Its input (the subscription's channel) outlives it,
+  so events keep queueing (bounded) meanwhile; only the event being decided at the crash
+  is dropped, and relays replay it on the next reconnect. If the event stream *ends*, that
+  is fatal (CORE-11, `event_stream_ended`).
+- **sender** is restarted with backoff, after `RequeueInFlight` releases the rows it held,
+  so they are delivered again rather than after the claim lease.
+- **renotify** and **health_record** are restarted with backoff.
+- **optional actors** (`optional_actors`) choose with their `restart` flag.
+
+Backoff doubles from `RESTART_BACKOFF_FIRST` to `RESTART_BACKOFF_CAP` and starts afresh
+after an actor ran `RESTART_HEALTHY_AFTER` seconds. An actor that crashes `MAX_CRASHES`
+times within `CRASH_WINDOW_SECONDS` is fatal: a fault that keeps firing is better met by a
+fresh process (and a loud supervisor log) than by a quiet loop.
+
+Live view: `Supervisor.snapshot()` returns a `DaemonSnapshot` (relay states, last dispute
+event, queue depths, actor states), cheap and synchronous, for a health endpoint; it is
+handed out as `DaemonContext.snapshot`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from typing import Final, Literal
+
+import msgspec
+import trio
+
+from serbero import __version__
+from serbero.actors.health_record import HealthRecorder, HealthStats
+from serbero.actors.ingest import Ingest, IngestStats
+from serbero.actors.relay import RelayState, RelayTiming
+from serbero.actors.relay_pool import RelayPool, Subscription, open_relay_pool
+from serbero.actors.renotify import Renotifier, RenotifyStats
+from serbero.actors.sender import Doorbell, OutboxSender, SenderStats
+from serbero.actors.tracker import ComputeSince, RequeueInFlight, Tracker, open_tracker
+from serbero.clock import WallClock
+from serbero.config import MASK, Config
+from serbero.log import get_logger
+from serbero.protocol.keys import KeyFormatError, Keys, parse_public_key
+from serbero.protocol.messages import Filter
+from serbero.protocol.mostro import DISPUTE_EVENT_KIND
+from serbero.store.disputes import SINCE_SKEW_SECONDS, Since
+from serbero.store.errors import StoreError
+
+__all__ = [
+    "CRASH_WINDOW_SECONDS",
+    "DISPUTE_SUBSCRIPTION",
+    "MAX_CRASHES",
+    "RESTART_BACKOFF_CAP",
+    "RESTART_BACKOFF_FIRST",
+    "RESTART_HEALTHY_AFTER",
+    "ActorState",
+    "ActorStatus",
+    "DaemonContext",
+    "DaemonFatal",
+    "DaemonSnapshot",
+    "OptionalActor",
+    "SnapshotProvider",
+    "Supervisor",
+    "optional_actors",
+    "run_supervisor",
+]
+
+log = get_logger("serbero.daemon")
+
+RESTART_BACKOFF_FIRST: Final = 1.0
+RESTART_BACKOFF_CAP: Final = 30.0
+RESTART_HEALTHY_AFTER: Final = 60.0
+MAX_CRASHES: Final = 5
+CRASH_WINDOW_SECONDS: Final = 300.0
+# The dispute feed's subscription name (logs, `subscription_sent`).
+DISPUTE_SUBSCRIPTION: Final = "disputes"
+
+ActorState = Literal["running", "restarting", "stopped"]
+
+
+class DaemonFatal(Exception):
+    """The daemon cannot go on (CORE-9): logged as `daemon_terminated`, exit status 1."""
+
+
+class ActorStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """One supervised actor: what it is doing and how often it crashed."""
+
+    name: str
+    state: ActorState
+    restarts: int
+    last_error: str | None
+    last_crash_at: int | None
+
+
+class DaemonSnapshot(msgspec.Struct, frozen=True, kw_only=True):
+    """The running daemon at one instant, for a health endpoint (BEY-11).
+
+    - `taken_at`, `started_at`: wall-clock seconds; `serbero_pubkey`: our identity (hex).
+    - `relays`: every relay link (`RelayState`: url, connected, since, last_error,
+      reconnect_attempts, authenticated); `relays_connected` counts the connected ones.
+    - `last_dispute_event_id` / `last_dispute_event_at`: the newest dispute event from the
+      configured Mostro key and when it arrived (None before the first).
+    - `events_received`: dispute events from Mostro since start.
+    - `ingest_backlog`: events waiting in the dispute subscription for ingest;
+      `decisions_in_flight`: decisions handed to the store and not yet answered.
+    - `outbox_pending`: DMs decided and still owed (counted about once a second; None
+      before the first count); `outbox_in_flight`: DMs being published right now.
+    - `delivered` / `delivery_failures`: DM attempts since start, by outcome.
+    - `renotify_cycles`: re-notification timer cycles since start.
+    - `actors`: every supervised actor's `ActorStatus`, in start order.
+    """
+
+    taken_at: int
+    started_at: int
+    serbero_pubkey: str
+    relays: tuple[RelayState, ...]
+    relays_connected: int
+    last_dispute_event_id: str | None
+    last_dispute_event_at: int | None
+    events_received: int
+    ingest_backlog: int
+    decisions_in_flight: int
+    outbox_pending: int | None
+    outbox_in_flight: int
+    delivered: int
+    delivery_failures: int
+    renotify_cycles: int
+    actors: tuple[ActorStatus, ...]
+
+
+SnapshotProvider = Callable[[], DaemonSnapshot]
+
+
+class DaemonContext(msgspec.Struct, frozen=True, kw_only=True):
+    """What a running daemon shares with optional actors and in-process callers (CORE-12).
+
+    `ring_sender()` tells the outbox sender that new DMs were queued (it also finds them
+    within `IDLE_RECHECK_SECONDS` without a ring); `snapshot()` is the live view.
+    """
+
+    config: Config
+    identity: Keys
+    mostro_pubkey: str
+    tracker: Tracker
+    pool: RelayPool
+    wall_clock: WallClock
+    rand: Callable[[int], bytes]
+    ring_sender: Callable[[], None]
+    snapshot: SnapshotProvider
+
+
+class OptionalActor(msgspec.Struct, frozen=True, kw_only=True):
+    """A feature actor started only when configured; `restart=False` makes a crash fatal."""
+
+    name: str
+    run: Callable[[DaemonContext], Awaitable[None]]
+    restart: bool = True
+
+
+def optional_actors(context: DaemonContext) -> list[OptionalActor]:
+    """CORE-8 step 13: the feature actors this configuration asks for, and their log lines.
+
+    This is the one place a feature joins the daemon: append its `OptionalActor` here when
+    its section is enabled. The supervisor runs each one under the restart policy above.
+    """
+    escalation = context.config.escalation
+    if escalation.enabled:
+        log.info(
+            "phase4_dispatcher_enabled",
+            dispatch_interval_seconds=escalation.dispatch_interval_seconds,
+            fallback_to_all_solvers=escalation.fallback_to_all_solvers,
+            write_solver_count=sum(solver.can_write for solver in context.config.solvers),
+        )
+    else:
+        log.info("phase4_dispatcher_disabled")
+    actors: list[OptionalActor] = []
+    return actors
+
+
+class _ActorSpec(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    run: Callable[[], Awaitable[None]]
+    restart: bool = True
+    # Runs before each restart (not before the first start).
+    before_restart: Callable[[], Awaitable[None]] | None = None
+    # Returning is normal for most actors; for ingest it means the stream ended (CORE-11).
+    fatal_on_return: str | None = None
+
+
+class _ActorRecord:
+    __slots__ = ("last_crash_at", "last_error", "name", "restarts", "state")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.state: ActorState = "running"
+        self.restarts = 0
+        self.last_error: str | None = None
+        self.last_crash_at: int | None = None
+
+    def status(self) -> ActorStatus:
+        return ActorStatus(
+            name=self.name,
+            state=self.state,
+            restarts=self.restarts,
+            last_error=self.last_error,
+            last_crash_at=self.last_crash_at,
+        )
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line for a log field; exception groups list their leaves."""
+    if isinstance(exc, BaseExceptionGroup):
+        return "; ".join(describe_error(inner) for inner in exc.exceptions)
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def restart_delay(attempt: int) -> float:
+    """Backoff before restart number `attempt` (0-based)."""
+    return float(min(RESTART_BACKOFF_CAP, RESTART_BACKOFF_FIRST * 2 ** min(attempt, 16)))
+
+
+def _log_startup(config: Config, config_path: str) -> None:
+    """CORE-8 step 4."""
+    log.info("starting", version=__version__, config_path=config_path)
+    log.info(
+        "config_loaded",
+        mostro_pubkey=config.mostro.pubkey,
+        db_path=config.serbero.db_path,
+        relay_count=len(config.relays),
+        solver_count=len(config.solvers),
+        renotification_seconds=config.timeouts.renotification_seconds,
+        renotification_check_interval_seconds=config.timeouts.renotification_check_interval_seconds,
+    )
+    for relay in config.relays:
+        log.info("configured_relay", url=relay.url)
+    for index, solver in enumerate(config.solvers):
+        shown = MASK if solver.pubkey.strip().lower().startswith("nsec") else solver.pubkey
+        log.info("configured_solver", idx=index, pubkey=shown, permission=solver.permission)
+
+
+def _log_since(since: Since) -> None:
+    if since.last_seen_event_ts is None:
+        log.info("cold_start_since_now", since_ts=since.since)
+    else:
+        log.info(
+            "resume_since",
+            last_seen_event_ts=since.last_seen_event_ts,
+            resume_since_ts=since.since,
+            skew_seconds=SINCE_SKEW_SECONDS,
+        )
+
+
+def _log_mediation(config: Config) -> None:
+    """CORE-8 step 9 / CORE-17: mediation needs both switches; bring-up failures never stop
+    the core. No mediation engine ships in this build, so turning it on is such a failure."""
+    if not config.mediation.enabled:
+        return
+    if not config.reasoning.enabled:
+        log.info("mediation_disabled", reason="[reasoning].enabled = false")
+        return
+    log.error("mediation_bringup_failed", error="the mediation engine is not part of this build")
+
+
+class Supervisor:
+    """Owns the start-up sequence, the actors' nursery and the live snapshot."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        wall_clock: WallClock,
+        rand: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        self.config = config
+        self._wall_clock = wall_clock
+        self._rand = rand
+        self.started_at = wall_clock()
+        self.doorbell = Doorbell()
+        self.ingest_stats = IngestStats()
+        self.sender_stats = SenderStats()
+        self.renotify_stats = RenotifyStats()
+        self.health_stats = HealthStats()
+        self._actors: dict[str, _ActorRecord] = {}
+        self._pool: RelayPool | None = None
+        self._subscription: Subscription | None = None
+        self._identity_hex = ""
+
+    # --- the live view -------------------------------------------------------------------------
+
+    def snapshot(self) -> DaemonSnapshot:
+        relays = tuple(self._pool.relay_states().values()) if self._pool is not None else ()
+        backlog = 0
+        if self._subscription is not None:
+            backlog = self._subscription.events.statistics().current_buffer_used
+        ingest = self.ingest_stats
+        return DaemonSnapshot(
+            taken_at=self._wall_clock(),
+            started_at=self.started_at,
+            serbero_pubkey=self._identity_hex,
+            relays=relays,
+            relays_connected=sum(relay.connected for relay in relays),
+            last_dispute_event_id=ingest.last_event_id,
+            last_dispute_event_at=ingest.last_event_at,
+            events_received=ingest.events_received,
+            ingest_backlog=backlog,
+            decisions_in_flight=ingest.decisions_in_flight,
+            outbox_pending=self.health_stats.outbox_pending,
+            outbox_in_flight=self.sender_stats.in_flight,
+            delivered=self.sender_stats.delivered,
+            delivery_failures=self.sender_stats.failed,
+            renotify_cycles=self.renotify_stats.cycles,
+            actors=tuple(record.status() for record in self._actors.values()),
+        )
+
+    # --- start-up ------------------------------------------------------------------------------
+
+    async def run(
+        self,
+        *,
+        config_path: str,
+        relay_timing: RelayTiming | None = None,
+        offload: bool = True,
+        task_status: trio.TaskStatus[DaemonContext] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Start everything, report the `DaemonContext` through `task_status`, then run until
+        cancelled. Raises `DaemonFatal` for anything CORE-8 calls fatal."""
+        config = self.config
+        _log_startup(config, config_path)
+        try:
+            mostro = parse_public_key(config.mostro.pubkey)
+        except KeyFormatError as exc:
+            raise DaemonFatal(f"invalid [mostro].pubkey: {exc}") from exc
+        async with AsyncExitStack() as stack:
+            try:
+                tracker = await stack.enter_async_context(
+                    open_tracker(
+                        config.serbero.db_path,
+                        wall_clock=self._wall_clock,
+                        rand=self._rand,
+                        offload=offload,
+                    )
+                )
+                since = await tracker.ask(ComputeSince())
+                _log_since(since)
+                requeued = await tracker.ask(RequeueInFlight())
+            except StoreError as exc:
+                raise DaemonFatal(f"database: {exc}") from exc
+            if requeued:
+                log.info("outbox_requeued", count=requeued)
+            if config.solvers:
+                log.info("solvers_ready", solver_count=len(config.solvers))
+            else:
+                log.warning("no_solvers_configured")
+            _log_mediation(config)
+            try:
+                identity = config.identity()
+            except KeyFormatError as exc:
+                raise DaemonFatal(f"invalid [serbero].private_key: {exc}") from exc
+            self._identity_hex = identity.public_hex
+            log.info("serbero_identity", serbero_pubkey=identity.public_hex)
+            if not config.relays:
+                raise DaemonFatal("no relays configured")
+            try:
+                pool = await stack.enter_async_context(
+                    open_relay_pool(
+                        [relay.url for relay in config.relays],
+                        identity,
+                        wall_clock=self._wall_clock,
+                        timing=relay_timing,
+                        rand=self._rand,
+                    )
+                )
+            except ValueError as exc:
+                raise DaemonFatal(f"invalid relay configuration: {exc}") from exc
+            self._pool = pool
+            log.info("subscribing", kind=DISPUTE_EVENT_KIND, author=mostro, since_ts=since.since)
+            subscription = await pool.subscribe(
+                Filter(kinds=[DISPUTE_EVENT_KIND], authors=[mostro], since=since.since),
+                name=DISPUTE_SUBSCRIPTION,
+            )
+            self._subscription = subscription
+            context = DaemonContext(
+                config=config,
+                identity=identity,
+                mostro_pubkey=mostro,
+                tracker=tracker,
+                pool=pool,
+                wall_clock=self._wall_clock,
+                rand=self._rand,
+                ring_sender=self.doorbell.ring,
+                snapshot=self.snapshot,
+            )
+            specs = self._core_actors(context, subscription)
+            specs += [
+                _ActorSpec(name=extra.name, run=_bind(extra, context), restart=extra.restart)
+                for extra in optional_actors(context)
+            ]
+            async with trio.open_nursery() as nursery:
+                for spec in specs:
+                    self._actors[spec.name] = _ActorRecord(spec.name)
+                    nursery.start_soon(self._supervise, spec, name=f"actor {spec.name}")
+                log.info("event_loop_started")
+                task_status.started(context)
+
+    def _core_actors(self, context: DaemonContext, subscription: Subscription) -> list[_ActorSpec]:
+        config, tracker = context.config, context.tracker
+        ingest = Ingest(
+            tracker,
+            mostro_pubkey=context.mostro_pubkey,
+            solvers=config.solvers,
+            resolution_notices=config.notifications.resolution,
+            ring_sender=self.doorbell.ring,
+            wall_clock=self._wall_clock,
+            stats=self.ingest_stats,
+        )
+        sender = OutboxSender(
+            tracker,
+            context.pool,
+            context.identity,
+            config.solvers,
+            doorbell=self.doorbell,
+            stats=self.sender_stats,
+            wall_clock=self._wall_clock,
+            rand=self._rand,
+        )
+        renotifier = Renotifier(
+            tracker,
+            config.solvers,
+            config.timeouts,
+            ring_sender=self.doorbell.ring,
+            wall_clock=self._wall_clock,
+            stats=self.renotify_stats,
+        )
+        recorder = HealthRecorder(
+            tracker,
+            context.pool.relay_states,
+            self.ingest_stats,
+            started_at=self.started_at,
+            wall_clock=self._wall_clock,
+            stats=self.health_stats,
+        )
+
+        async def consume_disputes() -> None:
+            await ingest.run(subscription.events)
+
+        async def release_claims() -> None:
+            released = await tracker.ask(RequeueInFlight())
+            log.info("outbox_requeued", count=released)
+
+        return [
+            _ActorSpec(name="sender", run=sender.run, before_restart=release_claims),
+            _ActorSpec(name="renotify", run=renotifier.run),
+            _ActorSpec(name="health_record", run=recorder.run),
+            _ActorSpec(
+                name="ingest", run=consume_disputes, fatal_on_return="dispute event stream ended"
+            ),
+        ]
+
+    # --- restarts ------------------------------------------------------------------------------
+
+    async def _supervise(self, spec: _ActorSpec) -> None:
+        record = self._actors[spec.name]
+        crashes: deque[float] = deque()
+        attempt = 0
+        while True:
+            record.state = "running"
+            started = trio.current_time()
+            try:
+                await spec.run()
+            except Exception as exc:
+                now = trio.current_time()
+                if now - started >= RESTART_HEALTHY_AFTER:
+                    attempt = 0
+                crashes.append(now)
+                while crashes and now - crashes[0] > CRASH_WINDOW_SECONDS:
+                    crashes.popleft()
+                error = describe_error(exc)
+                record.last_error = error
+                record.last_crash_at = self._wall_clock()
+                log.error("actor_crashed", actor=spec.name, error=error, restarts=record.restarts)
+                if not spec.restart or len(crashes) >= MAX_CRASHES:
+                    raise DaemonFatal(f"actor {spec.name} crashed: {error}") from exc
+                record.state = "restarting"
+                delay = restart_delay(attempt)
+                attempt += 1
+                log.warning("actor_restart_scheduled", actor=spec.name, delay_seconds=delay)
+                await trio.sleep(delay)
+                try:
+                    if spec.before_restart is not None:
+                        await spec.before_restart()
+                except StoreError as store_exc:
+                    raise DaemonFatal(f"restarting {spec.name}: {store_exc}") from store_exc
+                record.restarts += 1
+                log.info("actor_restarted", actor=spec.name, restarts=record.restarts)
+                continue
+            record.state = "stopped"
+            if spec.fatal_on_return is not None:
+                log.error("event_stream_ended", actor=spec.name)
+                raise DaemonFatal(spec.fatal_on_return)
+            return
+
+
+def _bind(actor: OptionalActor, context: DaemonContext) -> Callable[[], Awaitable[None]]:
+    async def run() -> None:
+        await actor.run(context)
+
+    return run
+
+
+async def run_supervisor(
+    config: Config,
+    *,
+    config_path: str,
+    wall_clock: WallClock,
+    rand: Callable[[int], bytes] = os.urandom,
+    relay_timing: RelayTiming | None = None,
+    offload: bool = True,
+    task_status: trio.TaskStatus[DaemonContext] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Build a `Supervisor` and run it (see `Supervisor.run`)."""
+    supervisor = Supervisor(config, wall_clock=wall_clock, rand=rand)
+    await supervisor.run(
+        config_path=config_path,
+        relay_timing=relay_timing,
+        offload=offload,
+        task_status=task_status,
+    )
