@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
@@ -15,6 +16,7 @@ from serbero.config import (
     Config,
     MostroConfig,
     NotificationsConfig,
+    Permission,
     RelayConfig,
     SerberoConfig,
     SolverConfig,
@@ -23,7 +25,9 @@ from serbero.config import (
 from serbero.daemon import DaemonContext, serve
 from serbero.protocol.keys import Keys
 from tests.relay.raw_relay import RawConnection, RawRelay, open_raw_relay
+from tests.support.mostro_sim import MostroSim
 from tests.support.sdk_thread import ThreadedSdkPeer
+from tests.support.solver_inbox import ReceivedDm, SolverInbox
 
 R = TypeVar("R")
 
@@ -145,3 +149,101 @@ async def eventually(
     with trio.fail_after(timeout):
         while not check():
             await trio.sleep(interval)
+
+
+class OffsetClock:
+    """Real wall-clock time plus an offset the test moves forward: the timer sees hours
+    pass in a second, while everything else keeps running in real time."""
+
+    def __init__(self) -> None:
+        self.offset = 0
+
+    def __call__(self) -> int:
+        return int(time.time()) + self.offset
+
+    def advance(self, seconds: int) -> None:
+        self.offset += seconds
+
+
+class Harness:
+    """One relay, a Mostro simulator, solver inboxes and a daemon config over a fresh DB.
+
+    `solver_keys` are the valid solvers (each with an inbox, in config order); `extra`
+    solver entries (e.g. a malformed key) follow them in the config.
+    """
+
+    def __init__(
+        self,
+        relay_url: str,
+        db_path: str,
+        *,
+        valid_solvers: int = 2,
+        permissions: Sequence[Permission] = (),
+        extra: Sequence[SolverConfig] = (),
+        **config: Any,
+    ) -> None:
+        self.relay_url = relay_url
+        self.db_path = db_path
+        self.serbero = Keys.generate()
+        self.mostro = Keys.generate()
+        self.solver_keys = [Keys.generate() for _ in range(valid_solvers)]
+        chosen = list(permissions) or ["read"] * valid_solvers
+        solvers = [
+            SolverConfig.from_text(keys.public_hex, permission)
+            for keys, permission in zip(self.solver_keys, chosen, strict=True)
+        ]
+        self.config = make_config(
+            db_path,
+            [relay_url],
+            serbero=self.serbero,
+            mostro=self.mostro,
+            solvers=[*solvers, *extra],
+            **config,
+        )
+        self.sim = MostroSim(self.mostro.secret.hex(), [relay_url])
+        self.inboxes = [SolverInbox(keys.secret.hex(), [relay_url]) for keys in self.solver_keys]
+
+    async def __aenter__(self) -> Harness:
+        for peer in (self.sim, *self.inboxes):
+            await trio.to_thread.run_sync(peer.start)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        for peer in (self.sim, *self.inboxes):
+            await trio.to_thread.run_sync(peer.close)
+
+    async def wait_dms(self, count: int, containing: str = "") -> list[list[ReceivedDm]]:
+        """Every inbox holds at least `count` DMs containing `containing`; their DMs."""
+        return [
+            await in_thread(inbox.wait_for_count, count, DM_TIMEOUT, containing)
+            for inbox in self.inboxes
+        ]
+
+    def dm_counts(self) -> list[int]:
+        return [len(inbox.messages()) for inbox in self.inboxes]
+
+    def rows(self, table: str, where: str = "1", args: tuple[Any, ...] = ()) -> int:
+        return count_rows(self.db_path, table, where, args)
+
+    def state(self, dispute_id: str) -> str:
+        return str(
+            scalar(
+                self.db_path,
+                "SELECT lifecycle_state FROM disputes WHERE dispute_id = ?",
+                (dispute_id,),
+            )
+        )
+
+    async def settled(self, context: DaemonContext, events: int) -> None:
+        """Ingest decided `events` dispute events and the outbox owes nothing more."""
+
+        def done() -> bool:
+            snap = context.snapshot()
+            return (
+                snap.events_received >= events
+                and snap.decisions_in_flight == 0
+                and snap.outbox_in_flight == 0
+                and self.rows("notification_outbox", "state = 'pending'") == 0
+            )
+
+        await eventually(done)
