@@ -13,7 +13,7 @@ import trio
 from serbero.actors.escalation import pool_deliver
 from serbero.actors.relay_pool import RelayPool, open_relay_pool
 from serbero.actors.tracker import Tracker, open_tracker
-from serbero.clock import FakeWallClock, system_wall_clock
+from serbero.clock import FakeWallClock, WallClock, system_wall_clock
 from serbero.config import SolverConfig
 from serbero.protocol.keys import Keys
 from tests.escalation.helpers import Cycle, SecondWriter, SpyDeliver, dispatcher_cycles, solver
@@ -95,14 +95,18 @@ class RelayEnv:
         return Solver(SolverConfig.from_text(text, permission), None)  # type: ignore[arg-type]
 
     def dispatcher(
-        self, solvers: Sequence[Solver], *, fallback: bool = False
+        self,
+        solvers: Sequence[Solver],
+        *,
+        fallback: bool = False,
+        wall_clock: WallClock = system_wall_clock,
     ) -> AbstractAsyncContextManager[Cycle]:
         return dispatcher_cycles(
             self.tracker,
             self.deliver,
             solvers=[s.config for s in solvers],
             fallback=fallback,
-            wall_clock=system_wall_clock,
+            wall_clock=wall_clock,
         )
 
     def close(self) -> None:

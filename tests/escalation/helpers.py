@@ -1,16 +1,18 @@
 """Builders shared by the escalation tests: mediation's stand-in writer, packages, deliveries.
 
 Mediation is a separate writer in the real daemon's future: handoffs are inserted here with
-stdlib `sqlite3` on the same file while the tracker holds its APSW connection, so the tests
-also prove the dispatcher sees rows it did not write itself.
+stdlib `sqlite3` on the same file, from another process, while the tracker holds its APSW
+connection, so the tests also prove the dispatcher sees rows it did not write itself.
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any, Final
 
 import trio
@@ -25,6 +27,8 @@ from serbero.config import SolverConfig
 from serbero.protocol.keys import Keys
 from serbero.store.escalation import HandoffRow
 
+WORKER_SCRIPT: Final = Path(__file__).with_name("sqlite_worker.py")
+WORKER_EXIT_TIMEOUT: Final = 5.0
 T0: Final = 1_700_000_000
 MOSTRO: Final = "79be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798"
 BUNDLE: Final = "phase3-default"
@@ -101,21 +105,60 @@ def package(
     return json.dumps(payload)
 
 
+class SecondWriterError(RuntimeError):
+    """A statement the second writer's SQLite refused (constraint, trigger, lock, ...)."""
+
+
 class SecondWriter:
-    """Mediation's stand-in: its own stdlib sqlite3 connection on the daemon's database."""
+    """Mediation's stand-in: stdlib sqlite3 on the daemon's database, in its own process
+    (see sqlite_worker.py for why not in ours). Calls block for one pipe round trip."""
 
     def __init__(self, db_path: str) -> None:
-        self.conn = sqlite3.connect(db_path, timeout=10, isolation_level=None)
-        self.conn.execute("PRAGMA foreign_keys = ON")
-        self.conn.execute("PRAGMA busy_timeout = 5000")
+        self._process = subprocess.Popen(
+            [sys.executable, str(WORKER_SCRIPT), db_path],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self._read() == {"ready": True}
+
+    def _read(self) -> dict[str, Any]:
+        assert self._process.stdout is not None
+        line = self._process.stdout.readline()
+        if not line:
+            raise SecondWriterError(f"sqlite worker exited: {self._process.wait()}")
+        answer: dict[str, Any] = json.loads(line)
+        return answer
+
+    def _call(
+        self, statements: Sequence[tuple[str, Sequence[Any]]], *, transaction: bool = False
+    ) -> dict[str, Any]:
+        assert self._process.stdin is not None
+        request = {"statements": [[sql, list(args)] for sql, args in statements]}
+        self._process.stdin.write(json.dumps({**request, "transaction": transaction}) + "\n")
+        self._process.stdin.flush()
+        answer = self._read()
+        if "error" in answer:
+            raise SecondWriterError(answer["error"])
+        return answer
 
     def close(self) -> None:
-        self.conn.close()
+        if self._process.poll() is None:
+            assert self._process.stdin is not None
+            self._process.stdin.close()
+            self._process.wait(WORKER_EXIT_TIMEOUT)
+        if self._process.stdout is not None:
+            self._process.stdout.close()
+
+    def execute(self, sql: str, args: Sequence[Any] = ()) -> int | None:
+        """Run one statement in autocommit mode; returns the last inserted rowid."""
+        lastrowid: int | None = self._call([(sql, args)])["lastrowids"][-1]
+        return lastrowid
 
     def add_dispute(
         self, dispute_id: str, *, state: str = "notified", assigned: str | None = None
     ) -> None:
-        self.conn.execute(
+        self.execute(
             "INSERT INTO disputes (dispute_id, event_id, mostro_pubkey, initiator_role,"
             " dispute_status, event_timestamp, detected_at, lifecycle_state, assigned_solver)"
             " VALUES (?, ?, ?, 'buyer', 'initiated', ?, ?, ?, ?)",
@@ -123,7 +166,7 @@ class SecondWriter:
         )
 
     def add_session(self, session_id: str, dispute_id: str) -> None:
-        self.conn.execute(
+        self.execute(
             "INSERT INTO mediation_sessions (session_id, dispute_id, state, prompt_bundle_id,"
             " policy_hash, started_at, last_transition_at)"
             " VALUES (?, ?, 'escalation_recommended', ?, ?, ?, ?)",
@@ -140,27 +183,39 @@ class SecondWriter:
     ) -> int:
         """`escalation_recommended` and `handoff_prepared` in one transaction, as mediation
         writes them (ESC-1); returns the handoff's id."""
-        with self.conn:
-            self.conn.execute("BEGIN IMMEDIATE")
-            for kind, payload in (
-                ("escalation_recommended", "{}"),
-                ("handoff_prepared", payload_json),
-            ):
-                cursor = self.conn.execute(
-                    "INSERT INTO mediation_events (session_id, kind, payload_json,"
-                    " prompt_bundle_id, policy_hash, occurred_at) VALUES (?, ?, ?, ?, ?, ?)",
-                    (session_id, kind, payload, *pins, occurred_at),
-                )
-        assert cursor.lastrowid is not None
-        return cursor.lastrowid
+        insert = (
+            "INSERT INTO mediation_events (session_id, kind, payload_json, prompt_bundle_id,"
+            " policy_hash, occurred_at) VALUES (?, ?, ?, ?, ?, ?)"
+        )
+        answer = self._call(
+            [
+                (insert, (session_id, "escalation_recommended", "{}", *pins, occurred_at)),
+                (insert, (session_id, "handoff_prepared", payload_json, *pins, occurred_at)),
+            ],
+            transaction=True,
+        )
+        handoff_id: int = answer["lastrowids"][-1]
+        return handoff_id
+
+    def add_handoffs(self, payloads: Sequence[str], *, occurred_at: int = T0) -> list[int]:
+        """Many dispute-scoped handoffs in one transaction; their ids in order."""
+        insert = (
+            "INSERT INTO mediation_events (session_id, kind, payload_json, prompt_bundle_id,"
+            " policy_hash, occurred_at) VALUES (NULL, 'handoff_prepared', ?, ?, ?, ?)"
+        )
+        answer = self._call(
+            [(insert, (payload, BUNDLE, POLICY, occurred_at)) for payload in payloads],
+            transaction=True,
+        )
+        return list(answer["lastrowids"])
 
     def set_state(self, dispute_id: str, state: str) -> None:
-        self.conn.execute(
+        self.execute(
             "UPDATE disputes SET lifecycle_state = ? WHERE dispute_id = ?", (state, dispute_id)
         )
 
     def rows(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        return [tuple(row) for row in self.conn.execute(sql, tuple(args))]
+        return [tuple(row) for row in self._call([(sql, args)])["rows"]]
 
     def one(self, sql: str, args: Sequence[Any] = ()) -> Any:
         (row,) = self.rows(sql, args)
@@ -196,13 +251,13 @@ class SecondWriter:
 
     def fail_inserts(self, name: str, table: str, when: str) -> None:
         """A trigger that aborts matching inserts: an injected store failure."""
-        self.conn.execute(
+        self.execute(
             f"CREATE TRIGGER {name} BEFORE INSERT ON {table} WHEN {when}"
             " BEGIN SELECT RAISE(ABORT, 'injected failure'); END"
         )
 
     def drop_trigger(self, name: str) -> None:
-        self.conn.execute(f"DROP TRIGGER {name}")
+        self.execute(f"DROP TRIGGER {name}")
 
 
 def solver(permission: str = "write", keys: Keys | None = None) -> tuple[SolverConfig, Keys]:

@@ -192,7 +192,7 @@ async def test_unique_violation_after_sending_leaves_the_handoff_to_the_next_cyc
     inner = ScriptedDeliver()
 
     async def racing(solver: SolverConfig, body: str, now: int) -> Delivery:
-        writer.conn.execute(
+        writer.execute(
             "INSERT INTO escalation_dispatches (dispatch_id, dispute_id, session_id,"
             " handoff_event_id, target_solver, dispatched_at, created_at)"
             " VALUES ('other', 'd-1', 's-1', ?, 'x', 1, 1)",

@@ -171,7 +171,7 @@ async def test_as21_scan_through_the_tracker(
         writer.set_state("d-1", "resolved")
         writer.set_state("d-2", "resolved")
         await cycle()
-    writer.conn.execute(
+    writer.execute(
         "INSERT INTO escalation_dispatches (dispatch_id, dispute_id, handoff_event_id,"
         " target_solver, dispatched_at, created_at) VALUES ('x', 'd-2', ?, 'k', 1, 1)",
         (dispatched,),
