@@ -8,7 +8,8 @@ stuck or hostile client can neither hold the daemon nor grow its memory.
 
 `/health` answers 200 when at least one relay is connected and 503 when none is, with a
 JSON body either way (relays connected, last dispute event age, queue depths, actor
-states). Other paths are 404, other methods 405, malformed requests 400.
+states; see `health_answer`). Other paths are 404, other methods 405, malformed requests
+400. Only loopback addresses are accepted by the config (`[health] listen`).
 """
 
 from __future__ import annotations
@@ -17,14 +18,19 @@ import json
 import string
 from collections.abc import Callable
 from http import HTTPStatus
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 import trio
 
 from serbero.log import get_logger
 
+if TYPE_CHECKING:
+    # Type only: the supervisor imports this module to start the endpoint.
+    from serbero.actors.supervisor import DaemonSnapshot
+
 __all__ = [
+    "BIND_RETRY_SECONDS",
     "HEALTH_PATH",
     "MAX_CONNECTIONS",
     "MAX_HEAD_BYTES",
@@ -33,7 +39,9 @@ __all__ = [
     "HttpError",
     "HttpLimits",
     "RequestHead",
+    "health_answer",
     "parse_request_head",
+    "run_health_endpoint",
     "serve_health",
 ]
 
@@ -50,6 +58,8 @@ WRITE_TIMEOUT: Final = 5.0
 DRAIN_TIMEOUT: Final = 1.0
 DRAIN_BYTES: Final = 64 * 1024
 MAX_CONNECTIONS: Final = 16
+# While the configured address cannot be bound, the daemon tries again this often.
+BIND_RETRY_SECONDS: Final = 30.0
 RECEIVE_CHUNK: Final = 4096
 
 _ALLOWED_METHODS: Final = ("GET", "HEAD")
@@ -278,6 +288,24 @@ async def _handle(
             slots.release()
 
 
+async def _serve_listeners(
+    listeners: list[trio.SocketListener],
+    answer: Callable[[], HealthAnswer],
+    limits: HttpLimits,
+    task_status: trio.TaskStatus[list[trio.SocketListener]],
+) -> None:
+    port = listeners[0].socket.getsockname()[1]
+    host = listeners[0].socket.getsockname()[0]
+    log.info("health_endpoint_listening", address=f"{host}:{port}", path=HEALTH_PATH)
+    slots = trio.CapacityLimiter(limits.max_connections)
+    task_status.started(listeners)
+
+    async def handler(stream: trio.SocketStream) -> None:
+        await _handle(stream, answer, limits, slots)
+
+    await trio.serve_listeners(handler, listeners)
+
+
 async def serve_health(
     listen: tuple[str, int],
     answer: Callable[[], HealthAnswer],
@@ -288,15 +316,103 @@ async def serve_health(
     """Serve `/health` on `listen` until cancelled; `task_status` gets the bound listeners.
 
     `answer` is called once per `/health` request, on the Trio thread; it must be quick.
+    A bind failure (`OSError`) is raised.
     """
     host, port = listen
     listeners = await trio.open_tcp_listeners(port, host=host)
-    bound = [listener.socket.getsockname() for listener in listeners]
-    log.info("health_endpoint_listening", address=f"{host}:{bound[0][1]}", path=HEALTH_PATH)
-    slots = trio.CapacityLimiter(limits.max_connections)
-    task_status.started(listeners)
+    await _serve_listeners(listeners, answer, limits, task_status)
 
-    async def handler(stream: trio.SocketStream) -> None:
-        await _handle(stream, answer, limits, slots)
 
-    await trio.serve_listeners(handler, listeners)
+# --- the daemon's answer ------------------------------------------------------------------
+
+STATUS_OK: Final = "ok"
+STATUS_NO_RELAY: Final = "no_relay_connected"
+
+
+def health_answer(snapshot: DaemonSnapshot) -> HealthAnswer:
+    """The `/health` document for one daemon snapshot; up iff a relay is connected.
+
+    Fields: `status` (`ok` / `no_relay_connected`), `taken_at`, `uptime_seconds`,
+    `relays_connected`, `relays_total`, `relays` (url, connected, since,
+    reconnect_attempts, last_error), `last_dispute_event_at` and `last_dispute_event_age`
+    (null before the first event), `events_received`, `queues` (ingest_backlog,
+    decisions_in_flight, outbox_pending, outbox_in_flight), `deliveries` (delivered,
+    failed), `actors` (name -> state, restarts, last_error).
+    """
+    up = snapshot.relays_connected > 0
+    event_at = snapshot.last_dispute_event_at
+    document: dict[str, Any] = {
+        "status": STATUS_OK if up else STATUS_NO_RELAY,
+        "taken_at": snapshot.taken_at,
+        "uptime_seconds": max(0, snapshot.taken_at - snapshot.started_at),
+        "relays_connected": snapshot.relays_connected,
+        "relays_total": len(snapshot.relays),
+        "relays": [
+            {
+                "url": relay.url,
+                "connected": relay.connected,
+                "since": relay.since,
+                "reconnect_attempts": relay.reconnect_attempts,
+                "last_error": relay.last_error,
+            }
+            for relay in snapshot.relays
+        ],
+        "last_dispute_event_at": event_at,
+        "last_dispute_event_age": None
+        if event_at is None
+        else max(0, snapshot.taken_at - event_at),
+        "events_received": snapshot.events_received,
+        "queues": {
+            "ingest_backlog": snapshot.ingest_backlog,
+            "decisions_in_flight": snapshot.decisions_in_flight,
+            "outbox_pending": snapshot.outbox_pending,
+            "outbox_in_flight": snapshot.outbox_in_flight,
+        },
+        "deliveries": {
+            "delivered": snapshot.delivered,
+            "failed": snapshot.delivery_failures,
+        },
+        "actors": {
+            actor.name: {
+                "state": actor.state,
+                "restarts": actor.restarts,
+                "last_error": actor.last_error,
+            }
+            for actor in snapshot.actors
+        },
+    }
+    return HealthAnswer(up=up, document=document)
+
+
+async def run_health_endpoint(
+    listen: tuple[str, int],
+    snapshot: Callable[[], DaemonSnapshot],
+    *,
+    bind_retry_seconds: float = BIND_RETRY_SECONDS,
+    task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve the daemon's `/health` on `listen` until cancelled (BEY-11).
+
+    `snapshot` is the supervisor's live view; it is read once per request. The endpoint is
+    an aid for supervisors, never a reason to stop notifying: while the address cannot be
+    bound (say, the port is taken) it logs and tries again every `bind_retry_seconds`.
+    """
+    host, port = listen
+    while True:
+        try:
+            listeners = await trio.open_tcp_listeners(port, host=host)
+        except OSError as exc:
+            log.error(
+                "health_endpoint_unavailable",
+                address=f"{host}:{port}",
+                error=str(exc),
+                retry_seconds=bind_retry_seconds,
+            )
+            await trio.sleep(bind_retry_seconds)
+            continue
+        break
+
+    def answer() -> HealthAnswer:
+        return health_answer(snapshot())
+
+    await _serve_listeners(listeners, answer, DEFAULT_LIMITS, task_status)

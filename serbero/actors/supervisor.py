@@ -43,6 +43,7 @@ import msgspec
 import trio
 
 from serbero import __version__
+from serbero.actors.health import run_health_endpoint
 from serbero.actors.health_record import HealthRecorder, HealthStats
 from serbero.actors.ingest import Ingest, IngestStats
 from serbero.actors.relay import RelayState, RelayTiming
@@ -187,7 +188,19 @@ def optional_actors(context: DaemonContext) -> list[OptionalActor]:
     else:
         log.info("phase4_dispatcher_disabled")
     actors: list[OptionalActor] = []
+    health_address = context.config.health.address()
+    if health_address is not None:
+        actors.append(OptionalActor(name="health_endpoint", run=_health_endpoint(health_address)))
     return actors
+
+
+def _health_endpoint(address: tuple[str, int]) -> Callable[[DaemonContext], Awaitable[None]]:
+    """BEY-11: `GET /health` from the live snapshot; it never ends the daemon by itself."""
+
+    async def run(context: DaemonContext) -> None:
+        await run_health_endpoint(address, context.snapshot)
+
+    return run
 
 
 class _ActorSpec(msgspec.Struct, frozen=True, kw_only=True):

@@ -7,7 +7,9 @@ bounds: oversized heads, slow clients, too many connections, a failing snapshot.
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import AsyncIterator
+from functools import partial
 from http import HTTPStatus
 from typing import Any
 
@@ -18,9 +20,13 @@ from serbero.actors.health import (
     HealthAnswer,
     HttpError,
     HttpLimits,
+    health_answer,
     parse_request_head,
+    run_health_endpoint,
     serve_health,
 )
+from serbero.actors.relay import RelayState
+from serbero.actors.supervisor import ActorStatus, DaemonSnapshot
 
 LIMITS = HttpLimits(
     max_head_bytes=1024,
@@ -249,3 +255,144 @@ def test_parse_request_head_rejects(raw: bytes) -> None:
     with pytest.raises(HttpError) as caught:
         parse_request_head(raw)
     assert caught.value.status == HTTPStatus.BAD_REQUEST
+
+
+# --- the daemon's snapshot as /health -----------------------------------------------------
+
+
+def daemon_snapshot(*, connected: bool, event_at: int | None = 1_700_000_090) -> DaemonSnapshot:
+    relays = (
+        RelayState(url="wss://one", connected=connected, since=1_700_000_050),
+        RelayState(
+            url="wss://two",
+            connected=False,
+            since=1_700_000_060,
+            last_error="connect timed out",
+            reconnect_attempts=3,
+        ),
+    )
+    return DaemonSnapshot(
+        taken_at=1_700_000_100,
+        started_at=1_700_000_000,
+        serbero_pubkey="ab" * 32,
+        relays=relays,
+        relays_connected=sum(relay.connected for relay in relays),
+        last_dispute_event_id="ev-1",
+        last_dispute_event_at=event_at,
+        events_received=7,
+        ingest_backlog=2,
+        decisions_in_flight=1,
+        outbox_pending=4,
+        outbox_in_flight=3,
+        delivered=10,
+        delivery_failures=1,
+        renotify_cycles=5,
+        actors=(
+            ActorStatus(
+                name="ingest", state="running", restarts=0, last_error=None, last_crash_at=None
+            ),
+            ActorStatus(
+                name="sender",
+                state="restarting",
+                restarts=2,
+                last_error="RuntimeError('boom')",
+                last_crash_at=1_700_000_095,
+            ),
+        ),
+    )
+
+
+def test_health_answer_document() -> None:
+    answer = health_answer(daemon_snapshot(connected=True))
+    assert answer.up
+    assert answer.document == {
+        "status": "ok",
+        "taken_at": 1_700_000_100,
+        "uptime_seconds": 100,
+        "relays_connected": 1,
+        "relays_total": 2,
+        "relays": [
+            {
+                "url": "wss://one",
+                "connected": True,
+                "since": 1_700_000_050,
+                "reconnect_attempts": 0,
+                "last_error": None,
+            },
+            {
+                "url": "wss://two",
+                "connected": False,
+                "since": 1_700_000_060,
+                "reconnect_attempts": 3,
+                "last_error": "connect timed out",
+            },
+        ],
+        "last_dispute_event_at": 1_700_000_090,
+        "last_dispute_event_age": 10,
+        "events_received": 7,
+        "queues": {
+            "ingest_backlog": 2,
+            "decisions_in_flight": 1,
+            "outbox_pending": 4,
+            "outbox_in_flight": 3,
+        },
+        "deliveries": {"delivered": 10, "failed": 1},
+        "actors": {
+            "ingest": {"state": "running", "restarts": 0, "last_error": None},
+            "sender": {"state": "restarting", "restarts": 2, "last_error": "RuntimeError('boom')"},
+        },
+    }
+
+
+def test_health_answer_without_relays_or_events_is_down() -> None:
+    answer = health_answer(daemon_snapshot(connected=False, event_at=None))
+    assert not answer.up
+    assert answer.document["status"] == "no_relay_connected"
+    assert answer.document["relays_connected"] == 0
+    assert answer.document["last_dispute_event_age"] is None
+
+
+async def test_run_health_endpoint_serves_the_live_snapshot() -> None:
+    current = {"connected": False}
+
+    def snapshot() -> DaemonSnapshot:
+        return daemon_snapshot(connected=current["connected"])
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(partial(run_health_endpoint, ("127.0.0.1", 0), snapshot))
+        live_port = listeners[0].socket.getsockname()[1]
+        down = await request(live_port)
+        current["connected"] = True
+        up = await request(live_port)
+        nursery.cancel_scope.cancel()
+    assert (down.status, down.json()["status"]) == (503, "no_relay_connected")
+    assert (up.status, up.json()["status"]) == (200, "ok")
+    assert up.json()["queues"]["outbox_pending"] == 4
+
+
+async def test_the_daemon_endpoint_keeps_trying_while_its_port_is_taken() -> None:
+    squatter = socket.socket()
+    squatter.bind(("127.0.0.1", 0))
+    squatter.listen()
+    taken = squatter.getsockname()[1]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(
+            partial(
+                run_health_endpoint,
+                ("127.0.0.1", taken),
+                lambda: daemon_snapshot(connected=True),
+                bind_retry_seconds=0.05,
+            )
+        )
+        await trio.sleep(0.2)
+        squatter.close()
+        with trio.fail_after(3):
+            while True:
+                try:
+                    response = await request(taken)
+                except OSError:
+                    await trio.sleep(0.05)
+                    continue
+                break
+        nursery.cancel_scope.cancel()
+    assert response.status == 200
