@@ -400,6 +400,20 @@ def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
             signal.signal(sig, old)
 
 
+def _deaf_to_ctrl_c(start: Action) -> None:
+    """Start a child process with SIGINT blocked in the signal mask it inherits.
+
+    A terminal's Ctrl-C goes to the whole foreground process group; the relay would stop at
+    once and the daemon would log an outage while it is being stopped. Blocked, the relay
+    leaves that to the demo, which stops it last (SIGTERM, or its stdin closing).
+    """
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def _cleanup(stack: contextlib.ExitStack, console: Console, what: str, step: Action) -> None:
     """Register a cleanup step that reports its failure instead of skipping the later ones."""
 
@@ -420,7 +434,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
         _cleanup(stack, console, "the temporary directory", lambda: _remove(workdir, console))
 
         relay = LocalRelayProcess(free_loopback_port())
-        relay.start()
+        _deaf_to_ctrl_c(relay.start)
         _cleanup(stack, console, "the relay", relay.stop)
 
         serbero, mostro_id = Identity("serbero"), Identity("mostro")
