@@ -293,6 +293,7 @@ def _show(args: argparse.Namespace) -> int:
 
 def _configure_health_check(parser: argparse.ArgumentParser) -> None:
     add_config_argument(parser)
+    add_json_argument(parser)
     parser.add_argument(
         "--url",
         help="health URL (default: from [health] listen, e.g. http://127.0.0.1:9797/health)",
@@ -311,7 +312,12 @@ def _health_check(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return ops.EXIT_ERROR
     return ops.run_health_check(
-        url, timeout=PROBE_TIMEOUT_SECONDS, off_ok=args.off_ok, out=sys.stdout, err=sys.stderr
+        url,
+        timeout=PROBE_TIMEOUT_SECONDS,
+        off_ok=args.off_ok,
+        as_json=args.json,
+        out=sys.stdout,
+        err=sys.stderr,
     )
 
 

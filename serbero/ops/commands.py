@@ -131,10 +131,14 @@ def run_show(
 
 
 def run_health_check(
-    url: str | None, *, timeout: float, off_ok: bool, out: TextIO, err: TextIO
+    url: str | None, *, timeout: float, off_ok: bool, as_json: bool, out: TextIO, err: TextIO
 ) -> int:
     """Probe `url`. With the endpoint off (None) there is nothing to probe: that fails unless
-    `off_ok` (runit's `check` then degrades to runit's own "the process runs")."""
+    `off_ok` (runit's `check` then degrades to runit's own "the process runs").
+
+    `as_json` prints `{"url", "up", "status", "detail", "health"}` (`health`: the endpoint's
+    document) on stdout whatever the outcome; otherwise one line, on stderr when down.
+    """
     if url is None:
         if off_ok:
             print("health endpoint is off ([health] listen unset): not probed", file=out)
@@ -144,5 +148,15 @@ def run_health_check(
         result = probe(url, timeout=timeout)
     except ProbeError as exc:
         return _fail(err, str(exc))
-    print(result.detail, file=out if result.up else err)
+    if as_json:
+        answer = {
+            "url": url,
+            "up": result.up,
+            "status": result.status,
+            "detail": result.detail,
+            "health": result.document,
+        }
+        print(to_json(answer), file=out)
+    else:
+        print(result.detail, file=out if result.up else err)
     return EXIT_OK if result.up else EXIT_ERROR

@@ -12,7 +12,7 @@ import json
 import socket
 import time
 import urllib.parse
-from typing import Final
+from typing import Any, Final
 
 import msgspec
 
@@ -41,11 +41,13 @@ class ProbeError(ValueError):
 
 
 class ProbeResult(msgspec.Struct, frozen=True, kw_only=True):
-    """`up` iff the endpoint answered 200; `detail` is one line for the operator."""
+    """`up` iff the endpoint answered 200; `detail` is one line for the operator; `document`
+    the JSON object the endpoint answered with (None when there was none)."""
 
     up: bool
     status: int | None
     detail: str
+    document: dict[str, Any] | None = None
 
 
 def health_url(address: tuple[str, int] | None) -> str:
@@ -55,12 +57,16 @@ def health_url(address: tuple[str, int] | None) -> str:
     return f"http://{shown}:{port}{HEALTH_PATH}"
 
 
-def _summary(body: bytes) -> str:
+def _document(body: bytes) -> dict[str, Any] | None:
     try:
         data = json.loads(body)
     except ValueError:
-        return f"{len(body)} bytes"
-    if not isinstance(data, dict):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _summary(body: bytes, data: dict[str, Any] | None) -> str:
+    if data is None:
         return f"{len(body)} bytes"
     connected = data.get("relays_connected")
     total = data.get("relays_total")
@@ -124,6 +130,10 @@ def probe(url: str, *, timeout: float = PROBE_TIMEOUT_SECONDS) -> ProbeResult:
     if status is None:
         return ProbeResult(up=False, status=None, detail=f"down: {url}: not an HTTP answer")
     verdict = "up" if status == 200 else "down"
+    document = _document(body)
     return ProbeResult(
-        up=status == 200, status=status, detail=f"{verdict}: HTTP {status}, {_summary(body)}"
+        up=status == 200,
+        status=status,
+        detail=f"{verdict}: HTTP {status}, {_summary(body, document)}",
+        document=document,
     )

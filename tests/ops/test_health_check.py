@@ -6,6 +6,7 @@ probe's budget. The `check` script runs the daemon's own `serbero` as `./run` do
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import stat
@@ -97,6 +98,30 @@ async def test_exit_1_when_the_endpoint_answers_503(
     switch.answer = DOWN
     code, out, err = await health_check(["--url", f"http://127.0.0.1:{port}/health"], capsys)
     assert (code, out, err) == (1, "", "down: HTTP 503, 0 of 3 relays connected\n")
+
+
+async def test_json_carries_the_endpoint_document_up_or_down(
+    port: int, switch: Switch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"http://127.0.0.1:{port}/health"
+    code, out, err = await health_check(["--url", url, "--json"], capsys)
+    assert (code, err) == (0, "")
+    assert json.loads(out) == {
+        "url": url,
+        "up": True,
+        "status": 200,
+        "detail": "up: HTTP 200, 2 of 3 relays connected",
+        "health": UP.document,
+    }
+    switch.answer = DOWN
+    code, out, err = await health_check(["--url", url, "--json"], capsys)
+    assert (code, err) == (1, "")
+    assert json.loads(out)["health"] == DOWN.document
+    code, out, _ = await health_check(
+        ["--url", f"http://127.0.0.1:{free_port()}/", "--json"], capsys
+    )
+    assert code == 1
+    assert json.loads(out)["health"] is None and json.loads(out)["status"] is None
 
 
 async def test_exit_1_for_a_404(port: int, capsys: pytest.CaptureFixture[str]) -> None:
