@@ -1,0 +1,131 @@
+"""Delivery under adverse relays: BEY-1 (sent means a relay accepted it), BEY-3 (what failed
+is retried with backoff; rate-limited publishes are retried), CORE-33 (a dispute nobody
+was told about stays `new`)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import trio
+from structlog.testing import capture_logs
+
+from serbero.config import SolverConfig
+from serbero.protocol.event import Event, encode_event, sign_event
+from serbero.protocol.keys import Keys
+from serbero.protocol.mostro import DISPUTE_EVENT_KIND
+from serbero.store.outbox import RETRY_INITIAL_SECONDS
+from tests.daemon.support import (
+    REJECTION,
+    Harness,
+    OffsetClock,
+    count_rows,
+    eventually,
+    in_thread,
+    make_config,
+    query,
+    running_daemon,
+)
+from tests.relay.raw_relay import RawConnection, open_raw_relay
+from tests.support.relay_fixtures import LocalRelayFactory
+
+
+class Gatekeeper:
+    """A relay that serves one dispute event and refuses every publish until `open`."""
+
+    def __init__(self, dispute: Event) -> None:
+        self.dispute = dispute
+        self.open = False
+        self.refused = 0
+        self.accepted: list[str] = []
+
+    async def __call__(self, conn: RawConnection) -> None:
+        while True:
+            frame = await conn.receive_json()
+            if frame[0] == "REQ":
+                event_json = encode_event(self.dispute).decode()
+                await conn.send_text(f'["EVENT","{frame[1]}",{event_json}]')
+                await conn.send_json(["EOSE", frame[1]])
+            elif frame[0] == "EVENT":
+                event_id = frame[1]["id"]
+                if self.open:
+                    self.accepted.append(event_id)
+                    await conn.send_json(["OK", event_id, True, ""])
+                else:
+                    self.refused += 1
+                    await conn.send_json(["OK", event_id, False, REJECTION])
+
+
+async def test_refused_everywhere_is_failed_stays_new_and_is_retried(tmp_path: Path) -> None:
+    """BEY-1 + BEY-3: no relay accepts: `failed` rows, the dispute stays `new` with no
+    `last_notified_at`; the notice is tried again after the backoff and, once a relay
+    accepts, delivered and the dispute becomes `notified`."""
+    serbero, mostro, solver = Keys.generate(), Keys.generate(), Keys.generate()
+    clock = OffsetClock()
+    dispute = sign_event(
+        mostro,
+        created_at=int(time.time()),
+        kind=DISPUTE_EVENT_KIND,
+        tags=[["d", "d-refused"], ["s", "initiated"], ["initiator", "buyer"]],
+        content="",
+    )
+    relay_script = Gatekeeper(dispute)
+    db_path = str(tmp_path / "serbero.db")
+    failed = "status = 'failed'"
+    async with open_raw_relay(relay_script) as relay:
+        config = make_config(
+            db_path,
+            [relay.url],
+            serbero=serbero,
+            mostro=mostro,
+            solvers=[SolverConfig.from_text(solver.public_hex)],
+        )
+        async with running_daemon(config, wall_clock=clock) as context:
+            await eventually(lambda: count_rows(db_path, "notifications", failed) == 1)
+            (error,) = query(db_path, "SELECT error_message FROM notifications")[0]
+            assert error.startswith("notification error: gift-wrap send failed: ")
+            assert REJECTION in error
+            assert query(db_path, "SELECT lifecycle_state, last_notified_at FROM disputes") == [
+                ("new", None)
+            ]
+            (next_attempt,) = query(db_path, "SELECT next_attempt_at FROM notification_outbox")[0]
+            assert next_attempt - clock() >= RETRY_INITIAL_SECONDS - 1
+
+            await trio.sleep(0.5)
+            assert count_rows(db_path, "notifications") == 1, "no retry before the backoff"
+            clock.advance(RETRY_INITIAL_SECONDS + 1)
+            context.ring_sender()
+            await eventually(lambda: count_rows(db_path, "notifications", failed) == 2)
+
+            relay_script.open = True
+            clock.advance(4 * RETRY_INITIAL_SECONDS)
+            context.ring_sender()
+            await eventually(lambda: count_rows(db_path, "notifications", "status = 'sent'") == 1)
+            await eventually(
+                lambda: query(db_path, "SELECT lifecycle_state FROM disputes") == [("notified",)]
+            )
+    assert len(relay_script.accepted) == 1
+    assert relay_script.refused == 2
+
+
+async def test_every_dm_reaches_its_solver_through_a_rate_limiting_relay(
+    local_relay_factory: LocalRelayFactory, tmp_path: Path
+) -> None:
+    """BEY-3: the relay refuses bursts with `rate-limited:`; every DM still arrives.
+
+    LocalRelay grants a burst of `per_minute` events and then refills at that rate, so
+    the ten DMs beyond the burst are accepted over the next seconds, not at once."""
+    per_minute = 120
+    disputes = 65
+    relay = local_relay_factory(rate_limit=per_minute)
+    async with Harness(relay.url, str(tmp_path / "serbero.db")) as h:
+        with capture_logs() as logs:
+            async with running_daemon(h.config) as context:
+                for index in range(disputes):
+                    await in_thread(h.sim.open_dispute, f"d-limited-{index}", "buyer")
+                for dms in await h.wait_dms(disputes):
+                    assert len({dm.content for dm in dms}) == disputes
+                await h.settled(context, disputes)
+        assert h.rows("disputes", "lifecycle_state = 'notified'") == disputes
+        assert h.rows("notifications", "status = 'sent'") == 2 * disputes
+    assert any(entry["event"] == "publish_rate_limited" for entry in logs), "never limited"
