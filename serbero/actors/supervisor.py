@@ -43,6 +43,7 @@ import msgspec
 import trio
 
 from serbero import __version__
+from serbero.actors.escalation import log_dispatcher_settings, pool_deliver, run_dispatcher
 from serbero.actors.health import run_health_endpoint
 from serbero.actors.health_record import HealthRecorder, HealthStats
 from serbero.actors.ingest import Ingest, IngestStats
@@ -67,6 +68,7 @@ __all__ = [
     "RESTART_BACKOFF_CAP",
     "RESTART_BACKOFF_FIRST",
     "RESTART_HEALTHY_AFTER",
+    "ActorSpec",
     "ActorState",
     "ActorStatus",
     "DaemonContext",
@@ -178,20 +180,26 @@ def optional_actors(context: DaemonContext) -> list[OptionalActor]:
     its section is enabled. The supervisor runs each one under the restart policy above.
     """
     escalation = context.config.escalation
-    if escalation.enabled:
-        log.info(
-            "phase4_dispatcher_enabled",
-            dispatch_interval_seconds=escalation.dispatch_interval_seconds,
-            fallback_to_all_solvers=escalation.fallback_to_all_solvers,
-            write_solver_count=sum(solver.can_write for solver in context.config.solvers),
-        )
-    else:
-        log.info("phase4_dispatcher_disabled")
+    log_dispatcher_settings(escalation, context.config.solvers)
     actors: list[OptionalActor] = []
+    if escalation.enabled:
+        actors.append(OptionalActor(name="escalation_dispatcher", run=_escalation_dispatcher))
     health_address = context.config.health.address()
     if health_address is not None:
         actors.append(OptionalActor(name="health_endpoint", run=_health_endpoint(health_address)))
     return actors
+
+
+async def _escalation_dispatcher(context: DaemonContext) -> None:
+    """ESC-8: started once, after migration; a restart only re-scans, since every handoff's
+    state lives in the database (ESC-30)."""
+    await run_dispatcher(
+        context.tracker,
+        pool_deliver(context.pool, context.identity, rand=context.rand),
+        settings=context.config.escalation,
+        solvers=context.config.solvers,
+        wall_clock=context.wall_clock,
+    )
 
 
 def _health_endpoint(address: tuple[str, int]) -> Callable[[DaemonContext], Awaitable[None]]:
@@ -203,7 +211,10 @@ def _health_endpoint(address: tuple[str, int]) -> Callable[[DaemonContext], Awai
     return run
 
 
-class _ActorSpec(msgspec.Struct, frozen=True, kw_only=True):
+class ActorSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """How the supervisor runs one actor: `run` it, and on a crash restart it (after
+    `before_restart`) or, with `restart=False`, end the daemon."""
+
     name: str
     run: Callable[[], Awaitable[None]]
     restart: bool = True
@@ -419,17 +430,17 @@ class Supervisor:
             )
             specs = self._core_actors(context, subscription)
             specs += [
-                _ActorSpec(name=extra.name, run=_bind(extra, context), restart=extra.restart)
+                ActorSpec(name=extra.name, run=_bind(extra, context), restart=extra.restart)
                 for extra in optional_actors(context)
             ]
             async with trio.open_nursery() as nursery:
                 for spec in specs:
                     self._actors[spec.name] = _ActorRecord(spec.name)
-                    nursery.start_soon(self._supervise, spec, name=f"actor {spec.name}")
+                    nursery.start_soon(self.supervise, spec, name=f"actor {spec.name}")
                 log.info("event_loop_started")
                 task_status.started(context)
 
-    def _core_actors(self, context: DaemonContext, subscription: Subscription) -> list[_ActorSpec]:
+    def _core_actors(self, context: DaemonContext, subscription: Subscription) -> list[ActorSpec]:
         config, tracker = context.config, context.tracker
         ingest = Ingest(
             tracker,
@@ -475,18 +486,20 @@ class Supervisor:
             log.info("outbox_requeued", count=released)
 
         return [
-            _ActorSpec(name="sender", run=sender.run, before_restart=release_claims),
-            _ActorSpec(name="renotify", run=renotifier.run),
-            _ActorSpec(name="health_record", run=recorder.run),
-            _ActorSpec(
+            ActorSpec(name="sender", run=sender.run, before_restart=release_claims),
+            ActorSpec(name="renotify", run=renotifier.run),
+            ActorSpec(name="health_record", run=recorder.run),
+            ActorSpec(
                 name="ingest", run=consume_disputes, fatal_on_return="dispute event stream ended"
             ),
         ]
 
     # --- restarts ------------------------------------------------------------------------------
 
-    async def _supervise(self, spec: _ActorSpec) -> None:
-        record = self._actors[spec.name]
+    async def supervise(self, spec: ActorSpec) -> None:
+        """Run `spec` under the restart policy; returns when it stops normally, raises
+        `DaemonFatal` when its crash (or return) ends the daemon."""
+        record = self._actors.setdefault(spec.name, _ActorRecord(spec.name))
         crashes: deque[float] = deque()
         attempt = 0
         while True:
