@@ -120,9 +120,9 @@ async def started(peer: P) -> AsyncIterator[P]:
         await trio.to_thread.run_sync(peer.close)
 
 
-async def in_thread(fn: Callable[..., R], *args: Any) -> R:
+async def in_thread(fn: Callable[..., R], *args: Any, **kwargs: Any) -> R:
     """A blocking peer call (publish, wait_for_count) from a Trio test."""
-    return await trio.to_thread.run_sync(partial(fn, *args))
+    return await trio.to_thread.run_sync(partial(fn, *args, **kwargs))
 
 
 def query(db_path: str, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
