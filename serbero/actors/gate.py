@@ -43,6 +43,7 @@ from serbero.protocol.handoff import (
 from serbero.store.errors import StoreError
 from serbero.store.escalation import (
     STATUS_DISPATCHED,
+    DispatchRecord,
     HandoffRow,
     ParseFailure,
     RecipientOutcome,
@@ -306,13 +307,11 @@ class Gate:
                 records.append((record, await self._tracker.submit(RecordNotifications((record,)))))
             except StoreError as exc:
                 _record_failed(record, exc)
-        for record, pending in records:
-            try:
-                await pending.result()
-            except StoreError as exc:
-                _record_failed(record, exc)
+        # Submitted before the attempt rows are awaited, so the last of them and the dispatch
+        # usually share one commit (the tracker keeps inbox order).
+        committing: Pending[DispatchRecord] | StoreError
         try:
-            dispatch = await self._tracker.ask(
+            committing = await self._tracker.submit(
                 RecordDispatch(
                     handoff=handoff,
                     dispute_id=dispute_id,
@@ -321,6 +320,17 @@ class Gate:
                     dispatched_at=sent_at,
                 )
             )
+        except StoreError as exc:
+            committing = exc
+        for record, pending in records:
+            try:
+                await pending.result()
+            except StoreError as exc:
+                _record_failed(record, exc)
+        try:
+            if isinstance(committing, StoreError):
+                raise committing
+            dispatch = await committing.result()
         except StoreError as exc:
             log.error(
                 "phase4_dispatch_record_failed",
