@@ -1,0 +1,117 @@
+"""The installed `serbero` script as operators run it: SIGTERM/SIGINT (CORE-10), a fatal
+start (CORE-9), and `kill -9` in the middle of a burst (BEY-2: nothing decided is lost)."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import trio
+
+from serbero.protocol.keys import Keys
+from tests.daemon.process import DaemonProcess, write_config
+from tests.daemon.support import SHUTDOWN_BUDGET, Harness, count_rows, in_thread
+from tests.support.relay_fixtures import LocalRelayProcess
+
+BURST = 50
+KILL_AFTER_DMS = 5
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_stops_the_daemon_cleanly_within_two_seconds(
+    local_relay: LocalRelayProcess, tmp_path: Path, signum: signal.Signals
+) -> None:
+    config = write_config(tmp_path, mostro=Keys.generate(), relay_url=local_relay.url, solvers=[])
+    daemon = DaemonProcess(config, Keys.generate())
+    try:
+        daemon.wait_for_event("event_loop_started")
+        daemon.wait_for_event("subscription_sent")
+        sent_at = time.monotonic()
+        daemon.signal(signum)
+        code = daemon.wait(SHUTDOWN_BUDGET + 1)
+        elapsed = time.monotonic() - sent_at
+    finally:
+        daemon.stop()
+    assert code == 0
+    assert elapsed < SHUTDOWN_BUDGET, elapsed
+    assert daemon.wait_for_event("shutdown_signal")["signal"] == signum.name
+    assert daemon.events()[-1] == "exited_cleanly"
+
+
+def test_a_fatal_start_exits_1_with_daemon_terminated(tmp_path: Path) -> None:
+    config = write_config(
+        tmp_path,
+        mostro=Keys.generate(),
+        relay_url="ws://127.0.0.1:1",
+        solvers=[],
+        db_name="missing-dir/serbero.db",
+    )
+    daemon = DaemonProcess(config, Keys.generate())
+    try:
+        code = daemon.wait(10)
+    finally:
+        daemon.stop()
+    assert code == 1
+    assert "cannot open database" in daemon.wait_for_event("daemon_terminated")["error"]
+
+
+async def test_kill_9_mid_burst_then_restart_every_dispute_reaches_every_solver(
+    local_relay: LocalRelayProcess, tmp_path: Path
+) -> None:
+    """BEY-2: disputes decided but not delivered when the process died, DMs in flight, and
+    disputes published while it was down all reach every solver after a restart."""
+    async with Harness(local_relay.url, str(tmp_path / "serbero.db")) as h:
+        config = write_config(
+            tmp_path,
+            mostro=h.mostro,
+            relay_url=local_relay.url,
+            solvers=[keys.public_hex for keys in h.solver_keys],
+        )
+        first = DaemonProcess(config, h.serbero)
+        published: list[str] = []
+        try:
+            await in_thread(first.wait_for_event, "subscription_sent")
+
+            async def publish_burst() -> None:
+                for index in range(BURST):
+                    published.append(await in_thread(h.sim.open_dispute, f"burst-{index}"))
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(publish_burst)
+                await in_thread(h.inboxes[0].wait_for_count, KILL_AFTER_DMS, 30.0)
+                first.signal(signal.SIGKILL)
+                killed_with = (len(published), h.dm_counts())
+            assert first.wait(5) == -signal.SIGKILL
+        finally:
+            first.stop()
+        assert killed_with[0] < BURST or min(killed_with[1]) < BURST, killed_with
+
+        second = DaemonProcess(config, h.serbero)
+        try:
+            expected = {f"dispute_id: burst-{index}" for index in range(BURST)}
+            for inbox in h.inboxes:
+                await in_thread(
+                    inbox.wait_for,
+                    lambda dms: expected <= {dm.content.split("\n")[1] for dm in dms},
+                    30.0,
+                )
+            await in_thread(second.wait_for_event, "event_loop_started")
+
+            def all_delivered() -> bool:
+                done = "lifecycle_state = 'notified'"
+                return (
+                    count_rows(h.db_path, "disputes", done) == BURST
+                    and count_rows(h.db_path, "notification_outbox", "state = 'pending'") == 0
+                )
+
+            with trio.fail_after(10):
+                while not all_delivered():
+                    await trio.sleep(0.05)
+            second.signal(signal.SIGTERM)
+            assert second.wait(SHUTDOWN_BUDGET + 1) == 0
+        finally:
+            second.stop()
+        duplicates = sum(h.dm_counts()) - 2 * BURST
+        assert 0 <= duplicates <= 2 * KILL_AFTER_DMS + 64, duplicates
