@@ -518,8 +518,7 @@ class RelayConnection:
         """Forget what belonged to the link: fetches end here, live subscriptions wait."""
         for sub_id, sub in list(self._subs.items()):
             if sub.command.once:
-                del self._subs[sub_id]
-                await self._inbound.send(InboundEnd(self.url, sub_id, "connection lost"))
+                await self._end_fetch(sub_id, "connection lost")
             else:
                 sub.status = _SubStatus.IDLE
                 sub.closed_attempts = 0
@@ -640,15 +639,17 @@ class RelayConnection:
             subscription=sub.command.name,
             message=_clip(frame.message),
         )
-        if sub.command.once:
-            del self._subs[frame.sub_id]
-            await self._inbound.send(InboundEnd(self.url, frame.sub_id, _clip(frame.message)))
-            return
         sub.status = _SubStatus.CLOSED
         auth_required = message_prefix(frame.message) == "auth-required"
         if auth_required and sub.sent_auth_epoch < link.auth_epoch:
             # The REQ went out before our AUTH succeeded: the relay can serve it now.
             await self._send_req(link, sub)
+            return
+        if sub.command.once:
+            if auth_required and not link.authenticated.is_set():
+                # PROTO-23: a successful AUTH re-sends it; the fetch's timeout bounds the wait.
+                return
+            await self._end_fetch(frame.sub_id, _clip(frame.message))
             return
         # Re-send with backoff (BEY-7); a successful AUTH re-sends sooner (PROTO-23).
         delay = backoff_delay(sub.closed_attempts, self._timing, self._rand)
@@ -675,6 +676,11 @@ class RelayConnection:
         if ok is None or not ok.accepted:
             reason = "no OK for AUTH" if ok is None else _clip(ok.message)
             log.warning("relay_auth_failed", relay=self.url, reason=reason)
+            # PROTO-21: fetches waiting for AUTH end here; live subscriptions keep their
+            # backoff re-send (a later challenge may succeed).
+            for sub_id, sub in list(self._subs.items()):
+                if sub.command.once and sub.status is _SubStatus.CLOSED:
+                    await self._end_fetch(sub_id, f"auth failed: {reason}")
             return
         link.auth_epoch += 1
         link.authenticated.set()
@@ -733,6 +739,9 @@ class RelayConnection:
             return
         sub.closed_attempts = 0
         if sub.command.once:
-            del self._subs[sub_id]
-            await self._inbound.send(InboundEnd(self.url, sub_id, "eose"))
+            await self._end_fetch(sub_id, "eose")
             await link.send(encode_close(sub_id))
+
+    async def _end_fetch(self, sub_id: str, reason: str) -> None:
+        del self._subs[sub_id]
+        await self._inbound.send(InboundEnd(self.url, sub_id, reason))

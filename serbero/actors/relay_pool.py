@@ -336,8 +336,19 @@ class RelayPool:
             self._log_outage_change()
             self._state_changed.set()
             self._state_changed = trio.Event()
-            if self._state_changes is not None:
-                await self._state_changes.send(state)
+            self._forward_state(state)
+
+    def _forward_state(self, state: RelayState) -> None:
+        """Hand the change to the optional watcher without ever waiting for it: a stalled
+        health reader must not stall relay links (`relay_states()` is always current)."""
+        if self._state_changes is None:
+            return
+        try:
+            self._state_changes.send_nowait(state)
+        except trio.WouldBlock:
+            log.debug("relay_state_change_dropped", relay=state.url)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self._state_changes = None
 
     def _log_outage_change(self) -> None:
         connected = self.connected_count()
@@ -384,9 +395,9 @@ class RelayPool:
         any_connected = False
         try:
             command = SubscribeCommand(sub_id, "fetch", flt, resume_skew=None, once=True)
-            for commands in self._commands.values():
-                await commands.send(command)
             with trio.move_on_after(timeout):
+                for commands in self._commands.values():
+                    await commands.send(command)
                 async for item in recv:
                     if isinstance(item, ReceivedEvent):
                         events.append(item.event)
@@ -520,7 +531,8 @@ async def open_relay_pool(
     """Start one connection actor per distinct relay URL and yield the pool; leaving the block
     closes every link. URLs are normalised (PROTO-22), duplicates share one connection.
 
-    `state_changes`, when given, receives every `RelayState` change; its reader must keep up.
+    `state_changes`, when given, receives every `RelayState` change; changes that find it
+    full are dropped rather than waited for.
     """
     unique: dict[str, str] = {}
     for url in urls:

@@ -26,7 +26,7 @@ from wsproto.events import (
     Request,
     TextMessage,
 )
-from wsproto.utilities import LocalProtocolError
+from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from serbero.protocol.event import Event, encode_event
 
@@ -151,8 +151,15 @@ class RawRelay:
             await conn.handshake()
             await self.script(conn)
             await conn.close()
-        except (PeerClosed, LocalProtocolError, trio.BrokenResourceError, trio.ClosedResourceError):
-            # The client went away mid-script: that is the client's business, not a failure.
+        except (
+            PeerClosed,
+            LocalProtocolError,
+            RemoteProtocolError,
+            trio.BrokenResourceError,
+            trio.ClosedResourceError,
+        ):
+            # The client went away mid-script or spoke no WebSocket (TLS to a plain port):
+            # that is what the test is about, not a server failure.
             pass
         finally:
             await stream.aclose()

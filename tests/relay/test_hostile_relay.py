@@ -11,6 +11,7 @@ import msgspec
 import trio
 from structlog.testing import capture_logs
 
+from serbero.actors.relay import RelayState
 from serbero.actors.relay_pool import open_relay_pool
 from serbero.protocol.keys import Keys
 from serbero.protocol.messages import MAX_FRAME_BYTES, Filter
@@ -106,7 +107,7 @@ async def test_a_relay_that_rejects_the_handshake_is_retried() -> None:
         listeners = await nursery.start(partial(trio.serve_tcp, not_websocket, 0, host="127.0.0.1"))
         port = listeners[0].socket.getsockname()[1]
         url = f"ws://127.0.0.1:{port}"
-        states_send, states_recv = trio.open_memory_channel[object](100)
+        states_send, states_recv = trio.open_memory_channel[RelayState](100)
         with capture_logs() as logs:
             async with open_relay_pool([url], keys, timing=FAST, state_changes=states_send):
                 with trio.fail_after(5):
@@ -117,3 +118,51 @@ async def test_a_relay_that_rejects_the_handshake_is_retried() -> None:
     assert failures[0]["log_level"] == "warning"
     assert all(r["log_level"] == "debug" for r in failures[1:])
     assert "ConnectionRejected" in failures[0]["reason"]
+
+
+async def test_wss_urls_speak_tls_and_a_stuck_handshake_times_out() -> None:
+    """wss:// opens with a TLS ClientHello; a peer that never completes the handshake is
+    given up after the connect timeout and retried."""
+    keys = Keys.generate()
+    first_bytes: list[bytes] = []
+
+    async def plain_tcp(stream: trio.SocketStream) -> None:
+        first_bytes.append(await stream.receive_some(5))
+        await stream.aclose()
+
+    timing = msgspec.structs.replace(FAST, connect_timeout=0.5)
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(partial(trio.serve_tcp, plain_tcp, 0, host="127.0.0.1"))
+        url = f"wss://127.0.0.1:{listeners[0].socket.getsockname()[1]}"
+        states_send, states_recv = trio.open_memory_channel[RelayState](100)
+        async with open_relay_pool([url], keys, timing=timing, state_changes=states_send):
+            with trio.fail_after(5):
+                state = await states_recv.receive()
+                while len(first_bytes) < 2:
+                    await trio.sleep(0.05)
+        nursery.cancel_scope.cancel()
+    assert not state.connected
+    assert state.last_error is not None and "ConnectionTimeout" in state.last_error
+    # 0x16 0x03: a TLS handshake record, i.e. a ClientHello.
+    assert all(data[:2] == b"\x16\x03" for data in first_bytes)
+
+
+async def test_a_state_watcher_that_never_reads_does_not_stall_the_links() -> None:
+    keys, author = Keys.generate(), Keys.generate()
+    event = note(author, "still flowing", created_at=int(time.time()))
+
+    async def script(conn: RawConnection) -> None:
+        sub_id = (await conn.receive_until("REQ"))[1]
+        await conn.send_event(sub_id, event)
+        await conn.abort()
+
+    states_send, _states_recv = trio.open_memory_channel[RelayState](0)
+    async with (
+        open_raw_relay(script) as relay,
+        open_relay_pool([relay.url], keys, timing=FAST, state_changes=states_send) as pool,
+    ):
+        sub = await pool.subscribe(Filter(kinds=[1]), name="feed")
+        with trio.fail_after(5):
+            assert (await sub.events.receive()).event == event
+            while len(relay.connections) < 4:
+                await trio.sleep(0.01)

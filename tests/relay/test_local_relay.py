@@ -162,4 +162,8 @@ async def test_a_nip42_relay_authenticates_and_serves(
             assert (await receive(sub)).event == event
             assert subscriber.relay_states()[relay.url].authenticated
             assert publisher.relay_states()[relay.url].authenticated
+            async with open_relay_pool([relay.url], Keys.generate(), timing=FAST) as reader:
+                await reader.wait_connected()
+                flt = Filter(authors=[author.public_hex])
+                assert await reader.fetch(flt, timeout=3) == [event]
     assert any(r["event"] == "relay_authenticated" for r in logs)

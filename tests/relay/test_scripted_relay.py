@@ -455,6 +455,36 @@ async def test_fetch_collects_until_eose_or_timeout_then_closes(autojump_clock: 
     assert closes["b"] - start == pytest.approx(5.0, abs=0.1)
 
 
+async def test_fetch_waits_for_auth_and_resends_its_req(autojump_clock: Any) -> None:
+    """PROTO-23 for a fetch: CLOSED auth-required: → AUTH → REQ again → served."""
+    author = Keys.generate()
+    stored = note(author, "behind auth")
+    reqs = 0
+
+    async def script(conn: RawConnection) -> None:
+        nonlocal reqs
+        while True:
+            frame = await conn.receive_json()
+            if frame[0] == "REQ":
+                reqs += 1
+                if reqs == 1:
+                    await conn.send_json(["AUTH", "challenge-f"])
+                    await conn.send_json(["CLOSED", frame[1], "auth-required: who?"])
+                else:
+                    await conn.send_event(frame[1], stored)
+                    await conn.send_json(["EOSE", frame[1]])
+            elif frame[0] == "AUTH":
+                await conn.send_json(["OK", frame[1]["id"], True, ""])
+
+    async with open_raw_relay(script) as relay, pool_for(relay.url) as pool:
+        await pool.wait_connected()
+        start = trio.current_time()
+        events = await pool.fetch(Filter(kinds=[1]), timeout=5)
+        assert trio.current_time() - start < 0.1
+    assert events == [stored]
+    assert reqs == 2
+
+
 async def test_fetch_with_no_relay_connected_fails(autojump_clock: Any) -> None:
     with refused_port() as port:
         async with pool_for(f"ws://127.0.0.1:{port}") as pool:

@@ -1,0 +1,224 @@
+"""Relay pool throughput: pipelined publishing to a real relay, inbound verify + dedup, and the
+reconnect time after a relay restart.
+
+Plain script: ``.venv/bin/python bench/relay.py``. Relays are rust-nostr's LocalRelay in
+subprocesses (tests/support/local_relay.py) on loopback ports. Each throughput figure is the
+best of a few rounds.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import trio
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))  # tests.support is not an installed package
+
+from serbero.actors.relay import InboundEvent  # noqa: E402
+from serbero.actors.relay_pool import EventIntake, open_relay_pool  # noqa: E402
+from serbero.log import configure_logging  # noqa: E402
+from serbero.protocol.event import Event, encode_event, sign_event  # noqa: E402
+from serbero.protocol.keys import Keys  # noqa: E402
+from serbero.protocol.messages import Filter, RelayEvent, decode_relay_frame  # noqa: E402
+from tests.support.relay_fixtures import LocalRelayProcess, free_loopback_port  # noqa: E402
+
+ROUNDS = 3
+PUBLISH_EVENTS = 4000
+INBOUND_EVENTS = 5000
+RESTARTS = 3
+# Seconds a relay stays down before it restarts; the default backoff then decides how soon
+# after its return we are back (attempts ~1, 3, 7 s after the drop).
+RESTART_DOWNTIMES = (0.0, 2.0, 5.0)
+# LocalRelay's cap on stored events returned for one REQ.
+STORED_PER_REQ = 500
+TARGET_PUBLISH_PER_S = 2000.0
+TARGET_INBOUND_PER_S = 5000.0
+TARGET_RECONNECT_S = 3.0
+
+
+def make_events(keys: Keys, count: int, tag: str) -> list[Event]:
+    """`count` events; the i-th is tagged `<tag>-<i // STORED_PER_REQ>`."""
+    now = int(time.time())
+    return [
+        sign_event(
+            keys,
+            created_at=now,
+            kind=1,
+            tags=[["t", f"{tag}-{i // STORED_PER_REQ}"]],
+            content=f"{tag} {i}",
+        )
+        for i in range(count)
+    ]
+
+
+def row(label: str, value: float, unit: str, target: float, higher_is_better: bool = True) -> None:
+    ok = value >= target if higher_is_better else value <= target
+    sign = ">=" if higher_is_better else "<="
+    print(f"{label:<52} {value:>9.1f} {unit:<9} target {sign} {target:g}  {'OK' if ok else 'MISS'}")
+
+
+async def publish_round(url: str, keys: Keys, events: list[Event]) -> float:
+    """Events/s for publishing `events` concurrently (pipelined) and collecting every OK."""
+    accepted = 0
+    async with open_relay_pool([url], keys) as pool:
+        await pool.wait_connected()
+
+        async def publish(event: Event) -> None:
+            nonlocal accepted
+            result = await pool.publish(event)
+            accepted += result.sent
+
+        start = time.perf_counter()
+        async with trio.open_nursery() as nursery:
+            for event in events:
+                nursery.start_soon(publish, event)
+        elapsed = time.perf_counter() - start
+    if accepted != len(events):
+        raise RuntimeError(f"only {accepted} of {len(events)} publishes were accepted")
+    return len(events) / elapsed
+
+
+async def intake_round(frames: list[str], unique: int) -> float:
+    """Unique events/s through frame decode, verification once, and dedup across two relays."""
+    intake = EventIntake(wall_clock=lambda: int(time.time()))
+    events = intake.open_live("s", "bench", Filter(kinds=[1]), buffer=len(frames))
+    relays = ("ws://relay-a", "ws://relay-b")
+    start = time.perf_counter()
+    for index, frame_text in enumerate(frames):
+        frame = decode_relay_frame(frame_text)
+        assert isinstance(frame, RelayEvent)
+        await intake.handle(InboundEvent(relays[index % 2], frame.sub_id, frame.event))
+    elapsed = time.perf_counter() - start
+    delivered = 0
+    while True:
+        try:
+            events.receive_nowait()
+        except trio.WouldBlock:
+            break
+        delivered += 1
+    if delivered != unique:
+        raise RuntimeError(f"delivered {delivered}, expected {unique}")
+    return unique / elapsed
+
+
+async def end_to_end_round(urls: list[str], tag: str, count: int) -> float:
+    """Unique events/s received from two relays holding the same events (each sent twice).
+
+    LocalRelay answers a REQ with at most 500 stored events, so the events carry one of
+    several `t` tags and one subscription per tag pulls them all at once."""
+    async with open_relay_pool(urls, Keys.generate()) as pool:
+        await pool.wait_connected(len(urls))
+        start = time.perf_counter()
+        subs = [
+            await pool.subscribe(Filter(kinds=[1], t=[f"{tag}-{part}"]), name="bench")
+            for part in range(count // STORED_PER_REQ)
+        ]
+        with trio.fail_after(60):
+            for sub in subs:
+                for _ in range(STORED_PER_REQ):
+                    await sub.events.receive()
+        return count / (time.perf_counter() - start)
+
+
+async def seed(urls: list[str], author: Keys, events: list[Event]) -> None:
+    async with open_relay_pool(urls, author) as pool:
+        await pool.wait_connected(len(urls))
+        async with trio.open_nursery() as nursery:
+            for event in events:
+                nursery.start_soon(pool.publish, event)
+
+
+async def reconnect_after_restart(relay: LocalRelayProcess, downtime: float) -> float:
+    """Seconds from the relay accepting connections again (after `downtime` s down) to an
+    event arriving through the re-sent subscription, with the default (production) backoff."""
+    author = Keys.generate()
+    flt = Filter(kinds=[1], authors=[author.public_hex])
+    async with open_relay_pool([relay.url], Keys.generate()) as subscriber:
+        sub = await subscriber.subscribe(flt, name="bench")
+        await subscriber.wait_connected()
+        await relay.astop()
+        while subscriber.connected_count():
+            await trio.sleep(0.005)
+        await trio.sleep(downtime)
+        await relay.astart()
+        returned = time.perf_counter()
+        # The restarted relay is empty: this event can only arrive through the re-sent REQ.
+        async with open_relay_pool([relay.url], author) as publisher:
+            await publisher.wait_connected()
+            event = make_events(author, 1, "restart")[0]
+            await publisher.publish(event)
+        with trio.fail_after(30):
+            received = await sub.events.receive()
+        if received.event != event:
+            raise RuntimeError("an unexpected event came through the subscription")
+        return time.perf_counter() - returned
+
+
+async def main() -> None:
+    configure_logging("error")
+    relay_a = LocalRelayProcess(free_loopback_port())
+    relay_b = LocalRelayProcess(free_loopback_port())
+    relay_a.start()
+    relay_b.start()
+    try:
+        publisher = Keys.generate()
+        publish_rates = [
+            await publish_round(
+                relay_a.url, publisher, make_events(publisher, PUBLISH_EVENTS, f"pub{r}")
+            )
+            for r in range(ROUNDS)
+        ]
+        row(
+            f"publish, pipelined ({PUBLISH_EVENTS} events, 1 relay)",
+            max(publish_rates),
+            "events/s",
+            TARGET_PUBLISH_PER_S,
+        )
+
+        author = Keys.generate()
+        inbound = make_events(author, INBOUND_EVENTS, "in")
+        frames = []
+        for event in inbound:
+            text = f'["EVENT","s",{encode_event(event).decode()}]'
+            frames += [text, text]
+        intake_rates = [await intake_round(frames, INBOUND_EVENTS) for _ in range(ROUNDS)]
+        row(
+            f"inbound decode+verify+dedup ({INBOUND_EVENTS} x 2 copies)",
+            max(intake_rates),
+            "events/s",
+            TARGET_INBOUND_PER_S,
+        )
+
+        urls = [relay_a.url, relay_b.url]
+        e2e_rates = []
+        for r in range(ROUNDS):
+            tag = f"e2e{r}"
+            await seed(urls, author, make_events(author, INBOUND_EVENTS, tag))
+            e2e_rates.append(await end_to_end_round(urls, tag, INBOUND_EVENTS))
+        row(
+            f"inbound end-to-end, 2 LocalRelays ({INBOUND_EVENTS} x 2)",
+            max(e2e_rates),
+            "events/s",
+            TARGET_INBOUND_PER_S,
+        )
+
+        for downtime in RESTART_DOWNTIMES:
+            restarts = [await reconnect_after_restart(relay_a, downtime) for _ in range(RESTARTS)]
+            row(
+                f"relay back after {downtime:g} s down -> resubscribed (max of {RESTARTS})",
+                max(restarts),
+                "s",
+                TARGET_RECONNECT_S,
+                higher_is_better=False,
+            )
+            print(f"{'':<52} runs: {', '.join(f'{s:.2f}' for s in restarts)} s")
+    finally:
+        relay_a.stop()
+        relay_b.stop()
+
+
+if __name__ == "__main__":
+    trio.run(main)
