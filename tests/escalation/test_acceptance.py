@@ -22,7 +22,7 @@ from serbero.protocol.handoff import (
 )
 from serbero.protocol.texts import NO_SESSION_MARKER
 from tests.escalation.conftest import RelayEnv
-from tests.escalation.helpers import BUNDLE, POLICY, package
+from tests.escalation.helpers import BUNDLE, POLICY, RECIPE_RECONCILIATION, package
 
 DISPATCHED = HandoffOutcome.DISPATCHED
 
@@ -208,6 +208,22 @@ async def test_as23_the_received_body_is_the_contract(env: RelayEnv) -> None:
     assert parse_handoff_dm(dm.content).package == expected_package
     assert json.loads(lines[8])["rationale_refs"] == ["ab" * 32]
     assert "extra_key" not in lines[8]
+
+
+async def test_as6_reconciliation_is_empty_after_dispatches(env: RelayEnv) -> None:
+    w, bad = env.solver(), env.malformed_solver()
+    for dispute_id in ("d-6a", "d-6b"):
+        env.writer.add_dispute(dispute_id)
+        env.writer.add_handoff(package(dispute_id))
+    async with env.dispatcher([w]) as cycle:
+        await cycle()
+    env.writer.add_dispute("d-6c")
+    env.writer.add_handoff(package("d-6c"))
+    async with env.dispatcher([bad]) as cycle:
+        await cycle()
+    await w.dms(2)
+    assert [r[7] for r in env.writer.dispatches()] == ["dispatched", "dispatched", "send_failed"]
+    assert env.writer.rows(RECIPE_RECONCILIATION) == []
 
 
 async def test_as7_two_cycles_one_dm(env: RelayEnv) -> None:
