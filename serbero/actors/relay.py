@@ -611,6 +611,8 @@ class RelayConnection:
         return msgspec.structs.replace(command.filter, since=resume)
 
     async def _send_req(self, link: _Link, sub: _Sub) -> None:
+        if self._subs.get(sub.command.sub_id) is not sub:
+            return  # unsubscribed while a resend loop was awaiting
         sub.generation += 1
         sub.sent_auth_epoch = link.auth_epoch
         sub.status = _SubStatus.ACTIVE
@@ -626,7 +628,7 @@ class RelayConnection:
 
     async def _resend_later(self, link: _Link, sub: _Sub, generation: int, delay: float) -> None:
         await trio.sleep(delay)
-        if self._subs.get(sub.command.sub_id) is sub and sub.generation == generation:
+        if sub.generation == generation:
             await self._send_req(link, sub)
 
     async def _on_closed(self, link: _Link, frame: RelayClosed) -> None:
@@ -743,5 +745,6 @@ class RelayConnection:
             await link.send(encode_close(sub_id))
 
     async def _end_fetch(self, sub_id: str, reason: str) -> None:
-        del self._subs[sub_id]
-        await self._inbound.send(InboundEnd(self.url, sub_id, reason))
+        # Loops over a snapshot of the table may reach a fetch the pool already closed.
+        if self._subs.pop(sub_id, None) is not None:
+            await self._inbound.send(InboundEnd(self.url, sub_id, reason))

@@ -6,7 +6,9 @@ Each subscription gets its own bounded channel rather than one shared stream: th
 the take-flow replies and a chat fetch have different consumers, unsubscribing ends exactly one
 stream, and nobody has to demultiplex. The channels are bounded on purpose: a consumer that
 falls behind stalls the intake, which stalls the relay readers, which pushes back on the relays
-(the design's "back-pressure is a feature"); nothing is dropped and memory stays flat.
+(the design's "back-pressure is a feature"); nothing is dropped and memory stays flat. A
+consumer stalled for longer than the keep-alive timeout lets pongs queue behind unread frames,
+so the link is dropped and re-subscribed from the newest event seen: slower, never lossy.
 
 Publishing waits for every relay's answer and reports each one; `PublishResult.sent` is True
 only when at least one relay accepted (BEY-1). `rate-limited:` answers are retried after a
