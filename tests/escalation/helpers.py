@@ -8,11 +8,8 @@ connection, so the tests also prove the dispatcher sees rows it did not write it
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any, Final
 
 import trio
@@ -26,9 +23,8 @@ from serbero.clock import WallClock
 from serbero.config import SolverConfig
 from serbero.protocol.keys import Keys
 from serbero.store.escalation import HandoffRow
+from tests.support.sqlite_process import SqliteProcess
 
-WORKER_SCRIPT: Final = Path(__file__).with_name("sqlite_worker.py")
-WORKER_EXIT_TIMEOUT: Final = 5.0
 T0: Final = 1_700_000_000
 MOSTRO: Final = "79be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798"
 BUNDLE: Final = "phase3-default"
@@ -105,55 +101,8 @@ def package(
     return json.dumps(payload)
 
 
-class SecondWriterError(RuntimeError):
-    """A statement the second writer's SQLite refused (constraint, trigger, lock, ...)."""
-
-
-class SecondWriter:
-    """Mediation's stand-in: stdlib sqlite3 on the daemon's database, in its own process
-    (see sqlite_worker.py for why not in ours). Calls block for one pipe round trip."""
-
-    def __init__(self, db_path: str) -> None:
-        self._process = subprocess.Popen(
-            [sys.executable, str(WORKER_SCRIPT), db_path],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert self._read() == {"ready": True}
-
-    def _read(self) -> dict[str, Any]:
-        assert self._process.stdout is not None
-        line = self._process.stdout.readline()
-        if not line:
-            raise SecondWriterError(f"sqlite worker exited: {self._process.wait()}")
-        answer: dict[str, Any] = json.loads(line)
-        return answer
-
-    def _call(
-        self, statements: Sequence[tuple[str, Sequence[Any]]], *, transaction: bool = False
-    ) -> dict[str, Any]:
-        assert self._process.stdin is not None
-        request = {"statements": [[sql, list(args)] for sql, args in statements]}
-        self._process.stdin.write(json.dumps({**request, "transaction": transaction}) + "\n")
-        self._process.stdin.flush()
-        answer = self._read()
-        if "error" in answer:
-            raise SecondWriterError(answer["error"])
-        return answer
-
-    def close(self) -> None:
-        if self._process.poll() is None:
-            assert self._process.stdin is not None
-            self._process.stdin.close()
-            self._process.wait(WORKER_EXIT_TIMEOUT)
-        if self._process.stdout is not None:
-            self._process.stdout.close()
-
-    def execute(self, sql: str, args: Sequence[Any] = ()) -> int | None:
-        """Run one statement in autocommit mode; returns the last inserted rowid."""
-        lastrowid: int | None = self._call([(sql, args)])["lastrowids"][-1]
-        return lastrowid
+class SecondWriter(SqliteProcess):
+    """Mediation's stand-in: stdlib sqlite3 on the daemon's database, in its own process."""
 
     def add_dispute(
         self, dispute_id: str, *, state: str = "notified", assigned: str | None = None
@@ -187,7 +136,7 @@ class SecondWriter:
             "INSERT INTO mediation_events (session_id, kind, payload_json, prompt_bundle_id,"
             " policy_hash, occurred_at) VALUES (?, ?, ?, ?, ?, ?)"
         )
-        answer = self._call(
+        answer = self.call(
             [
                 (insert, (session_id, "escalation_recommended", "{}", *pins, occurred_at)),
                 (insert, (session_id, "handoff_prepared", payload_json, *pins, occurred_at)),
@@ -203,7 +152,7 @@ class SecondWriter:
             "INSERT INTO mediation_events (session_id, kind, payload_json, prompt_bundle_id,"
             " policy_hash, occurred_at) VALUES (NULL, 'handoff_prepared', ?, ?, ?, ?)"
         )
-        answer = self._call(
+        answer = self.call(
             [(insert, (payload, BUNDLE, POLICY, occurred_at)) for payload in payloads],
             transaction=True,
         )
@@ -215,7 +164,7 @@ class SecondWriter:
         )
 
     def rows(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        return [tuple(row) for row in self._call([(sql, args)])["rows"]]
+        return [tuple(row) for row in self.call([(sql, args)])["rows"]]
 
     def one(self, sql: str, args: Sequence[Any] = ()) -> Any:
         (row,) = self.rows(sql, args)

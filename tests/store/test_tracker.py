@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 import uuid
@@ -39,6 +38,7 @@ from serbero.store.errors import InvalidTransition, StoreFailure, UnknownDispute
 from serbero.store.escalation import RecipientOutcome
 from serbero.store.health import RelayHealth, read_health
 from tests.store.helpers import T0, count, event, messages
+from tests.support.sqlite_process import SqliteProcess
 
 
 class _Slow(Request[int], frozen=True):
@@ -238,35 +238,34 @@ async def test_submitted_requests_run_in_inbox_order(
 
 
 async def test_an_external_reader_sees_only_whole_steps(db_path: str) -> None:
+    """An operator's sqlite3 (another process, read-only) never sees a dispute without its
+    outbox rows while the tracker writes."""
     stop = threading.Event()
     seen: list[tuple[int, int]] = []
+    counts = "SELECT (SELECT COUNT(*) FROM disputes), (SELECT COUNT(*) FROM notification_outbox)"
 
-    def read() -> None:
-        reader = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5)
+    def read(reader: SqliteProcess) -> None:
         while True:
             last = stop.is_set()
-            disputes, outbox = reader.execute(
-                "SELECT (SELECT COUNT(*) FROM disputes), (SELECT COUNT(*) FROM notification_outbox)"
-            ).fetchone()
+            disputes, outbox = reader.query(counts)[0]
             seen.append((disputes, outbox))
             if last:
                 break
-        reader.close()
 
-    async with (
-        open_tracker(db_path, wall_clock=FakeWallClock(T0)) as tracker,
-        trio.open_nursery() as nursery,
-    ):
-        nursery.start_soon(trio.to_thread.run_sync, read)
-        while not seen:
-            await trio.sleep(0.001)
-        for i in range(150):
-            await tracker.ask(RecordDetected(event(f"d-{i}"), messages("initial")))
-        stop.set()
+    async with open_tracker(db_path, wall_clock=FakeWallClock(T0)) as tracker:
+        with SqliteProcess(db_path, readonly=True) as reader:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(trio.to_thread.run_sync, read, reader)
+                while not seen:
+                    await trio.sleep(0.001)
+                for i in range(150):
+                    await tracker.ask(RecordDetected(event(f"d-{i}"), messages("initial")))
+                stop.set()
     assert seen[0] == (0, 0)
     assert all(outbox == 3 * disputes for disputes, outbox in seen)
     assert [d for d, _ in seen] == sorted(d for d, _ in seen)
     assert seen[-1] == (150, 450)
+    assert len(seen) > 2
 
 
 async def test_offloaded_work_never_blocks_the_event_loop(db_path: str) -> None:

@@ -13,6 +13,7 @@ Protocol, one JSON object per line each way:
  or {"error": "..."}
 
 Only the standard library is imported, so the script runs without the project on the path.
+Usage: sqlite_worker.py DB_PATH [--readonly]
 """
 
 from __future__ import annotations
@@ -45,7 +46,11 @@ def _run(conn: sqlite3.Connection, request: dict[str, Any]) -> dict[str, Any]:
 
 
 def main() -> None:
-    conn = sqlite3.connect(sys.argv[1], timeout=10, isolation_level=None)
+    path = sys.argv[1]
+    if "--readonly" in sys.argv[2:]:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10, isolation_level=None)
+    else:
+        conn = sqlite3.connect(path, timeout=10, isolation_level=None)
     conn.execute("PRAGMA foreign_keys = ON")
     conn.execute("PRAGMA busy_timeout = 5000")
     print(json.dumps({"ready": True}), flush=True)
