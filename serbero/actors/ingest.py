@@ -268,12 +268,13 @@ class Ingest:
 
     async def _report(self, decisions: trio.MemoryReceiveChannel[_Decision]) -> None:
         async for decision in decisions:
-            self.stats.decisions_in_flight -= 1
             try:
                 value = await decision.pending.result()
             except StoreError as exc:
                 self._log_store_failure(decision.handler, decision.dispute, exc)
                 continue
+            finally:
+                self.stats.decisions_in_flight -= 1
             if decision.handler == "detection":
                 self._detected(decision.dispute, value)
             elif decision.handler == "assignment":

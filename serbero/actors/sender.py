@@ -23,7 +23,13 @@ import msgspec
 import trio
 
 from serbero.actors.relay_pool import PublishResult, RelayPool
-from serbero.actors.tracker import ClaimOutbox, CompleteOutbox, NextOutboxDue, Tracker
+from serbero.actors.tracker import (
+    ClaimOutbox,
+    CompleteOutbox,
+    ExpediteRetries,
+    NextOutboxDue,
+    Tracker,
+)
 from serbero.clock import WallClock
 from serbero.config import SolverConfig
 from serbero.log import get_logger
@@ -115,6 +121,10 @@ SENDER_CONCURRENCY: Final = 64
 IDLE_RECHECK_SECONDS: Final = 30.0
 # A row that became due between the claim and the "when next?" query: look again soon.
 RACE_RECHECK_SECONDS: Final = 0.1
+# How often the sender looks whether the relays came back from a total outage.
+RELAY_WATCH_SECONDS: Final = 1.0
+# After the store failed to hand out rows (locked by another writer, ...), wait this long.
+STORE_RETRY_SECONDS: Final = 1.0
 
 
 class Doorbell:
@@ -232,6 +242,7 @@ class OutboxSender:
         """Serve until cancelled. Claims still held when cancelled are released by the next
         start's `RequeueInFlight` (BEY-2)."""
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._watch_relays)
             while True:
                 self._doorbell.reset()
                 free = self._concurrency - self.stats.in_flight
@@ -239,15 +250,39 @@ class OutboxSender:
                     # Every slot busy: the next completion rings.
                     await self._doorbell.wait(IDLE_RECHECK_SECONDS)
                     continue
-                claim = await self._tracker.ask(ClaimOutbox(limit=free))
-                if claim.abandoned:
-                    log.debug("outbox_abandoned", count=claim.abandoned)
-                for row in claim.rows:
-                    self.stats.in_flight += 1
-                    nursery.start_soon(self._deliver, row)
-                if len(claim.rows) == free:
-                    continue
-                await self._doorbell.wait(await self._idle_timeout())
+                try:
+                    claim = await self._tracker.ask(ClaimOutbox(limit=free))
+                    if claim.abandoned:
+                        log.debug("outbox_abandoned", count=claim.abandoned)
+                    for row in claim.rows:
+                        self.stats.in_flight += 1
+                        nursery.start_soon(self._deliver, row)
+                    if len(claim.rows) == free:
+                        continue
+                    timeout = await self._idle_timeout()
+                except StoreError as exc:
+                    # A busy or failing store is a condition, not a crash: try again soon.
+                    log.warning("outbox_claim_failed", error=str(exc))
+                    timeout = STORE_RETRY_SECONDS
+                await self._doorbell.wait(timeout)
+
+    async def _watch_relays(self) -> None:
+        """When the relays come back after every one was down, whatever failed meanwhile is
+        tried again at once instead of after its (by then long) backoff."""
+        was_down = False
+        while True:
+            connected = self._pool.connected_count() > 0
+            if connected and was_down:
+                try:
+                    count = await self._tracker.ask(ExpediteRetries())
+                except StoreError as exc:
+                    log.warning("outbox_expedite_failed", error=str(exc))
+                else:
+                    if count:
+                        log.info("outbox_retries_expedited", count=count)
+                    self._doorbell.ring()
+            was_down = not connected
+            await trio.sleep(RELAY_WATCH_SECONDS)
 
     async def _idle_timeout(self) -> float:
         """Seconds until the earliest claimable row falls due (capped)."""

@@ -90,6 +90,7 @@ from serbero.store.outbox import (
     count_pending,
     enqueue,
     enqueue_notifications,
+    expedite_retries,
     next_due_at,
     requeue_in_flight,
 )
@@ -345,6 +346,13 @@ class NextOutboxDue(Request[int | None], frozen=True):
 
     def apply(self, conn: apsw.Connection, ctx: Context) -> int | None:
         return next_due_at(conn)
+
+
+class ExpediteRetries(Request[int], frozen=True):
+    """Make rows waiting out a retry backoff due now (a relay is back); returns how many."""
+
+    def apply(self, conn: apsw.Connection, ctx: Context) -> int:
+        return expedite_retries(conn, ctx.now)
 
 
 class CountOutboxPending(Request[int], frozen=True):

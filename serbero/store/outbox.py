@@ -367,3 +367,18 @@ def count_pending(conn: apsw.Connection) -> int:
         "SELECT COUNT(*) FROM notification_outbox WHERE state = 'pending'"
     ).fetchone()
     return 0 if row is None else int(row[0])
+
+
+def expedite_retries(conn: apsw.Connection, now: int) -> int:
+    """Make every pending row that waits out a retry backoff due now; returns the count.
+
+    For when the reason they failed is gone (a relay is connected again): a long outage
+    must not leave DMs waiting up to `RETRY_MAX_SECONDS` after the relays came back.
+    """
+    with transaction(conn):
+        conn.execute(
+            "UPDATE notification_outbox SET next_attempt_at = ?"
+            " WHERE state = 'pending' AND claimed_at IS NULL AND next_attempt_at > ?",
+            (now, now),
+        )
+        return int(conn.changes())

@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import apsw
 import trio
 from structlog.testing import capture_logs
 
@@ -25,9 +26,11 @@ from tests.daemon.support import (
     make_config,
     query,
     running_daemon,
+    started,
 )
 from tests.relay.raw_relay import RawConnection, open_raw_relay
-from tests.support.relay_fixtures import LocalRelayFactory
+from tests.support.relay_fixtures import LocalRelayFactory, LocalRelayProcess
+from tests.support.solver_inbox import SolverInbox
 
 
 class Gatekeeper:
@@ -129,3 +132,37 @@ async def test_every_dm_reaches_its_solver_through_a_rate_limiting_relay(
         assert h.rows("disputes", "lifecycle_state = 'notified'") == disputes
         assert h.rows("notifications", "status = 'sent'") == 2 * disputes
     assert any(entry["event"] == "publish_rate_limited" for entry in logs), "never limited"
+
+
+async def test_retries_are_expedited_when_the_relays_come_back(
+    local_relay: LocalRelayProcess, tmp_path: Path
+) -> None:
+    """BEY-3 with BEY-7: a DM waiting out a long backoff is sent right after the relays
+    return from a total outage, not when its backoff ends."""
+    db_path = str(tmp_path / "serbero.db")
+    owed = "state = 'sent' AND notif_type = 'resolution'"
+    async with (
+        Harness(local_relay.url, db_path, valid_solvers=1) as h,
+        running_daemon(h.config) as context,
+    ):
+        await in_thread(h.sim.open_dispute, "d-outage", "buyer")
+        await h.settled(context, 1)
+        await local_relay.astop()
+        await eventually(lambda: context.snapshot().relays_connected == 0)
+        conn = apsw.Connection(db_path)
+        conn.set_busy_timeout(5000)
+        try:
+            conn.execute(
+                "INSERT INTO notification_outbox (dispute_id, solver_pubkey, notif_type,"
+                " body, cause, created_at, next_attempt_at) VALUES ('d-outage', ?,"
+                " 'resolution', 'owed since the outage', 'test', ?, ?)",
+                (h.solver_keys[0].public_hex, int(time.time()), int(time.time()) + 600),
+            )
+        finally:
+            conn.close()
+        await trio.sleep(1.5)
+        await local_relay.astart()
+        await eventually(lambda: count_rows(db_path, "notification_outbox", owed) == 1)
+        fresh = SolverInbox(h.solver_keys[0].secret.hex(), [local_relay.url])
+        async with started(fresh):
+            await in_thread(fresh.wait_for_count, 1, 10.0, "owed since the outage")

@@ -119,7 +119,7 @@ def test_every_request_names_a_store_step() -> None:
         for obj in vars(tracker_module).values()
         if isinstance(obj, type) and issubclass(obj, Request) and obj is not Request
     ]
-    assert len(requests) == 22
+    assert len(requests) == 23
     for request in requests:
         assert request.apply is not Request.apply, request.__name__
 
