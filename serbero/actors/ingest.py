@@ -48,7 +48,6 @@ from serbero.protocol.mostro import (
     status_route,
 )
 from serbero.protocol.texts import (
-    TextError,
     assignment_notification,
     initial_notification,
     resolution_notice,
@@ -220,10 +219,13 @@ class Ingest:
         log.info("routed", event_id=event.id, status=str(dispute.status), handler=handler)
         try:
             return await self._submit(handler, dispute)
-        except TextError as exc:
-            log.error("dispatch_error", event_id=event.id, error=str(exc), reason="TextError")
         except StoreError as exc:
             self._log_store_failure(handler, dispute, exc)
+        except Exception as exc:
+            # CORE-6/28: one event's failure is logged; the next event is decided anyway.
+            log.error(
+                "dispatch_error", event_id=event.id, error=str(exc), reason=type(exc).__name__
+            )
         return None
 
     async def _submit(self, handler: Handler, dispute: Dispute) -> _Decision:

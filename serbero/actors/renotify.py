@@ -98,8 +98,8 @@ class Renotifier:
         self.stats.last_cycle_at = now
         try:
             return await self._cycle(now)
-        except StoreError as exc:
-            log.warning("renotification_cycle_failed", error=str(exc))
+        except Exception as exc:
+            log.warning("renotification_cycle_failed", error=str(exc), reason=type(exc).__name__)
         return 0
 
     async def _cycle(self, now: int) -> int:

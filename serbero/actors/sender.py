@@ -305,14 +305,25 @@ class OutboxSender:
 
     async def _deliver(self, row: OutboxRow) -> None:
         try:
-            delivery = await deliver_dm(
-                self._pool,
-                self._identity,
-                self._solver(row.solver_pubkey),
-                row.body,
-                now=self._wall_clock(),
-                rand=self._rand,
-            )
+            try:
+                delivery = await deliver_dm(
+                    self._pool,
+                    self._identity,
+                    self._solver(row.solver_pubkey),
+                    row.body,
+                    now=self._wall_clock(),
+                    rand=self._rand,
+                )
+            except Exception as exc:
+                # One row must never take the sender down (and with it every other DM):
+                # it is recorded as a failed attempt and retried with backoff like any other.
+                log.error(
+                    "dm_delivery_crashed",
+                    dispute_id=row.dispute_id,
+                    solver=row.solver_pubkey,
+                    error=repr(exc),
+                )
+                delivery = Delivery(ok=False, error=f"{SEND_FAILED_PREFIX}{exc!r}", retryable=True)
             await self._complete(row, delivery)
         finally:
             self.stats.in_flight -= 1

@@ -1,0 +1,162 @@
+"""The outbox sender's loop on Trio's autojump clock: it wakes on rings and on the earliest
+retry, never busy-loops, keeps one DM per (dispute, solver) in flight, and survives a
+delivery that raises (the relay pool is replaced by a stub; delivery itself is tested in
+test_deliver_dm.py)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+import trio
+import trio.testing
+
+import serbero.actors.sender as sender_module
+from serbero.actors.relay_pool import RelayPool
+from serbero.actors.sender import (
+    IDLE_RECHECK_SECONDS,
+    Delivery,
+    Doorbell,
+    OutboxSender,
+    SenderStats,
+)
+from serbero.actors.tracker import RecordAssignment, RecordDetected, Request, Tracker, open_tracker
+from serbero.config import SolverConfig
+from serbero.protocol.keys import Keys
+from serbero.store.disputes import DisputeEvent
+from serbero.store.outbox import RETRY_INITIAL_SECONDS, OutboxMessage
+from tests.daemon.support import count_rows, query
+
+T0 = 1_700_000_000
+SOLVERS = [SolverConfig.from_text(Keys.generate().public_hex) for _ in range(2)]
+
+
+class TrioWallClock:
+    def __call__(self) -> int:
+        return T0 + int(trio.current_time())
+
+
+class StubPool:
+    """Only what the sender asks the pool itself: is any relay connected?"""
+
+    def connected_count(self) -> int:
+        return 1
+
+
+class CountingTracker:
+    """The real tracker, counting the requests the sender makes."""
+
+    def __init__(self, tracker: Tracker) -> None:
+        self._tracker = tracker
+        self.asked: Counter[str] = Counter()
+
+    async def ask(self, request: Request[Any], **kwargs: Any) -> Any:
+        self.asked[type(request).__name__] += 1
+        return await self._tracker.ask(request, **kwargs)
+
+
+def event(status: str) -> DisputeEvent:
+    return DisputeEvent("d-1", f"ev-{status}", "ab" * 32, T0, status, "buyer")
+
+
+async def test_the_sender_waits_without_spinning_and_survives_a_raising_delivery(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = str(tmp_path / "serbero.db")
+    calls: list[tuple[float, str]] = []
+
+    async def fake_deliver(
+        pool: object, identity: object, solver: SolverConfig, body: str, **kwargs: object
+    ) -> Delivery:
+        calls.append((trio.current_time(), body))
+        first = len(calls) == 1
+        await trio.sleep(1)
+        if first:
+            raise RuntimeError("a bug in one delivery")
+        return Delivery(ok=True, error=None, retryable=True)
+
+    monkeypatch.setattr(sender_module, "deliver_dm", fake_deliver)
+    async with open_tracker(db, wall_clock=TrioWallClock(), offload=False) as tracker:
+        counting = CountingTracker(tracker)
+        doorbell = Doorbell()
+        sender = OutboxSender(
+            cast(Tracker, counting),
+            cast(RelayPool, StubPool()),
+            Keys.generate(),
+            SOLVERS,
+            doorbell=doorbell,
+            stats=SenderStats(),
+            wall_clock=TrioWallClock(),
+        )
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(sender.run)
+            await trio.sleep(5 * IDLE_RECHECK_SECONDS + 7)
+            assert counting.asked["ClaimOutbox"] <= 7, "idle: one look per recheck period"
+
+            messages = tuple(OutboxMessage(s.pubkey, "initial") for s in SOLVERS)
+            await tracker.ask(RecordDetected(event=event("initiated"), messages=messages))
+            taken = tuple(OutboxMessage(s.pubkey, "assignment") for s in SOLVERS)
+            await tracker.ask(
+                RecordAssignment(event=event("in-progress"), assigned_solver=None, messages=taken)
+            )
+            start = trio.current_time()
+            doorbell.ring()
+            await trio.sleep(RETRY_INITIAL_SECONDS + 10)
+            nursery.cancel_scope.cancel()
+    assert [body for _, body in calls] == ["assignment"] * 3, "initials were dropped as obsolete"
+    assert calls[0][0] == calls[1][0] == start, "both solvers at once"
+    assert RETRY_INITIAL_SECONDS <= calls[2][0] - start <= RETRY_INITIAL_SECONDS + 2
+    (error,) = query(db, "SELECT error_message FROM notifications WHERE status = 'failed'")[0]
+    assert "a bug in one delivery" in error
+    assert count_rows(db, "notifications", "status = 'sent'") == 2
+    assert count_rows(db, "notification_outbox", "state = 'pending'") == 0
+
+
+async def test_one_dm_per_dispute_and_solver_in_flight_in_decision_order(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """BEY-22: an assignment decided while the initial notices are on their way waits for
+    them; both solvers are served concurrently."""
+    db = str(tmp_path / "serbero.db")
+    spans: list[tuple[str, str, float, float]] = []
+
+    async def slow_deliver(
+        pool: object, identity: object, solver: SolverConfig, body: str, **kwargs: object
+    ) -> Delivery:
+        began = trio.current_time()
+        await trio.sleep(3)
+        spans.append((solver.pubkey, body, began, trio.current_time()))
+        return Delivery(ok=True, error=None, retryable=True)
+
+    monkeypatch.setattr(sender_module, "deliver_dm", slow_deliver)
+    async with open_tracker(db, wall_clock=TrioWallClock(), offload=False) as tracker:
+        doorbell = Doorbell()
+        sender = OutboxSender(
+            tracker,
+            cast(RelayPool, StubPool()),
+            Keys.generate(),
+            SOLVERS,
+            doorbell=doorbell,
+            stats=SenderStats(),
+            wall_clock=TrioWallClock(),
+        )
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(sender.run)
+            messages = tuple(OutboxMessage(s.pubkey, "initial") for s in SOLVERS)
+            await tracker.ask(RecordDetected(event=event("initiated"), messages=messages))
+            doorbell.ring()
+            await trio.sleep(1)
+            taken = tuple(OutboxMessage(s.pubkey, "assignment") for s in SOLVERS)
+            await tracker.ask(
+                RecordAssignment(event=event("in-progress"), assigned_solver=None, messages=taken)
+            )
+            doorbell.ring()
+            await trio.sleep(10)
+            nursery.cancel_scope.cancel()
+    for solver in SOLVERS:
+        mine = [span for span in spans if span[0] == solver.pubkey]
+        assert [body for _, body, _, _ in mine] == ["initial", "assignment"]
+        assert mine[1][2] >= mine[0][3], "the assignment started after the initial ended"
+    assert spans[0][2] == spans[1][2], "different solvers are not serialised"
