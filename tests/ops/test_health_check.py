@@ -207,8 +207,12 @@ def test_check_is_executable_posix_sh() -> None:
     assert checked.returncode == 0, checked.stderr
 
 
-async def run_check(tmp_path: Path, config: Path) -> tuple[int, str, list[str]]:
-    """Run ./check with a pass-through chpst and the venv's serbero; (status, output, record)."""
+async def run_check(
+    tmp_path: Path, config: Path, *, stdout_closed: bool = False
+) -> tuple[int, str, list[str]]:
+    """Run ./check with a pass-through chpst and the venv's serbero; (status, output, record).
+
+    `stdout_closed` runs it the way `sv check` does: with file descriptor 1 closed."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
     chpst = bin_dir / "chpst"
@@ -218,8 +222,9 @@ async def run_check(tmp_path: Path, config: Path) -> tuple[int, str, list[str]]:
     state.mkdir(exist_ok=True)
     record = tmp_path / "chpst.args"
     with trio.fail_after(SCRIPT_TIMEOUT):
+        command = ["sh", "-c", 'exec "$0" >&-', str(CHECK)] if stdout_closed else [str(CHECK)]
         result = await trio.run_process(
-            [str(CHECK)],
+            command,
             env={
                 "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
                 "CHPST_RECORD": str(record),
@@ -231,6 +236,9 @@ async def run_check(tmp_path: Path, config: Path) -> tuple[int, str, list[str]]:
             capture_stderr=True,
             check=False,
         )
+    if stdout_closed:
+        # Nothing to merge into: the verdict stays on stderr, where sv shows it.
+        return result.returncode, result.stderr.decode(), record.read_text().splitlines()
     assert result.stderr == b""
     return result.returncode, result.stdout.decode(), record.read_text().splitlines()
 
@@ -253,6 +261,17 @@ async def test_check_runs_health_check_like_run_runs_the_daemon(
     ]
     switch.answer = DOWN
     code, output, _ = await run_check(tmp_path, config)
+    assert (code, output) == (1, "down: HTTP 503, 0 of 3 relays connected\n")
+
+
+async def test_check_works_with_stdout_closed_as_sv_runs_it(
+    port: int, switch: Switch, tmp_path: Path
+) -> None:
+    config = write_config(tmp_path, "db", f'[health]\nlisten = "127.0.0.1:{port}"\n')
+    code, output, _ = await run_check(tmp_path, config, stdout_closed=True)
+    assert (code, output) == (0, "")
+    switch.answer = DOWN
+    code, output, _ = await run_check(tmp_path, config, stdout_closed=True)
     assert (code, output) == (1, "down: HTTP 503, 0 of 3 relays connected\n")
 
 
