@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -13,7 +14,8 @@ from typing import Any, Final
 
 from serbero.protocol.keys import Keys
 
-SERBERO_SCRIPT: Final = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "serbero"
+# The console script installed next to the interpreter running the tests (the venv's bin/).
+SERBERO_SCRIPT: Final = Path(sys.executable).parent / "serbero"
 READY_EVENT: Final = "event_loop_started"
 
 
