@@ -16,18 +16,15 @@ from __future__ import annotations
 
 import json
 import string
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final, Protocol
 
 import msgspec
 import trio
 
+from serbero.actors.relay import RelayState
 from serbero.log import get_logger
-
-if TYPE_CHECKING:
-    # Type only: the supervisor imports this module to start the endpoint.
-    from serbero.actors.supervisor import DaemonSnapshot
 
 __all__ = [
     "BIND_RETRY_SECONDS",
@@ -35,7 +32,9 @@ __all__ = [
     "MAX_CONNECTIONS",
     "MAX_HEAD_BYTES",
     "REQUEST_TIMEOUT",
+    "ActorView",
     "HealthAnswer",
+    "HealthView",
     "HttpError",
     "HttpLimits",
     "RequestHead",
@@ -329,7 +328,54 @@ STATUS_OK: Final = "ok"
 STATUS_NO_RELAY: Final = "no_relay_connected"
 
 
-def health_answer(snapshot: DaemonSnapshot) -> HealthAnswer:
+class ActorView(Protocol):
+    """What `/health` shows of one supervised actor."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def state(self) -> str: ...
+    @property
+    def restarts(self) -> int: ...
+    @property
+    def last_error(self) -> str | None: ...
+
+
+class HealthView(Protocol):
+    """What `/health` reads of the daemon's live snapshot (the supervisor's `DaemonSnapshot`).
+
+    Spelled out here so this module never imports the supervisor, which imports it.
+    """
+
+    @property
+    def taken_at(self) -> int: ...
+    @property
+    def started_at(self) -> int: ...
+    @property
+    def relays(self) -> Sequence[RelayState]: ...
+    @property
+    def relays_connected(self) -> int: ...
+    @property
+    def last_dispute_event_at(self) -> int | None: ...
+    @property
+    def events_received(self) -> int: ...
+    @property
+    def ingest_backlog(self) -> int: ...
+    @property
+    def decisions_in_flight(self) -> int: ...
+    @property
+    def outbox_pending(self) -> int | None: ...
+    @property
+    def outbox_in_flight(self) -> int: ...
+    @property
+    def delivered(self) -> int: ...
+    @property
+    def delivery_failures(self) -> int: ...
+    @property
+    def actors(self) -> Sequence[ActorView]: ...
+
+
+def health_answer(snapshot: HealthView) -> HealthAnswer:
     """The `/health` document for one daemon snapshot; up iff a relay is connected.
 
     Fields: `status` (`ok` / `no_relay_connected`), `taken_at`, `uptime_seconds`,
@@ -386,7 +432,7 @@ def health_answer(snapshot: DaemonSnapshot) -> HealthAnswer:
 
 async def run_health_endpoint(
     listen: tuple[str, int],
-    snapshot: Callable[[], DaemonSnapshot],
+    snapshot: Callable[[], HealthView],
     *,
     bind_retry_seconds: float = BIND_RETRY_SECONDS,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
