@@ -622,7 +622,7 @@ class RelayConnection:
                 "subscription_sent",
                 relay=self.url,
                 subscription=sub.command.name,
-                sub_id=sub.command.sub_id,
+                subscription_id=sub.command.sub_id,
                 since=flt.since,
             )
 

@@ -89,6 +89,7 @@ STATE_BUFFER: Final = 64
 # Publishes in flight at once (each one a pipelined EVENT on every relay).
 MAX_PUBLISHES_IN_FLIGHT: Final = 1024
 STILL_RATE_LIMITED: Final = "rate-limited: still paused when the retry budget ran out"
+OUTSIDE_FILTER_REASON: Final = "does not match the subscription's filter"
 
 
 class ReceivedEvent(msgspec.Struct, frozen=True):
@@ -227,6 +228,16 @@ class EventIntake:
 
     def _acceptable(self, item: InboundEvent, route: _LiveRoute | _FetchRoute) -> bool:
         event = item.event
+        if not filter_matches(route.filter, event):
+            # CORE-24: a relay that ignores our filter (another author, another kind) must
+            # not feed a handler what it did not ask for; checked first, it is the cheap test.
+            log.warning(
+                "invalid_event_discarded",
+                relay=item.relay,
+                event_id=event.id,
+                reason=OUTSIDE_FILTER_REASON,
+            )
+            return False
         try:
             verify_event(event)
         except EventError as exc:
@@ -237,10 +248,6 @@ class EventIntake:
         expiration = expiration_of(event)
         if expiration is not None and expiration < self._wall_clock():
             log.debug("expired_event_dropped", relay=item.relay, event_id=event.id)
-            return False
-        if not filter_matches(route.filter, event):
-            # A relay that ignores our filter must not feed a handler what it did not ask for.
-            log.debug("event_outside_filter", relay=item.relay, event_id=event.id)
             return False
         return True
 

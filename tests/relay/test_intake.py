@@ -100,15 +100,24 @@ async def test_expired_events_are_dropped_and_expiring_now_is_kept(
     assert [r.event for r in drain(feed)] == [expiring_now]
 
 
-async def test_events_outside_the_subscription_filter_are_dropped(
+async def test_events_outside_the_subscription_filter_are_discarded_with_a_warning(
     intake: EventIntake, author: Keys
 ) -> None:
+    """CORE-24: a lying relay's event from another author is an invalid event, not noise."""
     other = Keys.generate()
     feed = intake.open_live("s1", "feed", Filter(kinds=[1], authors=[author.public_hex]))
-    await intake.handle(InboundEvent(RELAY_A, "s1", note(other, "not asked for")))
+    stranger = note(other, "not asked for")
+    with capture_logs() as logs:
+        await intake.handle(InboundEvent(RELAY_A, "s1", stranger))
     wanted = note(author, "asked for")
     await intake.handle(InboundEvent(RELAY_A, "s1", wanted))
     assert [r.event for r in drain(feed)] == [wanted]
+    [record] = [r for r in logs if r["event"] == "invalid_event_discarded"]
+    assert record["log_level"] == "warning"
+    assert record["relay"] == RELAY_A
+    assert record["event_id"] == stranger.id
+    assert record["reason"] == relay_pool.OUTSIDE_FILTER_REASON
+    assert not [r for r in logs if r["event"] == "event_outside_filter"]
 
 
 async def test_an_event_matching_two_subscriptions_reaches_both(

@@ -71,6 +71,12 @@ async def test_closed_subscription_is_resent_with_backoff(autojump_clock: Any) -
     ]
     assert all(r["log_level"] == "warning" and r["subscription"] == "disputes" for r in closed)
     assert len(relay.connections) == 1
+    # CORE-19: each REQ is logged with the subscription's name and id.
+    sent = [r for r in logs if r["event"] == "subscription_sent"]
+    assert len(sent) >= 4
+    assert {r["subscription"] for r in sent} == {"disputes"}
+    assert len({r["subscription_id"] for r in sent}) == 1
+    assert all("sub_id" not in r for r in sent)
 
 
 # --- NIP-42 -----------------------------------------------------------------------------------
