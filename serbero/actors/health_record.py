@@ -27,12 +27,12 @@ from serbero.store.health import (
     KEY_LAST_DISPUTE_EVENT_AT,
     KEY_LAST_DISPUTE_EVENT_ID,
     KEY_STARTED_AT,
+    RELAY_CONNECTED,
+    RELAY_DISCONNECTED,
     RelayHealth,
 )
 
 __all__ = [
-    "CONNECTED",
-    "DISCONNECTED",
     "HEALTH_POLL_SECONDS",
     "HEARTBEAT_SECONDS",
     "HealthRecorder",
@@ -45,13 +45,11 @@ log = get_logger("serbero.health")
 HEALTH_POLL_SECONDS: Final = 1.0
 # Well under `serbero status`'s stale limit (120 s), so one slow disk flush is no alarm.
 HEARTBEAT_SECONDS: Final = 30.0
-CONNECTED: Final = "connected"
-DISCONNECTED: Final = "disconnected"
 
 
 def relay_state_name(state: RelayState) -> str:
     """The state string stored for a relay (`serbero status` treats `connected` as up)."""
-    return CONNECTED if state.connected else DISCONNECTED
+    return RELAY_CONNECTED if state.connected else RELAY_DISCONNECTED
 
 
 class HealthStats:

@@ -22,12 +22,12 @@ from serbero.store.health import (
     KEY_LAST_DISPUTE_EVENT_AT,
     KEY_LAST_DISPUTE_EVENT_ID,
     KEY_STARTED_AT,
+    RELAY_CONNECTED,
     read_health,
 )
 from serbero.store.lifecycle import LifecycleState
 
 __all__ = [
-    "CONNECTED_STATE",
     "HEALTH_TABLES",
     "STALE_HEARTBEAT_SECONDS",
     "HeartbeatStatus",
@@ -38,8 +38,6 @@ __all__ = [
     "read_status",
 ]
 
-# The relay state string the daemon records for an open, subscribed link.
-CONNECTED_STATE: Final = "connected"
 # A heartbeat older than this means the daemon is gone or stuck. The daemon flushes its
 # health record far more often; the margin absorbs a busy disk.
 STALE_HEARTBEAT_SECONDS: Final = 120
@@ -187,7 +185,7 @@ def read_status(
             RelayStatus(
                 url=relay.url,
                 state=relay.state,
-                connected=relay.state == CONNECTED_STATE,
+                connected=relay.state == RELAY_CONNECTED,
                 since=relay.last_change_at,
                 last_event_at=relay.last_event_at,
             )

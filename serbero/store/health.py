@@ -18,6 +18,9 @@ KEY_HEARTBEAT_AT: Final = "heartbeat_at"
 KEY_STARTED_AT: Final = "started_at"
 KEY_LAST_DISPUTE_EVENT_ID: Final = "last_dispute_event_id"
 KEY_LAST_DISPUTE_EVENT_AT: Final = "last_dispute_event_at"
+# `serbero_relay_health.state` values: the daemon writes them, `serbero status` reads them.
+RELAY_CONNECTED: Final = "connected"
+RELAY_DISCONNECTED: Final = "disconnected"
 
 
 class RelayHealth(msgspec.Struct, frozen=True):

@@ -6,12 +6,13 @@ from pathlib import Path
 
 import apsw
 
-from serbero.actors.health_record import CONNECTED, DISCONNECTED
 from serbero.store.health import (
     KEY_HEARTBEAT_AT,
     KEY_LAST_DISPUTE_EVENT_AT,
     KEY_LAST_DISPUTE_EVENT_ID,
     KEY_STARTED_AT,
+    RELAY_CONNECTED,
+    RELAY_DISCONNECTED,
     HealthSnapshot,
     read_health,
 )
@@ -36,7 +37,7 @@ async def test_the_record_follows_relays_and_dispute_events(
         running_daemon(h.config) as context,
     ):
         await eventually(
-            lambda: [r.state for r in health(db_path).relays] == [CONNECTED], timeout=5
+            lambda: [r.state for r in health(db_path).relays] == [RELAY_CONNECTED], timeout=5
         )
         record = health(db_path)
         assert int(record.values[KEY_STARTED_AT]) <= int(record.values[KEY_HEARTBEAT_AT])
@@ -68,9 +69,9 @@ async def test_the_record_follows_relays_and_dispute_events(
 
         await local_relay.astop()
         await eventually(
-            lambda: [r.state for r in health(db_path).relays] == [DISCONNECTED], timeout=5
+            lambda: [r.state for r in health(db_path).relays] == [RELAY_DISCONNECTED], timeout=5
         )
         await local_relay.astart()
         await eventually(
-            lambda: [r.state for r in health(db_path).relays] == [CONNECTED], timeout=5
+            lambda: [r.state for r in health(db_path).relays] == [RELAY_CONNECTED], timeout=5
         )
