@@ -22,6 +22,7 @@ from typing import Any, Final
 import msgspec
 
 from serbero.ops.database import ReadOnlyDatabase
+from serbero.store.audit import payload_field
 from serbero.store.disputes import Dispute, get_dispute
 
 __all__ = ["HIDDEN", "SOURCES", "Timeline", "TimelineEntry", "read_timeline"]
@@ -57,9 +58,7 @@ _HIDDEN_KEY_PARTS: Final = (
 _HIDDEN_KEYS: Final = frozenset({"summary", "message", "messages", "rationale", "reply"})
 # Shorter chat messages are too common as substrings to mask anywhere they appear.
 _MIN_MASKED_LENGTH: Final = 8
-_DISPUTE_REF_SQL: Final = (
-    "CASE WHEN json_valid(payload_json) THEN json_extract(payload_json, '$.dispute_id') END"
-)
+_DISPUTE_REF_SQL: Final = payload_field("dispute_id")
 
 Detail = str | int | float | bool | None | list[Any] | dict[str, Any]
 

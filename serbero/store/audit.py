@@ -12,6 +12,16 @@ import apsw
 import msgspec
 
 
+def payload_field(name: str, table: str | None = None) -> str:
+    """SQL for one `payload_json` key of a row (of `table`, when the query aliases it).
+
+    Other programs write these rows too, so a payload that is not JSON reads as NULL rather
+    than failing the whole query.
+    """
+    column = "payload_json" if table is None else f"{table}.payload_json"
+    return f"CASE WHEN json_valid({column}) THEN json_extract({column}, '$.{name}') END"
+
+
 def encode_payload(payload: Mapping[str, object]) -> str:
     """Compact JSON, keys in lexicographic order, non-ASCII kept raw."""
     return msgspec.json.encode(payload, order="sorted").decode()

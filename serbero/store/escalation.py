@@ -14,7 +14,7 @@ from typing import Any, Final, Literal, cast
 import apsw
 import msgspec
 
-from serbero.store.audit import insert_event
+from serbero.store.audit import insert_event, payload_field
 from serbero.store.errors import InvalidRecord
 from serbero.store.transaction import transaction
 
@@ -29,10 +29,7 @@ STATUS_SEND_FAILED: Final = "send_failed"
 SUPERSEDED_REASON: Final = "dispute_already_resolved"
 ParseFailure = Literal["deserialize_failed", "orphan_dispute_reference"]
 
-_HANDOFF_REF: Final = (
-    "CASE WHEN json_valid(p.payload_json)"
-    " THEN json_extract(p.payload_json, '$.handoff_event_id') END"
-)
+_HANDOFF_REF: Final = payload_field("handoff_event_id", "p")
 
 
 class HandoffRow(msgspec.Struct, frozen=True):
