@@ -16,7 +16,7 @@ from typing import Final, Literal
 import msgspec
 
 from serbero.ops.database import ReadOnlyDatabase
-from serbero.store.escalation import HANDOFF_KIND, KIND_PARSE_FAILED
+from serbero.store.escalation import count_pending_handoffs
 from serbero.store.health import (
     KEY_HEARTBEAT_AT,
     KEY_LAST_DISPUTE_EVENT_AT,
@@ -46,14 +46,6 @@ OUTBOX_TABLE: Final = "notification_outbox"
 
 PROBLEM_NO_HEALTH_RECORD: Final = "no health record: the daemon never ran on this database"
 PROBLEM_NO_RELAY: Final = "no relay connected"
-
-_PENDING_HANDOFFS_SQL: Final = (
-    "SELECT COUNT(*) FROM mediation_events h WHERE h.kind = ?"
-    " AND NOT EXISTS (SELECT 1 FROM escalation_dispatches d WHERE d.handoff_event_id = h.id)"
-    " AND NOT EXISTS (SELECT 1 FROM mediation_events p WHERE p.kind = ?"
-    " AND CASE WHEN json_valid(p.payload_json)"
-    " THEN json_extract(p.payload_json, '$.handoff_event_id') END = h.id)"
-)
 
 
 class RelayStatus(msgspec.Struct, frozen=True, kw_only=True):
@@ -155,8 +147,7 @@ def _pending_handoffs(db: ReadOnlyDatabase) -> int:
     """ESC-12: `handoff_prepared` rows with neither a dispatch row nor a parse-failed event."""
     if not (db.has("mediation_events") and db.has("escalation_dispatches")):
         return 0
-    row = db.conn.execute(_PENDING_HANDOFFS_SQL, (HANDOFF_KIND, KIND_PARSE_FAILED)).fetchone()
-    return 0 if row is None else int(row[0])
+    return count_pending_handoffs(db.conn)
 
 
 def _newest_dispute_event(db: ReadOnlyDatabase, now: int) -> LastDisputeEvent | None:

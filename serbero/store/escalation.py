@@ -30,6 +30,14 @@ SUPERSEDED_REASON: Final = "dispute_already_resolved"
 ParseFailure = Literal["deserialize_failed", "orphan_dispute_reference"]
 
 _HANDOFF_REF: Final = payload_field("handoff_event_id", "p")
+# ESC-12: a `handoff_prepared` row `h` that no dispatch row and no parse-failed event names.
+_PENDING_HANDOFF: Final = (
+    "h.kind = :kind"
+    " AND NOT EXISTS (SELECT 1 FROM escalation_dispatches d WHERE d.handoff_event_id = h.id)"
+    " AND NOT EXISTS (SELECT 1 FROM mediation_events p WHERE p.kind = :parse_failed"
+    f" AND {_HANDOFF_REF} = h.id)"
+)
+_PENDING_ARGS: Final = {"kind": HANDOFF_KIND, "parse_failed": KIND_PARSE_FAILED}
 
 
 class HandoffRow(msgspec.Struct, frozen=True):
@@ -76,23 +84,24 @@ def pending_handoffs_page(
     """
     rows = conn.execute(
         "SELECT h.id, h.session_id, h.payload_json, h.prompt_bundle_id, h.policy_hash,"
-        " h.occurred_at FROM mediation_events h"
-        " WHERE h.kind = :kind AND h.id > :after"
-        " AND NOT EXISTS (SELECT 1 FROM escalation_dispatches d"
-        " WHERE d.handoff_event_id = h.id)"
-        " AND NOT EXISTS (SELECT 1 FROM mediation_events p WHERE p.kind = :parse_failed"
-        f" AND {_HANDOFF_REF} = h.id)"
+        f" h.occurred_at FROM mediation_events h WHERE {_PENDING_HANDOFF} AND h.id > :after"
         " AND NOT EXISTS (SELECT 1 FROM notification_outbox o"
         " WHERE o.handoff_event_id = h.id AND o.state = 'pending')"
         " ORDER BY h.id LIMIT :limit",
-        {
-            "kind": HANDOFF_KIND,
-            "after": after_id,
-            "parse_failed": KIND_PARSE_FAILED,
-            "limit": max(1, limit),
-        },
+        {**_PENDING_ARGS, "after": after_id, "limit": max(1, limit)},
     ).fetchall()
     return tuple(HandoffRow(*cast(tuple[Any, ...], row)) for row in rows)
+
+
+def count_pending_handoffs(conn: apsw.Connection) -> int:
+    """ESC-12's pending count, for `serbero status`.
+
+    Only reference tables are read (not our outbox), so it works on a v5 database too.
+    """
+    row = conn.execute(
+        f"SELECT COUNT(*) FROM mediation_events h WHERE {_PENDING_HANDOFF}", _PENDING_ARGS
+    ).fetchone()
+    return 0 if row is None else int(row[0])
 
 
 def _audit_exists(conn: apsw.Connection, kind: str, handoff_event_id: int) -> bool:
