@@ -34,7 +34,7 @@ from serbero.clock import WallClock
 from serbero.config import SolverConfig
 from serbero.log import get_logger
 from serbero.protocol.keys import Keys
-from serbero.protocol.nip59 import build_private_dm
+from serbero.protocol.nip59 import GiftWrapper, build_private_dm
 from serbero.store.errors import StoreError
 from serbero.store.notifications import NotifType
 from serbero.store.outbox import OutboxCompletion, OutboxRow
@@ -90,16 +90,22 @@ async def deliver_dm(
     *,
     now: int,
     rand: Callable[[int], bytes] = os.urandom,
+    wrapper: GiftWrapper | None = None,
 ) -> Delivery:
     """Gift-wrap `body` to `solver` (CORE-35) and publish it to every relay (CORE-36).
 
     `now` is the rumor's `created_at` (seal and wrap are back-dated from it, PROTO-5).
+    `wrapper`, when given, is `identity`'s `GiftWrapper` (keys prepared ahead) and draws its
+    own randomness.
     """
     if solver.pubkey_hex is None:
         error = solver.pubkey_error or f"{INVALID_PUBKEY_PREFIX}unparsable public key"
         log.debug("dm_not_attempted", solver=solver.pubkey, error=error)
         return Delivery(ok=False, error=error, retryable=False)
-    wrap = build_private_dm(identity, solver.pubkey_hex, body, now=now, rand=rand)
+    if wrapper is not None:
+        wrap = wrapper.private_dm(solver.pubkey_hex, body, now=now)
+    else:
+        wrap = build_private_dm(identity, solver.pubkey_hex, body, now=now, rand=rand)
     result = await pool.publish(wrap)
     outcomes = {outcome.relay: outcome.status.value for outcome in result.outcomes}
     if result.sent:
@@ -125,6 +131,10 @@ RACE_RECHECK_SECONDS: Final = 0.1
 RELAY_WATCH_SECONDS: Final = 1.0
 # After the store failed to hand out rows (locked by another writer, ...), wait this long.
 STORE_RETRY_SECONDS: Final = 1.0
+# One-time wrap keys kept ready per configured solver, prepared while the sender is idle
+# (each ~65 us of work off a DM's path), and the cap over all solvers (~0.3 KB a key).
+SPARE_KEYS_PER_SOLVER: Final = 64
+SPARE_KEYS_TOTAL: Final = 2048
 
 
 class Doorbell:
@@ -237,12 +247,21 @@ class OutboxSender:
         self._wall_clock = wall_clock
         self._rand = rand
         self._concurrency = max(1, concurrency)
+        receivers = {s.pubkey_hex for s in self._solvers.values() if s.pubkey_hex is not None}
+        self._wrapper = GiftWrapper(
+            identity,
+            spares_for=sorted(receivers),
+            spares=min(SPARE_KEYS_PER_SOLVER, SPARE_KEYS_TOTAL // max(1, len(receivers))),
+            rand=rand,
+        )
+        self._idle = Doorbell()
 
     async def run(self) -> None:
         """Serve until cancelled. Claims still held when cancelled are released by the next
         start's `RequeueInFlight` (BEY-2)."""
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._watch_relays)
+            nursery.start_soon(self._prepare_spares)
             while True:
                 self._doorbell.reset()
                 free = self._concurrency - self.stats.in_flight
@@ -284,6 +303,17 @@ class OutboxSender:
             was_down = not connected
             await trio.sleep(RELAY_WATCH_SECONDS)
 
+    async def _prepare_spares(self) -> None:
+        """Keep one-time wrap keys ready, one at a time and only while no DM is in flight:
+        the work a burst would otherwise do on its critical path is done in the quiet
+        before it (each key still wraps one DM only, PROTO-31)."""
+        while True:
+            self._idle.reset()
+            if self.stats.in_flight == 0 and self._wrapper.prepare_spare():
+                await trio.lowlevel.checkpoint()
+                continue
+            await self._idle.wait(IDLE_RECHECK_SECONDS)
+
     async def _idle_timeout(self) -> float:
         """Seconds until the earliest claimable row falls due (capped)."""
         due = await self._tracker.ask(NextOutboxDue())
@@ -313,6 +343,7 @@ class OutboxSender:
                     row.body,
                     now=self._wall_clock(),
                     rand=self._rand,
+                    wrapper=self._wrapper,
                 )
             except Exception as exc:
                 # One row must never take the sender down (and with it every other DM):
@@ -328,6 +359,8 @@ class OutboxSender:
         finally:
             self.stats.in_flight -= 1
             self._doorbell.ring()
+            if self.stats.in_flight == 0:
+                self._idle.ring()
 
     async def _complete(self, row: OutboxRow, delivery: Delivery) -> None:
         try:

@@ -3,6 +3,12 @@
 Everything here is pure: randomness is injected (PROTO-1) and nothing touches I/O. Public keys
 are validated with ``lift_x`` at parse time (PROTO-3), so a bad key fails when the config loads
 rather than at first use.
+
+Signing and ECDH call libsecp256k1 through coincurve's cffi binding directly: a `Keys` keeps
+its BIP-340 keypair, so a signature costs one signing operation. coincurve's
+`PrivateKey.sign_schnorr` would derive the keypair twice and verify its own signature on
+every call, about three times the work; every event we sign is verified by the relays that
+take it, and a relay's refusal is never counted as sent (BEY-1).
 """
 
 from __future__ import annotations
@@ -11,9 +17,11 @@ import hmac
 import os
 from collections.abc import Callable
 from functools import lru_cache
-from typing import Final
+from typing import Any, Final
 
-from coincurve import PrivateKey, PublicKey, PublicKeyXOnly
+from coincurve import PublicKeyXOnly
+from coincurve._libsecp256k1 import ffi, lib
+from coincurve.context import GLOBAL_CONTEXT
 
 __all__ = [
     "CURVE_ORDER",
@@ -33,6 +41,10 @@ _NOSTR_URI_PREFIX: Final = "nostr:"
 # Parsed x-only keys are public data; caching them saves the lift_x on every verify from the
 # same author (Mostro, relays' regulars). Bounded so a flood of fresh keys cannot grow memory.
 _XONLY_CACHE_SIZE: Final = 4096
+# coincurve's process-wide context (randomized at import against side channels); libsecp256k1
+# contexts are safe to share between threads for signing, verifying and ECDH.
+_CTX: Final = GLOBAL_CONTEXT.ctx
+_COMPRESSED_LEN: Final = 33
 
 _BECH32_CHARSET: Final = "qpzry9x8gf2tvdw0s3jn54khce6mua7l"
 _BECH32_REVERSE: Final = {c: i for i, c in enumerate(_BECH32_CHARSET)}
@@ -175,16 +187,21 @@ def encode_nsec(sk: bytes) -> str:
 
 
 def shared_x(sk: bytes, pk_hex: str) -> bytes:
-    """PROTO-4: x-coordinate of ``sk·lift_x(P)``, unhashed (coincurve's ecdh() would hash it)."""
+    """PROTO-4: x-coordinate of ``sk·lift_x(P)``, unhashed (libsecp256k1's ecdh() would hash it)."""
     _check_secret(sk)
     if not isinstance(pk_hex, str) or not _is_hex64(pk_hex):
         raise KeyFormatError("public key must be 64 hex characters")
-    try:
-        point = PublicKey(b"\x02" + bytes.fromhex(pk_hex))
-    except ValueError:
-        raise KeyFormatError("public key is not a point on secp256k1 (lift_x failed)") from None
-    result: bytes = point.multiply(sk).format()[1:33]
-    return result
+    point = ffi.new("secp256k1_pubkey *")
+    if not lib.secp256k1_ec_pubkey_parse(
+        _CTX, point, b"\x02" + bytes.fromhex(pk_hex), _COMPRESSED_LEN
+    ):
+        raise KeyFormatError("public key is not a point on secp256k1 (lift_x failed)")
+    if not lib.secp256k1_ec_pubkey_tweak_mul(_CTX, point, sk):
+        raise KeyFormatError("secret key must be 32 bytes in [1, n-1]")
+    out = ffi.new("unsigned char[33]")
+    out_len = ffi.new("size_t *", _COMPRESSED_LEN)
+    lib.secp256k1_ec_pubkey_serialize(_CTX, out, out_len, point, lib.SECP256K1_EC_COMPRESSED)
+    return bytes(ffi.buffer(out, _COMPRESSED_LEN))[1:]
 
 
 def verify_schnorr(pk_hex: str, msg32: bytes, sig: bytes) -> bool:
@@ -201,18 +218,24 @@ def verify_schnorr(pk_hex: str, msg32: bytes, sig: bytes) -> bool:
 class Keys:
     """An immutable secp256k1 key pair; the secret never appears in ``repr``."""
 
-    __slots__ = ("_private", "public_hex", "secret")
+    __slots__ = ("_keypair", "public_hex", "secret")
 
     secret: bytes
     public_hex: str
-    _private: PrivateKey
+    _keypair: Any
 
     def __init__(self, secret: bytes) -> None:
         _check_secret(secret)
-        private = PrivateKey(secret)
+        keypair = ffi.new("secp256k1_keypair *")
+        if not lib.secp256k1_keypair_create(_CTX, keypair, secret):
+            raise KeyFormatError("secret key must be 32 bytes in [1, n-1]")
+        xonly = ffi.new("secp256k1_xonly_pubkey *")
+        lib.secp256k1_keypair_xonly_pub(_CTX, xonly, ffi.NULL, keypair)
+        out = ffi.new("unsigned char[32]")
+        lib.secp256k1_xonly_pubkey_serialize(_CTX, out, xonly)
         object.__setattr__(self, "secret", secret)
-        object.__setattr__(self, "_private", private)
-        object.__setattr__(self, "public_hex", private.public_key_xonly.format().hex())
+        object.__setattr__(self, "_keypair", keypair)
+        object.__setattr__(self, "public_hex", bytes(ffi.buffer(out, 32)).hex())
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError("Keys is immutable")
@@ -253,7 +276,9 @@ class Keys:
         aux = os.urandom(32) if aux_rand is None else aux_rand
         if len(aux) != 32:
             raise ValueError("aux_rand must be 32 bytes")
-        signature: bytes = self._private.sign_schnorr(msg32, aux)
-        return signature
+        signature = ffi.new("unsigned char[64]")
+        if not lib.secp256k1_schnorrsig_sign32(_CTX, signature, msg32, self._keypair, aux):
+            raise ValueError("BIP-340 signing failed")
+        return bytes(ffi.buffer(signature, 64))
 
     verify_schnorr = staticmethod(verify_schnorr)

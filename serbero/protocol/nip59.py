@@ -3,12 +3,18 @@
 Every random input (ephemeral key, NIP-44 nonces, BIP-340 aux, timestamp tweaks) comes from the
 injected ``rand`` unless given explicitly, so vectors reproduce byte for byte (PROTO-1/66).
 Unwrapping runs the PROTO-32 checks in order and reports each failure as a typed error.
+
+A sender of many DMs (the outbox sender) uses `GiftWrapper`: the two key agreements a wrap
+needs can be done ahead of the message, one per receiver for the seal (our key and theirs
+never change) and one per `OneTimeKey` (a fresh ephemeral key, prepared in idle time and
+used for exactly one wrap). What is left per DM is two encryptions and two signatures.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable, Sequence
 from typing import Annotated, Final
 
 import msgspec
@@ -35,13 +41,16 @@ __all__ = [
     "GIFT_WRAP_KIND",
     "SEAL_KIND",
     "GiftWrapError",
+    "GiftWrapper",
     "Malformed",
     "NotForMe",
     "NotGiftWrap",
+    "OneTimeKey",
     "SenderMismatch",
     "Unwrapped",
     "build_gift_wrap",
     "build_private_dm",
+    "prepare_one_time_key",
     "unwrap_gift",
 ]
 
@@ -50,6 +59,9 @@ DM_KIND: Final = 14
 GIFT_WRAP_KIND: Final = 1059
 _NONCE_LEN: Final = 32
 _AUX_LEN: Final = 32
+# GiftWrapper's seal conversation keys (one per receiver, 32 bytes each): the configured
+# solvers and then some; least recently used first out.
+SEAL_KEY_CACHE_SIZE: Final = 1024
 
 
 class GiftWrapError(ValueError):
@@ -95,6 +107,43 @@ class _IncomingRumor(msgspec.Struct, frozen=True):
 _rumor_decoder: Final = msgspec.json.Decoder(_IncomingRumor)
 
 
+class OneTimeKey:
+    """A fresh ephemeral key for one gift wrap to `receiver`, with the eph->receiver
+    conversation key already derived. PROTO-31: it signs exactly one wrap; a second use
+    raises `GiftWrapError`, so a prepared key can never be reused by mistake."""
+
+    __slots__ = ("_conversation_key", "_keys", "receiver")
+
+    def __init__(self, keys: Keys, receiver: str, conversation_key: bytes) -> None:
+        self._keys: Keys | None = keys
+        self.receiver = receiver
+        self._conversation_key = conversation_key
+
+    def __repr__(self) -> str:
+        state = "used" if self._keys is None else "fresh"
+        return f"OneTimeKey(receiver={self.receiver!r}, {state})"
+
+    @property
+    def used(self) -> bool:
+        return self._keys is None
+
+    def take(self) -> tuple[Keys, bytes]:
+        """The key pair and conversation key, once; the key is forgotten here."""
+        keys = self._keys
+        if keys is None:
+            raise GiftWrapError("a one-time key signs one gift wrap only (PROTO-31)")
+        self._keys = None
+        return keys, self._conversation_key
+
+
+def prepare_one_time_key(receiver_pk: str, rand: Callable[[int], bytes] = os.urandom) -> OneTimeKey:
+    """The per-wrap key work that does not depend on the message: a new ephemeral key and its
+    conversation key with `receiver_pk` (two of a wrap's four elliptic-curve operations)."""
+    receiver = parse_public_key(receiver_pk)
+    keys = Keys.generate(rand)
+    return OneTimeKey(keys, receiver, nip44.conversation_key(keys.secret, receiver))
+
+
 def _without_self_p(tags: Sequence[Sequence[str]], author: str) -> list[list[str]]:
     return [list(tag) for tag in tags if not (len(tag) >= 2 and tag[0] == "p" and tag[1] == author)]
 
@@ -113,16 +162,21 @@ def build_gift_wrap(
     aux_rand: bytes | None = None,
     seal_created_at: int | None = None,
     wrap_created_at: int | None = None,
+    seal_key: bytes | None = None,
+    one_time: OneTimeKey | None = None,
 ) -> Event:
     """PROTO-31: rumor (self-``p`` dropped, id recomputed) -> seal (kind 13) -> wrap (kind 1059).
 
     The explicit keyword arguments pin individual random inputs (vectors); anything left None
     is drawn from ``rand``. The ephemeral key signs exactly one wrap and is then dropped.
+    ``seal_key`` (the sender->receiver conversation key) and ``one_time`` (an ephemeral key
+    prepared for this receiver) carry work done in advance (`GiftWrapper`).
     """
     receiver = parse_public_key(receiver_pk)
     author = sender.public_hex
     if rumor.pubkey != author:
         raise GiftWrapError("the rumor's pubkey must be the sender's key")
+    _check_one_time(one_time, ephemeral, receiver)
     tags = _without_self_p(rumor.tags, author)
     inner = Rumor(
         compute_event_id(author, rumor.created_at, rumor.kind, tags, rumor.content),
@@ -132,9 +186,50 @@ def build_gift_wrap(
         tags,
         rumor.content,
     )
+    return _seal_and_wrap(
+        sender,
+        receiver,
+        inner,
+        now=now,
+        extra_tags=extra_tags,
+        rand=rand,
+        ephemeral=ephemeral,
+        seal_nonce=seal_nonce,
+        wrap_nonce=wrap_nonce,
+        aux_rand=aux_rand,
+        seal_created_at=seal_created_at,
+        wrap_created_at=wrap_created_at,
+        seal_key=seal_key,
+        one_time=one_time,
+    )
+
+
+def _check_one_time(one_time: OneTimeKey | None, ephemeral: Keys | None, receiver: str) -> None:
+    if one_time is not None and (ephemeral is not None or one_time.receiver != receiver):
+        raise GiftWrapError("a one-time key is prepared for one receiver and replaces ephemeral")
+
+
+def _seal_and_wrap(
+    sender: Keys,
+    receiver: str,
+    inner: Rumor,
+    *,
+    now: int,
+    extra_tags: Sequence[Sequence[str]],
+    rand: Callable[[int], bytes],
+    ephemeral: Keys | None,
+    seal_nonce: bytes | None,
+    wrap_nonce: bytes | None,
+    aux_rand: bytes | None,
+    seal_created_at: int | None,
+    wrap_created_at: int | None,
+    seal_key: bytes | None,
+    one_time: OneTimeKey | None,
+) -> Event:
+    """Seal a finished rumor (valid id, no self-``p``) to a parsed receiver and wrap it."""
     seal_content = nip44.encrypt_bytes(
         encode_event(inner),
-        nip44.conversation_key(sender.secret, receiver),
+        seal_key if seal_key is not None else nip44.conversation_key(sender.secret, receiver),
         seal_nonce if seal_nonce is not None else rand(_NONCE_LEN),
     )
     seal = sign_event(
@@ -145,14 +240,18 @@ def build_gift_wrap(
         content=seal_content,
         aux_rand=aux_rand if aux_rand is not None else rand(_AUX_LEN),
     )
-    one_time = ephemeral if ephemeral is not None else Keys.generate(rand)
+    if one_time is not None:
+        wrap_signer, wrap_key = one_time.take()
+    else:
+        wrap_signer = ephemeral if ephemeral is not None else Keys.generate(rand)
+        wrap_key = nip44.conversation_key(wrap_signer.secret, receiver)
     wrap_content = nip44.encrypt_bytes(
         encode_event(seal),
-        nip44.conversation_key(one_time.secret, receiver),
+        wrap_key,
         wrap_nonce if wrap_nonce is not None else rand(_NONCE_LEN),
     )
     return sign_event(
-        one_time,
+        wrap_signer,
         created_at=wrap_created_at if wrap_created_at is not None else tweaked_timestamp(now, rand),
         kind=GIFT_WRAP_KIND,
         tags=[*extra_tags, ["p", receiver]],
@@ -174,6 +273,8 @@ def build_private_dm(
     aux_rand: bytes | None = None,
     seal_created_at: int | None = None,
     wrap_created_at: int | None = None,
+    seal_key: bytes | None = None,
+    one_time: OneTimeKey | None = None,
 ) -> Event:
     """PROTO-33: a NIP-17 DM, byte-equivalent to nostr-sdk ``send_private_msg(receiver, text)``.
 
@@ -185,11 +286,30 @@ def build_private_dm(
     rumor = Rumor(
         compute_event_id(author, now, DM_KIND, tags, text), author, now, DM_KIND, tags, text
     )
-    return build_gift_wrap(
+    if receiver == author:
+        # A note to self loses its self-`p` (and so its id) in the general path.
+        return build_gift_wrap(
+            sender,
+            receiver,
+            rumor,
+            now=now,
+            rand=rand,
+            ephemeral=ephemeral,
+            seal_nonce=seal_nonce,
+            wrap_nonce=wrap_nonce,
+            aux_rand=aux_rand,
+            seal_created_at=seal_created_at,
+            wrap_created_at=wrap_created_at,
+            seal_key=seal_key,
+            one_time=one_time,
+        )
+    _check_one_time(one_time, ephemeral, receiver)
+    return _seal_and_wrap(
         sender,
         receiver,
         rumor,
         now=now,
+        extra_tags=(),
         rand=rand,
         ephemeral=ephemeral,
         seal_nonce=seal_nonce,
@@ -197,7 +317,89 @@ def build_private_dm(
         aux_rand=aux_rand,
         seal_created_at=seal_created_at,
         wrap_created_at=wrap_created_at,
+        seal_key=seal_key,
+        one_time=one_time,
     )
+
+
+class GiftWrapper:
+    """NIP-17 DMs from one sender, with the message-independent key work done ahead.
+
+    The seal's conversation key (our secret with the receiver's key) is derived once per
+    receiver and kept (bounded LRU): it depends on nothing else, and this object lives in
+    the process that holds our secret anyway. For the receivers named in `spares_for`, up
+    to `spares` `OneTimeKey`s each are kept ready; `prepare_spare` makes one, for the
+    caller to run when it has nothing better to do. A DM takes a ready key when there is
+    one and makes its own otherwise; either way each ephemeral key wraps one DM only.
+    """
+
+    def __init__(
+        self,
+        sender: Keys,
+        *,
+        spares_for: Iterable[str] = (),
+        spares: int = 0,
+        rand: Callable[[int], bytes] = os.urandom,
+        seal_cache_size: int = SEAL_KEY_CACHE_SIZE,
+    ) -> None:
+        self.sender = sender
+        self._rand = rand
+        self._spares = max(0, spares)
+        self._ready: dict[str, deque[OneTimeKey]] = {}
+        for receiver_pk in spares_for:
+            try:
+                receiver = parse_public_key(receiver_pk)
+            except ValueError:
+                continue
+            self._ready.setdefault(receiver, deque())
+        self._seal_keys: OrderedDict[str, bytes] = OrderedDict()
+        self._seal_cache_size = max(1, seal_cache_size)
+
+    def ready_count(self) -> int:
+        """One-time keys prepared and not used yet, over every receiver."""
+        return sum(len(ready) for ready in self._ready.values())
+
+    def wants_spares(self) -> bool:
+        """Whether some receiver has fewer than `spares` keys ready."""
+        return any(len(ready) < self._spares for ready in self._ready.values())
+
+    def prepare_spare(self) -> bool:
+        """Prepare one key for the receiver with the fewest ready; False when all are full."""
+        if not self._ready or self._spares == 0:
+            return False
+        receiver, ready = min(self._ready.items(), key=lambda item: len(item[1]))
+        if len(ready) >= self._spares:
+            return False
+        self.seal_key(receiver)
+        ready.append(prepare_one_time_key(receiver, self._rand))
+        return True
+
+    def seal_key(self, receiver: str) -> bytes:
+        """The sender->`receiver` conversation key (a parsed, lowercase-hex key)."""
+        key = self._seal_keys.get(receiver)
+        if key is None:
+            key = nip44.conversation_key(self.sender.secret, receiver)
+            self._seal_keys[receiver] = key
+            if len(self._seal_keys) > self._seal_cache_size:
+                self._seal_keys.popitem(last=False)
+        else:
+            self._seal_keys.move_to_end(receiver)
+        return key
+
+    def private_dm(self, receiver_pk: str, text: str, *, now: int) -> Event:
+        """`build_private_dm` with the prepared keys; raises what it raises."""
+        receiver = parse_public_key(receiver_pk)
+        ready = self._ready.get(receiver)
+        one_time = ready.popleft() if ready else None
+        return build_private_dm(
+            self.sender,
+            receiver,
+            text,
+            now=now,
+            rand=self._rand,
+            seal_key=self.seal_key(receiver),
+            one_time=one_time,
+        )
 
 
 def unwrap_gift(receiver: Keys, wrap: Event) -> Unwrapped:
