@@ -7,7 +7,7 @@ from typing import Final, Literal
 import apsw
 import msgspec
 
-from serbero.store.audit import insert_event
+from serbero.store.audit import insert_event, payload_field
 
 NOT_LIVE_SESSION_STATES: Final = (
     "closed",
@@ -17,6 +17,10 @@ NOT_LIVE_SESSION_STATES: Final = (
 )
 SESSION_CLOSED: Final = "closed"
 SUPERSEDE_REASON: Final = "dispute_resolved_externally"
+# A dispute-scoped event (no session) whose payload names the dispute `?` (MED-2).
+_DISPUTE_SCOPED: Final = f"session_id IS NULL AND {payload_field('dispute_id')} = ?"
+
+NoSessionReason = Literal["take_failed", "escalated_before_take", "none"]
 
 
 def supersede_live_session(
@@ -69,25 +73,12 @@ def supersede_live_session(
 
 def has_mediation_context(conn: apsw.Connection, dispute_id: str) -> bool:
     """A session row, or a dispute-scoped event naming the dispute (CORE-49 step 5, MED-141)."""
-    row = conn.execute(
-        "SELECT EXISTS (SELECT 1 FROM mediation_sessions WHERE dispute_id = ?)"
-        " OR EXISTS (SELECT 1 FROM mediation_events WHERE session_id IS NULL AND"
-        " CASE WHEN json_valid(payload_json) THEN json_extract(payload_json, '$.dispute_id')"
-        " END = ?)",
+    return _exists(
+        conn,
+        "SELECT 1 FROM mediation_sessions WHERE dispute_id = ?"
+        f" UNION ALL SELECT 1 FROM mediation_events WHERE {_DISPUTE_SCOPED}",
         (dispute_id, dispute_id),
-    ).fetchone()
-    return bool(row[0]) if row is not None else False
-
-
-NoSessionReason = Literal["take_failed", "escalated_before_take", "none"]
-
-
-def _payload_field(name: str) -> str:
-    """SQL for one payload key; NULL (not an error) when the payload is not valid JSON."""
-    return f"CASE WHEN json_valid(payload_json) THEN json_extract(payload_json, '$.{name}') END"
-
-
-_DISPUTE_SCOPED: Final = f"session_id IS NULL AND {_payload_field('dispute_id')} = ?"
+    )
 
 
 class ReportFacts(msgspec.Struct, frozen=True):
@@ -166,14 +157,14 @@ def resolution_report_facts(conn: apsw.Connection, dispute_id: str) -> ReportFac
     elif _exists(
         conn,
         "SELECT 1 FROM mediation_events WHERE kind = 'take_dispute_issued' AND "
-        f"{_DISPUTE_SCOPED} AND {_payload_field('outcome')} = 'failure'",
+        f"{_DISPUTE_SCOPED} AND {payload_field('outcome')} = 'failure'",
         (dispute_id,),
     ):
         reason = "take_failed"
     elif _exists(
         conn,
         "SELECT 1 FROM mediation_events WHERE ((kind = 'reasoning_verdict' AND"
-        f" {_payload_field('decision')} = 'escalate') OR"
+        f" {payload_field('decision')} = 'escalate') OR"
         f" kind = 'escalation_recommended') AND {_DISPUTE_SCOPED}",
         (dispute_id,),
     ):
