@@ -12,9 +12,11 @@ field whose name says "secret" — the call sites never log secrets, this is the
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 from collections.abc import Mapping, MutableMapping
+from functools import lru_cache
 from typing import Any, Final, TextIO
 
 import msgspec
@@ -76,6 +78,7 @@ _LEADING_KEYS: Final = ("timestamp", "level", "target", "event")
 _SECRET_SUBSTRINGS: Final = ("private_key", "privkey", "api_key", "apikey", "secret", "nsec")
 _SECRET_WORDS: Final = frozenset({"sk", "password", "passphrase", "credential", "token"})
 _NSEC_PREFIX: Final = "nsec1"
+_SECRET_KEY_CACHE_SIZE: Final = 1024
 
 
 class LogFilterError(ValueError):
@@ -150,7 +153,9 @@ def parse_filter(spec: str) -> LogFilter:
     return LogFilter(default=default, directives=ordered)
 
 
+@lru_cache(maxsize=_SECRET_KEY_CACHE_SIZE)
 def _is_secret_key(key: str) -> bool:
+    # Cached: call sites use a few dozen field names, and this runs for every field logged.
     lowered = key.lower()
     if any(part in lowered for part in _SECRET_SUBSTRINGS):
         return True
@@ -159,7 +164,9 @@ def _is_secret_key(key: str) -> bool:
 
 def _redact_value(value: Any) -> Any:
     if isinstance(value, str):
-        return REDACTED if value.lower().startswith(_NSEC_PREFIX) else value
+        return REDACTED if value[: len(_NSEC_PREFIX)].lower() == _NSEC_PREFIX else value
+    if value is None or isinstance(value, int | float):
+        return value
     if isinstance(value, Mapping):
         return {
             k: REDACTED if isinstance(k, str) and _is_secret_key(k) else _redact_value(v)
@@ -174,13 +181,17 @@ def redact_secrets(
     logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
     """Mask fields named like secrets and any `nsec1…` string, nested values included."""
-    for key in list(event_dict):
+    # Values are replaced in place (same keys): no copy of the record for the common case.
+    for key, value in event_dict.items():
         if key == "event":
             continue
         if _is_secret_key(key):
             event_dict[key] = REDACTED
-        else:
-            event_dict[key] = _redact_value(event_dict[key])
+        elif type(value) is str:
+            if value[: len(_NSEC_PREFIX)].lower() == _NSEC_PREFIX:
+                event_dict[key] = REDACTED
+        elif value is not None and not isinstance(value, int | float):
+            event_dict[key] = _redact_value(value)
     return event_dict
 
 
@@ -212,6 +223,23 @@ def _leading_fields_first(
     ordered = {key: event_dict.pop(key) for key in _LEADING_KEYS if key in event_dict}
     ordered.update(event_dict)
     return ordered
+
+
+def _json_fallback(value: Any) -> Any:
+    """What the JSON line shows for a value JSON has no type for (structlog's rule)."""
+    try:
+        return value.__structlog__()
+    except AttributeError:
+        return repr(value)
+
+
+# One encoder for every record (json.dumps would build one per call); the line format is
+# the standard library's default, which operators' grep patterns rely on.
+_json_encoder: Final = json.JSONEncoder(default=_json_fallback)
+
+
+def _render_json(logger: Any, method_name: str, event_dict: MutableMapping[str, Any]) -> str:
+    return _json_encoder.encode(event_dict)
 
 
 def _console_value(value: Any) -> str:
@@ -259,7 +287,7 @@ def configure_logging(
         print(f"serbero: invalid log filter: {exc}; using info", file=sys.stderr)
         log_filter = LogFilter()
     use_json = not _is_tty(out) if json is None else json
-    renderer: Any = structlog.processors.JSONRenderer() if use_json else _render_console
+    renderer: Any = _render_json if use_json else _render_console
     minimum = min(log_filter.minimum(), ERROR)
     structlog.configure(
         processors=[

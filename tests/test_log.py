@@ -287,3 +287,25 @@ def test_console_output_is_masked_too() -> None:
     line = stream.getvalue()
     assert "deadbeef" not in line and NSEC not in line
     assert f"private_key={REDACTED}" in line
+
+
+def test_json_lines_keep_the_standard_format_and_show_other_values_by_repr() -> None:
+    """Operators grep for `"level": "info"`; values JSON has no type for appear as repr."""
+
+    class Opaque:
+        def __repr__(self) -> str:
+            return "<opaque>"
+
+    class Rendered:
+        def __structlog__(self) -> dict[str, int]:
+            return {"n": 1}
+
+    stream = io.StringIO()
+    configure_logging("info", stream=stream, json=True)
+    get_logger().info("odd_values", opaque=Opaque(), rendered=Rendered(), count=3, ratio=0.5)
+    line = stream.getvalue()
+    assert '"level": "info"' in line and '"event": "odd_values"' in line
+    (record,) = records(stream)
+    assert record["opaque"] == "<opaque>"
+    assert record["rendered"] == {"n": 1}
+    assert (record["count"], record["ratio"]) == (3, 0.5)
