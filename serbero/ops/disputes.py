@@ -17,10 +17,8 @@ DEFAULT_LIMIT: Final = 50
 OPEN_FILTER: Final = "open"
 STATE_FILTERS: Final = (OPEN_FILTER, *(state.value for state in LifecycleState))
 
-_COLUMNS: Final = (
-    "dispute_id, event_id, mostro_pubkey, initiator_role, dispute_status, event_timestamp,"
-    " detected_at, lifecycle_state, assigned_solver, last_notified_at, last_state_change"
-)
+# `Dispute` is built positionally from each row: select exactly its fields, in order.
+_COLUMNS: Final = ", ".join(Dispute.__struct_fields__)
 
 
 def list_disputes(
