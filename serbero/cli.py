@@ -210,8 +210,15 @@ def _db_path(args: argparse.Namespace) -> str | None:
         return None
 
 
-def _on_terminal() -> bool:
-    return sys.stdout.isatty()
+def _view_output(args: argparse.Namespace) -> ops.ViewOutput:
+    """JSON with `--json`; on a terminal, long keys shortened so table rows fit."""
+    return ops.ViewOutput(
+        now=system_wall_clock(),
+        as_json=args.json,
+        short=sys.stdout.isatty(),
+        out=sys.stdout,
+        err=sys.stderr,
+    )
 
 
 def _configure_status(parser: argparse.ArgumentParser) -> None:
@@ -224,14 +231,7 @@ def _status(args: argparse.Namespace) -> int:
     db_path = _db_path(args)
     if db_path is None:
         return ops.EXIT_ERROR
-    return ops.run_status(
-        db_path,
-        now=system_wall_clock(),
-        as_json=args.json,
-        short=_on_terminal(),
-        out=sys.stdout,
-        err=sys.stderr,
-    )
+    return ops.run_status(db_path, _view_output(args))
 
 
 def _configure_disputes(parser: argparse.ArgumentParser) -> None:
@@ -255,16 +255,7 @@ def _disputes(args: argparse.Namespace) -> int:
     db_path = _db_path(args)
     if db_path is None:
         return ops.EXIT_ERROR
-    return ops.run_disputes(
-        db_path,
-        state=args.state,
-        limit=args.limit,
-        now=system_wall_clock(),
-        as_json=args.json,
-        short=_on_terminal(),
-        out=sys.stdout,
-        err=sys.stderr,
-    )
+    return ops.run_disputes(db_path, _view_output(args), state=args.state, limit=args.limit)
 
 
 def _configure_show(parser: argparse.ArgumentParser) -> None:
@@ -277,15 +268,7 @@ def _show(args: argparse.Namespace) -> int:
     db_path = _db_path(args)
     if db_path is None:
         return ops.EXIT_ERROR
-    return ops.run_show(
-        db_path,
-        args.dispute_id,
-        now=system_wall_clock(),
-        as_json=args.json,
-        short=_on_terminal(),
-        out=sys.stdout,
-        err=sys.stderr,
-    )
+    return ops.run_show(db_path, _view_output(args), args.dispute_id)
 
 
 # --- health-check (BEY-11; runit's `check`) -----------------------------------------------

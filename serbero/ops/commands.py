@@ -10,13 +10,14 @@ Each `run_*` writes its answer to `out`, problems to `err`, and returns the exit
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Final, TextIO
+from collections.abc import Callable, Mapping
+from typing import Final, TextIO, TypeVar
 
 import apsw
+import msgspec
 
 from serbero.config import ENV_DB_PATH, ConfigError, load_config
-from serbero.ops.database import OpsError, open_for_reading
+from serbero.ops.database import OpsError, ReadOnlyDatabase, open_for_reading
 from serbero.ops.disputes import list_disputes
 from serbero.ops.healthcheck import ProbeError, health_url, probe
 from serbero.ops.render import (
@@ -33,6 +34,7 @@ __all__ = [
     "EXIT_OK",
     "EXIT_UNHEALTHY",
     "OpsError",
+    "ViewOutput",
     "resolve_db_path",
     "resolve_health_url",
     "run_disputes",
@@ -44,6 +46,23 @@ __all__ = [
 EXIT_OK: Final = 0
 EXIT_ERROR: Final = 1
 EXIT_UNHEALTHY: Final = 2
+
+_T = TypeVar("_T")
+
+
+class ViewOutput(msgspec.Struct, frozen=True, kw_only=True):
+    """How a read-only view answers: JSON or text (64-hex keys shortened when `short`), ages
+    counted from wall-clock `now`, the answer on `out` and problems on `err`."""
+
+    now: int
+    as_json: bool
+    short: bool
+    out: TextIO
+    err: TextIO
+
+    def show(self, value: object, render: Callable[[], str]) -> None:
+        """Print `value` as JSON, or `render()` for people."""
+        print(to_json(value) if self.as_json else render(), file=self.out)
 
 
 def resolve_db_path(db: str | None, config_path: str | None, env: Mapping[str, str]) -> str:
@@ -81,52 +100,41 @@ def _fail(err: TextIO, message: str) -> int:
     return EXIT_ERROR
 
 
-def run_status(
-    db_path: str, *, now: int, as_json: bool, short: bool, out: TextIO, err: TextIO
-) -> int:
+def _read(db_path: str, read: Callable[[ReadOnlyDatabase], _T]) -> _T:
+    """`read` over the database opened read-only; OpsError for whatever stops it."""
     try:
         with open_for_reading(db_path) as db:
-            report = read_status(db, now)
-    except (OpsError, apsw.Error) as exc:
-        return _fail(err, str(exc))
-    text = to_json(report) if as_json else render_status(report, short=short)
-    print(text, file=out)
+            return read(db)
+    except apsw.Error as exc:
+        raise OpsError(str(exc)) from exc
+
+
+def run_status(db_path: str, view: ViewOutput) -> int:
+    try:
+        report = _read(db_path, lambda db: read_status(db, view.now))
+    except OpsError as exc:
+        return _fail(view.err, str(exc))
+    view.show(report, lambda: render_status(report, short=view.short))
     return EXIT_OK if report.healthy else EXIT_UNHEALTHY
 
 
-def run_disputes(
-    db_path: str,
-    *,
-    state: str | None,
-    limit: int,
-    now: int,
-    as_json: bool,
-    short: bool,
-    out: TextIO,
-    err: TextIO,
-) -> int:
+def run_disputes(db_path: str, view: ViewOutput, *, state: str | None, limit: int) -> int:
     try:
-        with open_for_reading(db_path) as db:
-            disputes = list_disputes(db, state=state, limit=limit)
-    except (OpsError, apsw.Error) as exc:
-        return _fail(err, str(exc))
-    text = to_json(disputes) if as_json else render_disputes(disputes, now, short=short)
-    print(text, file=out)
+        disputes = _read(db_path, lambda db: list_disputes(db, state=state, limit=limit))
+    except OpsError as exc:
+        return _fail(view.err, str(exc))
+    view.show(disputes, lambda: render_disputes(disputes, view.now, short=view.short))
     return EXIT_OK
 
 
-def run_show(
-    db_path: str, dispute_id: str, *, now: int, as_json: bool, short: bool, out: TextIO, err: TextIO
-) -> int:
+def run_show(db_path: str, view: ViewOutput, dispute_id: str) -> int:
     try:
-        with open_for_reading(db_path) as db:
-            timeline = read_timeline(db, dispute_id)
-    except (OpsError, apsw.Error) as exc:
-        return _fail(err, str(exc))
+        timeline = _read(db_path, lambda db: read_timeline(db, dispute_id))
+    except OpsError as exc:
+        return _fail(view.err, str(exc))
     if timeline is None:
-        return _fail(err, f"no dispute {dispute_id!r} in {db_path}")
-    text = to_json(timeline) if as_json else render_timeline(timeline, now, short=short)
-    print(text, file=out)
+        return _fail(view.err, f"no dispute {dispute_id!r} in {db_path}")
+    view.show(timeline, lambda: render_timeline(timeline, view.now, short=view.short))
     return EXIT_OK
 
 
