@@ -9,7 +9,6 @@ adds its own arguments and returns an exit status, so a new one is one `Subcomma
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import sys
@@ -45,7 +44,6 @@ __all__ = [
 ]
 
 PROG: Final = "serbero"
-DAEMON_MODULE: Final = "serbero.daemon"
 
 log = get_logger("serbero.cli")
 
@@ -107,24 +105,22 @@ def run(loaded: LoadedConfig) -> int:
     except ConfigError as exc:
         log.error("daemon_terminated", error=exc.reason)
         return 1
-    daemon = importlib.import_module(DAEMON_MODULE)
-    status: int = daemon.run_daemon(loaded)
-    return status
+    # Imported here so operator subcommands do not pay for loading Trio and the actors.
+    from serbero.daemon import run_daemon
+
+    return run_daemon(loaded)
 
 
 def _run_daemon(args: argparse.Namespace) -> int:
-    try:
-        loaded = load_config(None, os.environ)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 1
-    return run(loaded)
+    loaded = load_for_command(args)
+    return 1 if loaded is None else run(loaded)
 
 
 # --- check-config -------------------------------------------------------------------------
 
 
-def _configure_check_config(parser: argparse.ArgumentParser) -> None:
+def _configure_config_view(parser: argparse.ArgumentParser) -> None:
+    """check-config and pubkey read nothing but the config."""
     add_config_argument(parser)
     add_json_argument(parser)
 
@@ -155,11 +151,6 @@ def _check_config(args: argparse.Namespace) -> int:
 
 
 # --- pubkey -------------------------------------------------------------------------------
-
-
-def _configure_pubkey(parser: argparse.ArgumentParser) -> None:
-    add_config_argument(parser)
-    add_json_argument(parser)
 
 
 def _pubkey(args: argparse.Namespace) -> int:
@@ -308,13 +299,13 @@ SUBCOMMANDS: Final[tuple[Subcommand, ...]] = (
     Subcommand(
         name="check-config",
         help="validate the config and print it with secrets masked",
-        configure=_configure_check_config,
+        configure=_configure_config_view,
         handler=_check_config,
     ),
     Subcommand(
         name="pubkey",
         help="print Serbero's public key (hex and npub)",
-        configure=_configure_pubkey,
+        configure=_configure_config_view,
         handler=_pubkey,
     ),
     Subcommand(
