@@ -27,11 +27,15 @@ log = get_logger("serbero.escalation")
 
 
 class CycleReport(msgspec.Struct, frozen=True):
-    """What one cycle examined: handoff count, pages fetched, and each handoff's outcome."""
+    """What one cycle examined: pages fetched and how many handoffs ended with each outcome."""
 
-    examined: int
     pages: int
     outcomes: dict[HandoffOutcome, int]
+
+    @property
+    def examined(self) -> int:
+        """Handoffs examined: every one ends with exactly one outcome."""
+        return sum(self.outcomes.values())
 
 
 async def scan_cycle(
@@ -44,7 +48,6 @@ async def scan_cycle(
     A failing scan raises its `StoreError`; handoffs already processed keep their outcomes.
     """
     outcomes: Counter[HandoffOutcome] = Counter()
-    examined = 0
     pages = 0
     after_id = 0
     while True:
@@ -54,9 +57,8 @@ async def scan_cycle(
             await handoffs.send(handoff)
             finished = await done.receive()
             outcomes[finished.outcome] += 1
-            examined += 1
         if len(page) < HANDOFF_PAGE_SIZE:
-            return CycleReport(examined=examined, pages=pages, outcomes=dict(outcomes))
+            return CycleReport(pages=pages, outcomes=dict(outcomes))
         after_id = page[-1].id
 
 
