@@ -4,9 +4,11 @@ Every event from the dispute subscription is checked (author, shape, BEY-21 host
 input), routed on its `s` tag, and turned into exactly one tracker request that records the
 event's effect *and* the DMs it owes in one transaction (BEY-2): a new dispute with its
 initial notices, a take with its assignment notices, a resolution with its closing notices
-and, when mediation was involved, the resolution report. Nothing is sent from here: after
-each decision the sender is rung and delivers in parallel, so a slow relay never holds up
-the next decision (BEY-22).
+and, when mediation was involved, the resolution report. Nothing is sent from here: before
+each decision ingest asks the sender for room (`reserve`), the decision claims that many of
+its DMs, and once it is committed they are handed over (`hand_over`) and delivered in
+parallel; the rest wait in the outbox for the sender's poll. Room is never waited for, so a
+slow relay never holds up the next decision (BEY-22).
 
 Decisions are pipelined: the request for the next event goes into the tracker's inbox
 before the previous answer is read. The tracker runs requests strictly in inbox order, so
@@ -19,8 +21,8 @@ event is decided anyway (CORE-6, CORE-28).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Final, Literal
+from collections.abc import Mapping, Sequence
+from typing import Any, Final, Literal, Protocol
 
 import msgspec
 import trio
@@ -58,10 +60,11 @@ from serbero.store.disputes import (
     DisputeEvent,
 )
 from serbero.store.errors import StoreError
-from serbero.store.outbox import OutboxMessage
+from serbero.store.outbox import OutboxMessage, OutboxRow
 
 __all__ = [
     "DECISION_PIPELINE",
+    "DeliveryLane",
     "Ingest",
     "IngestStats",
 ]
@@ -105,12 +108,26 @@ class IngestStats:
         self.relay_last_event_at: dict[str, int] = {}
 
 
+class DeliveryLane(Protocol):
+    """The sender's hot path as ingest sees it (`OutboxSender` implements it)."""
+
+    def reserve(self, count: int) -> int:
+        """Room for up to `count` DMs the next decision may claim itself (maybe 0)."""
+        ...
+
+    def hand_over(self, rows: Sequence[OutboxRow], *, reserved: int, left_behind: bool) -> None:
+        """The rows a committed decision claimed; `reserved` is given back either way."""
+        ...
+
+
 class _Decision(msgspec.Struct, frozen=True):
-    """A submitted request whose answer the reporter still has to read and log."""
+    """A submitted request whose answer the reporter still has to read and log; `reserved`
+    is the sender's room it holds."""
 
     handler: Handler
     dispute: Dispute
     pending: Pending[Any]
+    reserved: int
 
 
 def _clip(value: str) -> str:
@@ -142,7 +159,7 @@ class Ingest:
         mostro_pubkey: str,
         solvers: Sequence[SolverConfig],
         resolution_notices: bool,
-        ring_sender: Callable[[], None],
+        lane: DeliveryLane,
         wall_clock: WallClock,
         stats: IngestStats,
     ) -> None:
@@ -150,7 +167,7 @@ class Ingest:
         self._mostro = mostro_pubkey
         self._recipients = tuple(solver.pubkey for solver in solvers)
         self._resolution_notices = resolution_notices
-        self._ring = ring_sender
+        self._lane = lane
         self._wall_clock = wall_clock
         self.stats = stats
 
@@ -231,20 +248,20 @@ class Ingest:
     async def _submit(self, handler: Handler, dispute: Dispute) -> _Decision:
         """Build the decision's request (bodies included) and put it in the tracker's inbox."""
         facts = _facts(dispute)
-        pending: Pending[Any]
+        request: RecordDetected | RecordAssignment | ResolveDispute
         if handler == "detection":
-            body = initial_notification(dispute)
-            pending = await self._tracker.submit(
-                RecordDetected(event=facts, messages=self._messages(body))
-            )
+            messages = self._messages(initial_notification(dispute))
+            reserved = self._lane.reserve(len(messages))
+            request = RecordDetected(event=facts, messages=messages, claim=reserved)
         elif handler == "assignment":
             body = assignment_notification(dispute.dispute_id, dispute.assigned_solver)
-            pending = await self._tracker.submit(
-                RecordAssignment(
-                    event=facts,
-                    assigned_solver=dispute.assigned_solver,
-                    messages=self._messages(body),
-                )
+            messages = self._messages(body)
+            reserved = self._lane.reserve(len(messages))
+            request = RecordAssignment(
+                event=facts,
+                assigned_solver=dispute.assigned_solver,
+                messages=messages,
+                claim=reserved,
             )
         else:
             # CORE-49 step 2 comes before the load.
@@ -258,10 +275,20 @@ class Ingest:
                 if self._resolution_notices
                 else ()
             )
-            pending = await self._tracker.submit(
-                ResolveDispute(event=facts, notices=notices, report_recipients=self._recipients)
+            # The mediation report, when one is owed, is rare: it waits for the poll.
+            reserved = self._lane.reserve(len(notices))
+            request = ResolveDispute(
+                event=facts,
+                notices=notices,
+                report_recipients=self._recipients,
+                claim=reserved,
             )
-        return _Decision(handler=handler, dispute=dispute, pending=pending)
+        try:
+            pending: Pending[Any] = await self._tracker.submit(request)
+        except BaseException:
+            self._lane.hand_over((), reserved=reserved, left_behind=False)
+            raise
+        return _Decision(handler=handler, dispute=dispute, pending=pending, reserved=reserved)
 
     def _messages(self, body: str) -> tuple[OutboxMessage, ...]:
         return tuple(OutboxMessage(solver_pubkey=pubkey, body=body) for pubkey in self._recipients)
@@ -272,17 +299,33 @@ class Ingest:
         async for decision in decisions:
             try:
                 value = await decision.pending.result()
-            except StoreError as exc:
+            except BaseException as exc:
+                # Nothing was claimed: the room goes back (also when cancelled).
+                self._lane.hand_over((), reserved=decision.reserved, left_behind=False)
+                if not isinstance(exc, StoreError):
+                    raise
                 self._log_store_failure(decision.handler, decision.dispute, exc)
                 continue
             finally:
                 self.stats.decisions_in_flight -= 1
             if decision.handler == "detection":
                 self._detected(decision.dispute, value)
+                self._hand_over(decision, value.claimed, value.outbox_ids)
             elif decision.handler == "assignment":
                 self._assigned(decision.dispute, value)
+                self._hand_over(decision, value.claimed, value.outbox_ids)
             else:
                 self._resolved(decision.dispute, value)
+                queued = value.resolution.outbox_ids + value.report_outbox_ids
+                self._hand_over(decision, value.claimed, queued)
+
+    def _hand_over(
+        self, decision: _Decision, claimed: Sequence[OutboxRow], queued: Sequence[int]
+    ) -> None:
+        """Claimed rows go out now; any other row the decision queued waits in the outbox."""
+        self._lane.hand_over(
+            claimed, reserved=decision.reserved, left_behind=len(queued) > len(claimed)
+        )
 
     def _log_store_failure(self, handler: Handler, dispute: Dispute, exc: StoreError) -> None:
         if handler == "detection":
@@ -315,8 +358,6 @@ class Ingest:
         )
         if not self._recipients:
             log.warning("dispute_not_notified_no_solvers", dispute_id=dispute.dispute_id)
-            return
-        self._ring()
 
     def _assigned(self, dispute: Dispute, result: AssignmentResult) -> None:
         assigned = dispute.assigned_solver or "unknown"
@@ -335,8 +376,6 @@ class Ingest:
         log.info("assignment_detected", dispute_id=dispute.dispute_id, assigned_solver=assigned)
         if result.abandoned:
             log.debug("outbox_abandoned", dispute_id=dispute.dispute_id, count=result.abandoned)
-        if result.outbox_ids:
-            self._ring()
 
     def _resolved(self, dispute: Dispute, outcome: ResolutionOutcome) -> None:
         result = outcome.resolution
@@ -375,8 +414,6 @@ class Ingest:
             )
         else:
             log.debug("resolution_report_not_needed", dispute_id=dispute.dispute_id)
-        if result.outbox_ids or outcome.report_outbox_ids:
-            self._ring()
 
 
 def _log_transition(dispute_id: str, from_state: str | None, to_state: str, trigger: str) -> None:

@@ -9,8 +9,17 @@ answer goes to the log, the body never does.
 `OutboxSender` is the actor that works the notification outbox (BEY-2, BEY-22): decisions
 are recorded by ingest and the timer, it delivers them concurrently (at most
 `SENDER_CONCURRENCY` at once) and completes each row, which writes the `notifications`
-attempt row and the lifecycle bookkeeping in one transaction. Failed publishes are retried
-by the store's backoff (BEY-3); an unparsable key fails once, for good (CORE-37).
+attempt row and the lifecycle bookkeeping. Failed publishes are retried by the store's
+backoff (BEY-3); an unparsable key fails once, for good (CORE-37).
+
+Two ways in. The hot path: before ingest submits a decision it `reserve`s room, the
+decision's transaction claims that many of its own rows, and ingest `hand_over`s them once
+committed; the DMs go out with no further transaction, and a crash re-sends them like any
+claimed row. The outbox poll (`ClaimOutbox`) serves everything else: retries, rows decided
+while the sender was full, the timer's and escalation's DMs, recovery after a restart.
+While rows wait in the outbox, nothing takes the hot path, so they go out oldest first.
+Outcomes are recorded in batches (`CompleteOutboxes`): one commit for every DM that
+finished meanwhile.
 """
 
 from __future__ import annotations
@@ -25,7 +34,7 @@ import trio
 from serbero.actors.relay_pool import PublishResult, RelayPool
 from serbero.actors.tracker import (
     ClaimOutbox,
-    CompleteOutbox,
+    CompleteOutboxes,
     ExpediteRetries,
     NextOutboxDue,
     Tracker,
@@ -37,7 +46,7 @@ from serbero.protocol.keys import Keys
 from serbero.protocol.nip59 import GiftWrapper, build_private_dm
 from serbero.store.errors import StoreError
 from serbero.store.notifications import NotifType
-from serbero.store.outbox import OutboxCompletion, OutboxRow
+from serbero.store.outbox import OutboxCompletion, OutboxOutcome, OutboxRow
 
 __all__ = [
     "IDLE_RECHECK_SECONDS",
@@ -122,6 +131,8 @@ async def deliver_dm(
 # hands out at most one row per (dispute, solver) pair at a time, so per-pair order holds
 # whatever this is (BEY-22). Bounded so a slow relay slows the sender, not memory.
 SENDER_CONCURRENCY: Final = 64
+# Outcomes recorded in one `CompleteOutboxes` request at most (the tracker's batch size).
+COMPLETION_BATCH: Final = 64
 # Even with no ring and nothing due, look at the outbox this often: it bounds the delay of
 # anything a lost ring or a vanished claim could otherwise hold up.
 IDLE_RECHECK_SECONDS: Final = 30.0
@@ -218,9 +229,10 @@ class SenderStats:
 
 
 class OutboxSender:
-    """Works the notification outbox: claim due rows, deliver them concurrently (bounded),
-    complete each one. Wakes on a ring, when a delivery finishes, and when the earliest retry
-    falls due; never polls faster than that (no busy loop).
+    """Works the notification outbox: rows handed over by decisions (`reserve`,
+    `hand_over`) and rows claimed from the outbox, delivered concurrently (bounded), their
+    outcomes recorded in batches. The claim loop wakes on a ring, when rows wait for a free
+    slot, and when the earliest retry falls due; never polls faster than that (no busy loop).
     """
 
     def __init__(
@@ -255,35 +267,101 @@ class OutboxSender:
             rand=rand,
         )
         self._idle = Doorbell()
+        # Slots promised to decisions not answered yet, and to the claim being made.
+        self._reserved = 0
+        # Rows may be waiting in the outbox for a slot: the hot path stays closed until a
+        # claim finds no more, so the oldest go first.
+        self._waiting = True
+        self._nursery: trio.Nursery | None = None
+        self._outcomes: trio.MemorySendChannel[tuple[OutboxRow, Delivery]] | None = None
+
+    # --- the hot path (called by the deciding actor, on the same Trio thread) -----------------
+
+    def reserve(self, count: int) -> int:
+        """Room for up to `count` DMs that the decision about to be submitted may claim
+        itself; 0 while the sender is not running or rows wait in the outbox. Whatever is
+        granted must be given back through `hand_over`, claimed rows or not."""
+        if self._nursery is None or self._waiting:
+            return 0
+        granted = max(0, min(count, self._free()))
+        self._reserved += granted
+        return granted
+
+    def hand_over(self, rows: Sequence[OutboxRow], *, reserved: int, left_behind: bool) -> None:
+        """Deliver the rows a committed decision claimed (at most `reserved`, what `reserve`
+        granted it); `left_behind` says it queued rows it did not claim."""
+        self._reserved -= reserved
+        nursery = self._nursery
+        if nursery is not None:
+            for row in rows:
+                self._start(nursery, row)
+        # With no sender running the claims are the restart's to release (RequeueInFlight
+        # runs after every decision submitted before the crash, the tracker being FIFO).
+        if left_behind or (rows and nursery is None):
+            self._waiting = True
+            self._doorbell.ring()
+
+    def _free(self) -> int:
+        return self._concurrency - self.stats.in_flight - self._reserved
+
+    def _start(self, nursery: trio.Nursery, row: OutboxRow) -> None:
+        self.stats.in_flight += 1
+        nursery.start_soon(self._deliver, row)
+
+    # --- the loop -----------------------------------------------------------------------------
 
     async def run(self) -> None:
         """Serve until cancelled. Claims still held when cancelled are released by the next
         start's `RequeueInFlight` (BEY-2)."""
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._watch_relays)
-            nursery.start_soon(self._prepare_spares)
-            while True:
-                self._doorbell.reset()
-                free = self._concurrency - self.stats.in_flight
-                if free <= 0:
-                    # Every slot busy: the next completion rings.
-                    await self._doorbell.wait(IDLE_RECHECK_SECONDS)
+        # Nothing of an earlier run is in flight any more: its tasks ended with its nursery.
+        self.stats.in_flight = 0
+        self._waiting = True
+        send, receive = trio.open_memory_channel[tuple[OutboxRow, Delivery]](self._concurrency)
+        try:
+            async with trio.open_nursery() as nursery:
+                self._outcomes = send
+                nursery.start_soon(self._record_outcomes, receive)
+                nursery.start_soon(self._watch_relays)
+                nursery.start_soon(self._prepare_spares)
+                self._nursery = nursery
+                await self._claim_loop(nursery)
+        finally:
+            self._nursery = None
+            self._outcomes = None
+
+    async def _claim_loop(self, nursery: trio.Nursery) -> None:
+        while True:
+            self._doorbell.reset()
+            free = self._free()
+            if free <= 0:
+                # Every slot busy: a batch of outcomes rings while rows wait.
+                await self._doorbell.wait(IDLE_RECHECK_SECONDS)
+                continue
+            try:
+                claimed = await self._claim(nursery, free)
+                if claimed == free:
                     continue
-                try:
-                    claim = await self._tracker.ask(ClaimOutbox(limit=free))
-                    if claim.abandoned:
-                        log.debug("outbox_abandoned", count=claim.abandoned)
-                    for row in claim.rows:
-                        self.stats.in_flight += 1
-                        nursery.start_soon(self._deliver, row)
-                    if len(claim.rows) == free:
-                        continue
-                    timeout = await self._idle_timeout()
-                except StoreError as exc:
-                    # A busy or failing store is a condition, not a crash: try again soon.
-                    log.warning("outbox_claim_failed", error=str(exc))
-                    timeout = STORE_RETRY_SECONDS
-                await self._doorbell.wait(timeout)
+                timeout = await self._idle_timeout()
+            except StoreError as exc:
+                # A busy or failing store is a condition, not a crash: try again soon.
+                log.warning("outbox_claim_failed", error=str(exc))
+                timeout = STORE_RETRY_SECONDS
+            await self._doorbell.wait(timeout)
+
+    async def _claim(self, nursery: trio.Nursery, free: int) -> int:
+        """Claim up to `free` due rows and start them; how many there were."""
+        # The claim's slots are taken until its rows are in flight.
+        self._reserved += free
+        try:
+            claim = await self._tracker.ask(ClaimOutbox(limit=free))
+        finally:
+            self._reserved -= free
+        for row in claim.rows:
+            self._start(nursery, row)
+        if claim.abandoned:
+            log.debug("outbox_abandoned", count=claim.abandoned)
+        self._waiting = len(claim.rows) == free
+        return len(claim.rows)
 
     async def _watch_relays(self) -> None:
         """When the relays come back after every one was down, whatever failed meanwhile is
@@ -333,56 +411,71 @@ class OutboxSender:
             self._solvers[pubkey] = solver
         return solver
 
+    # --- one DM, and the outcomes ---------------------------------------------------------
+
     async def _deliver(self, row: OutboxRow) -> None:
         try:
+            delivery = await deliver_dm(
+                self._pool,
+                self._identity,
+                self._solver(row.solver_pubkey),
+                row.body,
+                now=self._wall_clock(),
+                rand=self._rand,
+                wrapper=self._wrapper,
+            )
+        except Exception as exc:
+            # One row must never take the sender down (and with it every other DM):
+            # it is recorded as a failed attempt and retried with backoff like any other.
+            log.error(
+                "dm_delivery_crashed",
+                dispute_id=row.dispute_id,
+                solver=row.solver_pubkey,
+                error=repr(exc),
+            )
+            delivery = Delivery(ok=False, error=f"{SEND_FAILED_PREFIX}{exc!r}", retryable=True)
+        assert self._outcomes is not None
+        await self._outcomes.send((row, delivery))
+
+    async def _record_outcomes(
+        self, outcomes: trio.MemoryReceiveChannel[tuple[OutboxRow, Delivery]]
+    ) -> None:
+        """Record finished DMs, all that finished meanwhile in one request; a slot is free
+        again once its row's outcome is recorded."""
+        async for first in outcomes:
+            batch = [first]
+            while len(batch) < COMPLETION_BATCH:
+                try:
+                    batch.append(outcomes.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            request = CompleteOutboxes(
+                tuple(
+                    OutboxOutcome(row.id, d.ok, error=d.error, retry=d.retryable)
+                    for row, d in batch
+                )
+            )
+            results: Sequence[OutboxCompletion | StoreError]
             try:
-                delivery = await deliver_dm(
-                    self._pool,
-                    self._identity,
-                    self._solver(row.solver_pubkey),
-                    row.body,
-                    now=self._wall_clock(),
-                    rand=self._rand,
-                    wrapper=self._wrapper,
-                )
-            except Exception as exc:
-                # One row must never take the sender down (and with it every other DM):
-                # it is recorded as a failed attempt and retried with backoff like any other.
-                log.error(
-                    "dm_delivery_crashed",
-                    dispute_id=row.dispute_id,
-                    solver=row.solver_pubkey,
-                    error=repr(exc),
-                )
-                delivery = Delivery(ok=False, error=f"{SEND_FAILED_PREFIX}{exc!r}", retryable=True)
-            await self._complete(row, delivery)
-        finally:
-            self.stats.in_flight -= 1
-            self._doorbell.ring()
+                answered = await self._tracker.ask(request)
+            except StoreError as exc:
+                results = (exc,) * len(batch)
+            else:
+                results = answered
+            ring = self._waiting
+            for (row, delivery), result in zip(batch, results, strict=True):
+                if isinstance(result, OutboxCompletion):
+                    self._completed(row, delivery, result)
+                    ring = ring or result.unblocks or result.next_attempt_at is not None
+                else:
+                    _log_record_failed(row, delivery, result)
+            self.stats.in_flight -= len(batch)
+            if ring:
+                self._doorbell.ring()
             if self.stats.in_flight == 0:
                 self._idle.ring()
 
-    async def _complete(self, row: OutboxRow, delivery: Delivery) -> None:
-        try:
-            completion = await self._tracker.ask(
-                CompleteOutbox(
-                    outbox_id=row.id,
-                    ok=delivery.ok,
-                    error=delivery.error,
-                    retry=delivery.retryable,
-                )
-            )
-        except StoreError as exc:
-            # CORE-38: the DM outcome stands; the claim lapses and the row is tried again.
-            log.warning(
-                "notification_record_failed",
-                dispute_id=row.dispute_id,
-                solver_pubkey=row.solver_pubkey,
-                status="sent" if delivery.ok else "failed",
-                notif_type=row.notif_type,
-                error=str(exc),
-            )
-            return
+    def _completed(self, row: OutboxRow, delivery: Delivery, completion: OutboxCompletion) -> None:
         self.stats.last_delivery_at = self._wall_clock()
         if delivery.ok:
             self.stats.delivered += 1
@@ -398,3 +491,15 @@ class OutboxSender:
                 **{"from": transition.from_state, "to": transition.to_state},
                 trigger=transition.trigger,
             )
+
+
+def _log_record_failed(row: OutboxRow, delivery: Delivery, exc: StoreError) -> None:
+    """CORE-38: the DM outcome stands; the claim lapses and the row is tried again."""
+    log.warning(
+        "notification_record_failed",
+        dispute_id=row.dispute_id,
+        solver_pubkey=row.solver_pubkey,
+        status="sent" if delivery.ok else "failed",
+        notif_type=row.notif_type,
+        error=str(exc),
+    )

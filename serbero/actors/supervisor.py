@@ -442,15 +442,6 @@ class Supervisor:
 
     def _core_actors(self, context: DaemonContext, subscription: Subscription) -> list[ActorSpec]:
         config, tracker = context.config, context.tracker
-        ingest = Ingest(
-            tracker,
-            mostro_pubkey=context.mostro_pubkey,
-            solvers=config.solvers,
-            resolution_notices=config.notifications.resolution,
-            ring_sender=self.doorbell.ring,
-            wall_clock=self._wall_clock,
-            stats=self.ingest_stats,
-        )
         sender = OutboxSender(
             tracker,
             context.pool,
@@ -460,6 +451,16 @@ class Supervisor:
             stats=self.sender_stats,
             wall_clock=self._wall_clock,
             rand=self._rand,
+        )
+        # Ingest hands the DMs its decisions claimed straight to the sender (its hot path).
+        ingest = Ingest(
+            tracker,
+            mostro_pubkey=context.mostro_pubkey,
+            solvers=config.solvers,
+            resolution_notices=config.notifications.resolution,
+            lane=sender,
+            wall_clock=self._wall_clock,
+            stats=self.ingest_stats,
         )
         renotifier = Renotifier(
             tracker,

@@ -59,7 +59,7 @@ from serbero.store.disputes import (
     record_detected,
     record_resolution,
 )
-from serbero.store.errors import StoreError, StoreFailure
+from serbero.store.errors import StoreError, StoreFailure, UnknownOutboxRow
 from serbero.store.escalation import (
     HANDOFF_PAGE_SIZE,
     DispatchRecord,
@@ -85,8 +85,11 @@ from serbero.store.outbox import (
     OutboxClaim,
     OutboxCompletion,
     OutboxMessage,
+    OutboxOutcome,
+    OutboxRow,
     claim_due,
-    complete,
+    claim_new,
+    complete_many,
     count_pending,
     enqueue,
     enqueue_notifications,
@@ -151,24 +154,33 @@ class ComputeSince(Request[Since], frozen=True):
 
 
 class RecordDetected(Request[DetectionResult], frozen=True):
-    """A new `initiated` dispute and its initial DMs (one message per solver), or a duplicate."""
+    """A new `initiated` dispute and its initial DMs (one message per solver), or a duplicate.
+
+    `claim`: how many of the DMs the sender has room for right now; that many are claimed
+    in the deciding transaction and come back in `claimed` (the outbox's hot path).
+    """
 
     event: DisputeEvent
     messages: tuple[OutboxMessage, ...] = ()
+    claim: int = 0
 
     def apply(self, conn: apsw.Connection, ctx: Context) -> DetectionResult:
-        return record_detected(conn, self.event, self.messages, ctx.now)
+        return record_detected(conn, self.event, self.messages, ctx.now, claim=self.claim)
 
 
 class RecordAssignment(Request[AssignmentResult], frozen=True):
-    """An `in-progress` event: take the dispute and queue the assignment DMs (CORE-47)."""
+    """An `in-progress` event: take the dispute and queue the assignment DMs (CORE-47);
+    `claim` as for `RecordDetected`."""
 
     event: DisputeEvent
     assigned_solver: str | None
     messages: tuple[OutboxMessage, ...] = ()
+    claim: int = 0
 
     def apply(self, conn: apsw.Connection, ctx: Context) -> AssignmentResult:
-        return record_assignment(conn, self.event, self.assigned_solver, self.messages, ctx.now)
+        return record_assignment(
+            conn, self.event, self.assigned_solver, self.messages, ctx.now, claim=self.claim
+        )
 
 
 class RecordResolution(Request[ResolutionResult], frozen=True):
@@ -183,12 +195,14 @@ class RecordResolution(Request[ResolutionResult], frozen=True):
 
 class ResolutionOutcome(msgspec.Struct, frozen=True):
     """What `ResolveDispute` committed: the resolution itself, and the CORE-49 step 5
-    report (queued, or why it could not be written)."""
+    report (queued, or why it could not be written). `claimed`: notices and report rows
+    claimed for immediate delivery."""
 
     resolution: ResolutionResult
     report_outbox_ids: tuple[int, ...] = ()
     reported: bool = False
     report_error: str | None = None
+    claimed: tuple[OutboxRow, ...] = ()
 
 
 def _report_text(dispute_id: str, final_status: str, facts: ReportFacts) -> tuple[str, str]:
@@ -226,18 +240,22 @@ class ResolveDispute(Request[ResolutionOutcome], frozen=True):
     event: DisputeEvent
     notices: tuple[OutboxMessage, ...] = ()
     report_recipients: tuple[str, ...] = ()
+    claim: int = 0
 
     def apply(self, conn: apsw.Connection, ctx: Context) -> ResolutionOutcome:
         event = self.event
         with transaction(conn):
-            resolution = record_resolution(conn, event, self.notices, ctx.now)
+            resolution = record_resolution(conn, event, self.notices, ctx.now, claim=self.claim)
+            claimed = resolution.claimed
             if resolution.outcome != "resolved" or not resolution.has_mediation_context:
-                return ResolutionOutcome(resolution=resolution)
+                return ResolutionOutcome(resolution=resolution, claimed=claimed)
             facts = resolution_report_facts(conn, event.dispute_id)
             try:
                 body, narrative = _report_text(event.dispute_id, event.status, facts)
             except TextError as exc:
-                return ResolutionOutcome(resolution=resolution, report_error=str(exc))
+                return ResolutionOutcome(
+                    resolution=resolution, report_error=str(exc), claimed=claimed
+                )
             ids = enqueue(
                 conn,
                 dispute_id=event.dispute_id,
@@ -254,7 +272,10 @@ class ResolveDispute(Request[ResolutionOutcome], frozen=True):
                 narrative=narrative,
                 now=ctx.now,
             )
-        return ResolutionOutcome(resolution=resolution, report_outbox_ids=ids, reported=True)
+            claimed += claim_new(conn, ids, ctx.now, self.claim - len(claimed))
+        return ResolutionOutcome(
+            resolution=resolution, report_outbox_ids=ids, reported=True, claimed=claimed
+        )
 
 
 class ApplyTransition(Request[TransitionResult], frozen=True):
@@ -327,18 +348,16 @@ class ClaimOutbox(Request[OutboxClaim], frozen=True):
         return claim_due(conn, ctx.now, self.limit)
 
 
-class CompleteOutbox(Request[OutboxCompletion], frozen=True):
-    """One claimed row's outcome: `ok`, or the CORE-37 `error` and whether to `retry`."""
+class CompleteOutboxes(Request[tuple[OutboxCompletion | UnknownOutboxRow, ...]], frozen=True):
+    """Several claimed rows' outcomes under one commit, each row atomic on its own; an
+    unknown row answers `UnknownOutboxRow` in its place."""
 
-    outbox_id: int
-    ok: bool
-    error: str | None = None
-    retry: bool = True
+    outcomes: tuple[OutboxOutcome, ...]
 
-    def apply(self, conn: apsw.Connection, ctx: Context) -> OutboxCompletion:
-        return complete(
-            conn, self.outbox_id, ok=self.ok, error=self.error, retry=self.retry, now=ctx.now
-        )
+    def apply(
+        self, conn: apsw.Connection, ctx: Context
+    ) -> tuple[OutboxCompletion | UnknownOutboxRow, ...]:
+        return complete_many(conn, self.outcomes, now=ctx.now)
 
 
 class NextOutboxDue(Request[int | None], frozen=True):

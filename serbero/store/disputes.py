@@ -30,7 +30,7 @@ from serbero.store.lifecycle import (
 )
 from serbero.store.mediation import has_mediation_context, supersede_live_session
 from serbero.store.notifications import NotifType
-from serbero.store.outbox import OutboxMessage, abandon_obsolete, enqueue
+from serbero.store.outbox import OutboxMessage, OutboxRow, abandon_obsolete, claim_new, enqueue
 from serbero.store.transaction import transaction
 
 SINCE_SKEW_SECONDS: Final = 60
@@ -77,10 +77,12 @@ class DisputeEvent(msgspec.Struct, frozen=True):
 
 
 class DetectionResult(msgspec.Struct, frozen=True):
-    """`inserted` False means a duplicate: nothing was written (CORE-30)."""
+    """`inserted` False means a duplicate: nothing was written (CORE-30). `claimed`: the
+    rows this transaction also claimed for immediate delivery (see `claim_new`)."""
 
     inserted: bool
     outbox_ids: tuple[int, ...]
+    claimed: tuple[OutboxRow, ...] = ()
 
 
 class AssignmentResult(msgspec.Struct, frozen=True):
@@ -94,6 +96,7 @@ class AssignmentResult(msgspec.Struct, frozen=True):
     state: str
     outbox_ids: tuple[int, ...]
     abandoned: int
+    claimed: tuple[OutboxRow, ...] = ()
 
 
 class ResolutionResult(msgspec.Struct, frozen=True):
@@ -110,6 +113,7 @@ class ResolutionResult(msgspec.Struct, frozen=True):
     has_mediation_context: bool
     outbox_ids: tuple[int, ...]
     abandoned: int
+    claimed: tuple[OutboxRow, ...] = ()
 
 
 class UnattendedDispute(msgspec.Struct, frozen=True):
@@ -190,12 +194,18 @@ def _discover(
 
 
 def record_detected(
-    conn: apsw.Connection, event: DisputeEvent, messages: Sequence[OutboxMessage], now: int
+    conn: apsw.Connection,
+    event: DisputeEvent,
+    messages: Sequence[OutboxMessage],
+    now: int,
+    *,
+    claim: int = 0,
 ) -> DetectionResult:
     """CORE-30 with BEY-2: insert the dispute (`new`) and its initial DMs, or nothing at all.
 
     The dedup key is `dispute_id` only; a known dispute is never updated. Any other clash
-    (e.g. the same `event_id` under another dispute) raises and writes nothing.
+    (e.g. the same `event_id` under another dispute) raises and writes nothing. Up to
+    `claim` of the DMs are claimed for immediate delivery in the same transaction.
     """
     _require_status(event, frozenset({STATUS_INITIATED}))
     with transaction(conn):
@@ -209,7 +219,8 @@ def record_detected(
             messages=messages,
             now=now,
         )
-    return DetectionResult(inserted=True, outbox_ids=ids)
+        claimed = claim_new(conn, ids, now, claim)
+    return DetectionResult(inserted=True, outbox_ids=ids, claimed=claimed)
 
 
 def record_assignment(
@@ -218,12 +229,15 @@ def record_assignment(
     assigned_solver: str | None,
     messages: Sequence[OutboxMessage],
     now: int,
+    *,
+    claim: int = 0,
 ) -> AssignmentResult:
     """CORE-47 steps 2-5 and 7 as one transaction (or BEY-4 discovery of an unseen dispute).
 
     From `new`/`notified`: transition to `taken` (trigger = the event id), set
     `assigned_solver` when the event names one, queue the assignment DMs, and abandon the
     initial / re-notification DMs that are still waiting. `last_notified_at` is untouched.
+    Up to `claim` of the DMs are claimed for immediate delivery (`claim_new`).
     """
     _require_status(event, frozenset({STATUS_IN_PROGRESS}))
     with transaction(conn):
@@ -260,24 +274,32 @@ def record_assignment(
             messages=messages,
             now=now,
         )
+        claimed = claim_new(conn, ids, now, claim)
     return AssignmentResult(
         outcome="taken",
         from_state=current.lifecycle_state,
         state=LifecycleState.TAKEN,
         outbox_ids=ids,
         abandoned=abandoned,
+        claimed=claimed,
     )
 
 
 def record_resolution(
-    conn: apsw.Connection, event: DisputeEvent, messages: Sequence[OutboxMessage], now: int
+    conn: apsw.Connection,
+    event: DisputeEvent,
+    messages: Sequence[OutboxMessage],
+    now: int,
+    *,
+    claim: int = 0,
 ) -> ResolutionResult:
     """CORE-49 step 4 with BEY-5 as one transaction (or BEY-4 discovery of an unseen dispute).
 
     From any non-resolved state: `resolved` + transition row (trigger
     `dispute_resolved_externally`), the latest live mediation session closed as superseded
     (MED-140), the closing notices queued (`notif_type` `resolution`; pass none when
-    `[notifications].resolution` is off) and the DMs that became pointless abandoned.
+    `[notifications].resolution` is off) and the DMs that became pointless abandoned. Up to
+    `claim` of the notices are claimed for immediate delivery (`claim_new`).
     """
     _require_status(event, RESOLUTION_STATUSES)
     with transaction(conn):
@@ -316,6 +338,7 @@ def record_resolution(
             messages=messages,
             now=now,
         )
+        claimed = claim_new(conn, ids, now, claim)
         context = has_mediation_context(conn, event.dispute_id)
     return ResolutionResult(
         outcome="resolved",
@@ -324,6 +347,7 @@ def record_resolution(
         has_mediation_context=context,
         outbox_ids=ids,
         abandoned=abandoned,
+        claimed=claimed,
     )
 
 

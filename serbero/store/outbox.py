@@ -6,6 +6,11 @@ A decision to notify is written in the transaction that records its cause; the s
 dispute `new -> notified` on the first delivered initial notice and `last_notified_at` on a
 delivered re-notification, all in one transaction.
 
+A decision may also claim its own rows in its transaction (`claim_new`) and hand them to
+the sender in memory: the DM goes out as soon as the decision is durable, without a second
+transaction; the claim is recorded all the same, so a crash re-sends it. Completions can be
+recorded many at a time (`complete_many`), each still atomic on its own.
+
 Rules the sender can rely on:
 
 - Rows are handed out oldest first. For one (`dispute_id`, `solver_pubkey`) pair only the
@@ -18,7 +23,8 @@ Rules the sender can rely on:
   it is sent or its purpose is gone. A final failure (e.g. an unparsable key) ends it.
 - Rows whose purpose is gone are *abandoned* instead of sent: an initial notice once the
   dispute left `new`/`notified`, a re-notification once it left `notified`, an assignment
-  notice once it is resolved. In-flight rows are left to finish.
+  notice once it is resolved. In-flight rows are left to finish. A claim looks only at the
+  rows it would hand out, so its cost follows `limit`, not the backlog.
 """
 
 from __future__ import annotations
@@ -119,7 +125,8 @@ class OutboxCompletion(msgspec.Struct, frozen=True):
 
     `state` is the row's state afterwards (a late completion of a row that had already
     finished leaves it unchanged); `transition` is the `new -> notified` change a delivered
-    initial notice caused, if any; `last_notified_at` is the value written, if any.
+    initial notice caused, if any; `last_notified_at` is the value written, if any;
+    `unblocks` says a later row of the same (dispute, solver) pair can now be handed out.
     """
 
     outbox_id: int
@@ -131,6 +138,17 @@ class OutboxCompletion(msgspec.Struct, frozen=True):
     next_attempt_at: int | None
     transition: TransitionResult | None
     last_notified_at: int | None
+    unblocks: bool = False
+
+
+class OutboxOutcome(msgspec.Struct, frozen=True):
+    """One claimed row's attempt, for `complete_many`: `ok`, or the CORE-37 `error` and
+    whether to `retry`."""
+
+    outbox_id: int
+    ok: bool
+    error: str | None = None
+    retry: bool = True
 
 
 def retry_delay(attempts: int) -> int:
@@ -220,31 +238,72 @@ def abandon_obsolete(conn: apsw.Connection, now: int, dispute_id: str | None = N
 
 
 def claim_due(conn: apsw.Connection, now: int, limit: int) -> OutboxClaim:
-    """Abandon pointless rows, then hand out up to `limit` due rows, oldest first, in one tx.
+    """Hand out up to `limit` due rows, oldest first, abandoning pointless ones on the way.
 
     A row is due when pending, not in flight, `next_attempt_at <= now`, and no earlier row
     for the same (dispute, solver) pair is still pending. `limit` below 1 counts as 1.
     """
+    limit = max(1, limit)
+    stale = now - CLAIM_LEASE_SECONDS
+    rows: list[OutboxRow] = []
+    abandoned = 0
     with transaction(conn):
-        abandoned = abandon_obsolete(conn, now)
+        while len(rows) < limit:
+            wanted = limit - len(rows)
+            found = conn.execute(
+                f"SELECT {_ROW_COLUMNS}, d.lifecycle_state FROM notification_outbox o"
+                " LEFT JOIN disputes d ON d.dispute_id = o.dispute_id"
+                f" WHERE o.state = 'pending' AND o.next_attempt_at <= :now AND {_UNCLAIMED}"
+                " AND NOT EXISTS (SELECT 1 FROM notification_outbox e WHERE e.state = 'pending'"
+                " AND e.dispute_id = o.dispute_id AND e.solver_pubkey = o.solver_pubkey"
+                " AND e.id < o.id) ORDER BY o.id LIMIT :limit",
+                {"now": now, "stale": stale, "limit": wanted},
+            ).fetchall()
+            for values in found:
+                *columns, lifecycle_state = cast(tuple[Any, ...], values)
+                row = OutboxRow(*columns)
+                if is_obsolete(row.notif_type, lifecycle_state):
+                    conn.execute(
+                        "UPDATE notification_outbox SET state = 'abandoned', finished_at = ?,"
+                        " claimed_at = NULL WHERE id = ?",
+                        (now, row.id),
+                    )
+                    abandoned += 1
+                    continue
+                conn.execute(
+                    "UPDATE notification_outbox SET claimed_at = ?, attempts = attempts + 1"
+                    " WHERE id = ?",
+                    (now, row.id),
+                )
+                rows.append(msgspec.structs.replace(row, attempts=row.attempts + 1))
+            if len(found) < wanted:
+                break
+    return OutboxClaim(rows=tuple(rows), abandoned=abandoned)
+
+
+def claim_new(
+    conn: apsw.Connection, outbox_ids: Sequence[int], now: int, limit: int
+) -> tuple[OutboxRow, ...]:
+    """Claim up to `limit` of rows just enqueued (in id order) for the sender to deliver at
+    once, in the transaction that decided them. A row queued behind an earlier pending row
+    of its pair is left for `claim_due` (BEY-22), as are rows beyond `limit`. Caller owns
+    the transaction.
+    """
+    rows: list[OutboxRow] = []
+    for outbox_id in outbox_ids:
+        if len(rows) >= limit:
+            break
         found = conn.execute(
-            f"SELECT {_ROW_COLUMNS} FROM notification_outbox o"
-            f" WHERE o.state = 'pending' AND o.next_attempt_at <= :now AND {_UNCLAIMED}"
+            "UPDATE notification_outbox AS o SET claimed_at = :now, attempts = attempts + 1"
+            " WHERE o.id = :id AND o.state = 'pending' AND o.claimed_at IS NULL"
             " AND NOT EXISTS (SELECT 1 FROM notification_outbox e WHERE e.state = 'pending'"
             " AND e.dispute_id = o.dispute_id AND e.solver_pubkey = o.solver_pubkey"
-            " AND e.id < o.id) ORDER BY o.id LIMIT :limit",
-            {"now": now, "stale": now - CLAIM_LEASE_SECONDS, "limit": max(1, limit)},
-        ).fetchall()
-        rows = []
-        for values in found:
-            conn.execute(
-                "UPDATE notification_outbox SET claimed_at = ?, attempts = attempts + 1"
-                " WHERE id = ?",
-                (now, values[0]),
-            )
-            row = OutboxRow(*cast(tuple[Any, ...], values))
-            rows.append(msgspec.structs.replace(row, attempts=row.attempts + 1))
-    return OutboxClaim(rows=tuple(rows), abandoned=abandoned)
+            f" AND e.id < o.id) RETURNING {_ROW_COLUMNS.replace('o.', '')}",
+            {"now": now, "id": outbox_id},
+        ).fetchone()
+        if found is not None:
+            rows.append(OutboxRow(*cast(tuple[Any, ...], found)))
+    return tuple(rows)
 
 
 def complete(
@@ -324,6 +383,16 @@ def complete(
                 " last_error = ? WHERE id = ?",
                 (new_state, now, error, outbox_id),
             )
+        unblocks = (
+            state == PENDING
+            and new_state != PENDING
+            and conn.execute(
+                "SELECT 1 FROM notification_outbox WHERE state = 'pending' AND dispute_id = ?"
+                " AND solver_pubkey = ? LIMIT 1",
+                (dispute_id, solver),
+            ).fetchone()
+            is not None
+        )
     return OutboxCompletion(
         outbox_id=outbox_id,
         dispute_id=dispute_id,
@@ -334,7 +403,32 @@ def complete(
         next_attempt_at=next_attempt_at,
         transition=transition,
         last_notified_at=last_notified_at,
+        unblocks=unblocks,
     )
+
+
+def complete_many(
+    conn: apsw.Connection, outcomes: Sequence[OutboxOutcome], *, now: int
+) -> tuple[OutboxCompletion | UnknownOutboxRow, ...]:
+    """`complete` for several rows under one commit, each in its own savepoint; a row that
+    does not exist answers `UnknownOutboxRow` in its place and the others still complete."""
+    results: list[OutboxCompletion | UnknownOutboxRow] = []
+    with transaction(conn):
+        for outcome in outcomes:
+            try:
+                results.append(
+                    complete(
+                        conn,
+                        outcome.outbox_id,
+                        ok=outcome.ok,
+                        error=outcome.error,
+                        retry=outcome.retry,
+                        now=now,
+                    )
+                )
+            except UnknownOutboxRow as exc:
+                results.append(exc)
+    return tuple(results)
 
 
 def requeue_in_flight(conn: apsw.Connection) -> int:

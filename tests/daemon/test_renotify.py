@@ -14,7 +14,7 @@ from structlog.testing import capture_logs
 from serbero.actors.renotify import Renotifier, RenotifyStats, timer_period
 from serbero.actors.tracker import (
     ClaimOutbox,
-    CompleteOutbox,
+    CompleteOutboxes,
     RecordAssignment,
     RecordDetected,
     Tracker,
@@ -23,7 +23,7 @@ from serbero.actors.tracker import (
 from serbero.config import SolverConfig, TimeoutsConfig
 from serbero.protocol.keys import Keys
 from serbero.store.disputes import DisputeEvent
-from serbero.store.outbox import OutboxMessage
+from serbero.store.outbox import OutboxMessage, OutboxOutcome
 from tests.daemon.support import count_rows, query
 
 T0 = 1_700_000_000
@@ -69,8 +69,7 @@ async def tracker_at(tmp_path: Path) -> AsyncIterator[Tracker]:
 async def deliver_everything(tracker: Tracker) -> None:
     """Stand in for the sender: every due row is accepted by a relay."""
     claim = await tracker.ask(ClaimOutbox(limit=100))
-    for row in claim.rows:
-        await tracker.ask(CompleteOutbox(outbox_id=row.id, ok=True))
+    await tracker.ask(CompleteOutboxes(tuple(OutboxOutcome(row.id, ok=True) for row in claim.rows)))
 
 
 async def notified_dispute(tracker: Tracker) -> None:

@@ -160,3 +160,163 @@ async def test_one_dm_per_dispute_and_solver_in_flight_in_decision_order(
         assert [body for _, body, _, _ in mine] == ["initial", "assignment"]
         assert mine[1][2] >= mine[0][3], "the assignment started after the initial ended"
     assert spans[0][2] == spans[1][2], "different solvers are not serialised"
+
+
+# --- the hot path: decisions claim their own rows and hand them over -------------------------
+
+
+async def test_rows_a_decision_claimed_go_out_without_a_claim_and_complete_in_one_batch(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = str(tmp_path / "serbero.db")
+    delivered: list[tuple[str, float]] = []
+
+    async def fake_deliver(
+        pool: object, identity: object, solver: SolverConfig, body: str, **kwargs: object
+    ) -> Delivery:
+        delivered.append((solver.pubkey, trio.current_time()))
+        await trio.sleep(1)
+        return Delivery(ok=True, error=None, retryable=True)
+
+    monkeypatch.setattr(sender_module, "deliver_dm", fake_deliver)
+    async with open_tracker(db, wall_clock=TrioWallClock(), offload=False) as tracker:
+        counting = CountingTracker(tracker)
+        stats = SenderStats()
+        sender = OutboxSender(
+            cast(Tracker, counting),
+            cast(RelayPool, StubPool()),
+            Keys.generate(),
+            SOLVERS,
+            doorbell=Doorbell(),
+            stats=stats,
+            wall_clock=TrioWallClock(),
+        )
+        assert sender.reserve(2) == 0, "no room before the sender runs"
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(sender.run)
+            await trio.sleep(1)
+            asked_before = counting.asked.copy()
+            reserved = sender.reserve(len(SOLVERS))
+            assert reserved == len(SOLVERS)
+            messages = tuple(OutboxMessage(s.pubkey, "initial") for s in SOLVERS)
+            result = await tracker.ask(
+                RecordDetected(event=event("initiated"), messages=messages, claim=reserved)
+            )
+            start = trio.current_time()
+            sender.hand_over(result.claimed, reserved=reserved, left_behind=False)
+            assert stats.in_flight == len(SOLVERS)
+            await trio.sleep(5)
+            nursery.cancel_scope.cancel()
+    assert sorted(delivered) == sorted((s.pubkey, start) for s in SOLVERS)
+    asked = counting.asked - asked_before
+    assert asked == Counter({"CompleteOutboxes": 1}), "no claim, one batch of outcomes"
+    assert stats.delivered == len(SOLVERS) and stats.in_flight == 0
+    assert count_rows(db, "notification_outbox", "state = 'sent'") == len(SOLVERS)
+    assert query(db, "SELECT lifecycle_state FROM disputes") == [("notified",)]
+
+
+async def test_room_is_refused_while_rows_wait_in_the_outbox_so_the_oldest_go_first(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sender with one slot: the second dispute's rows are left in the outbox, and the
+    third dispute gets no room until they went out, oldest first."""
+    db = str(tmp_path / "serbero.db")
+    order: list[str] = []
+
+    async def fake_deliver(
+        pool: object, identity: object, solver: SolverConfig, body: str, **kwargs: object
+    ) -> Delivery:
+        order.append(body)
+        await trio.sleep(1)
+        return Delivery(ok=True, error=None, retryable=True)
+
+    monkeypatch.setattr(sender_module, "deliver_dm", fake_deliver)
+    solver = SOLVERS[:1]
+    async with open_tracker(db, wall_clock=TrioWallClock(), offload=False) as tracker:
+        sender = OutboxSender(
+            tracker,
+            cast(RelayPool, StubPool()),
+            Keys.generate(),
+            solver,
+            doorbell=Doorbell(),
+            stats=SenderStats(),
+            wall_clock=TrioWallClock(),
+            concurrency=1,
+        )
+
+        async def decide(dispute_id: str) -> None:
+            reserved = sender.reserve(1)
+            facts = DisputeEvent(dispute_id, f"ev-{dispute_id}", "ab" * 32, T0, "initiated", "x")
+            messages = (OutboxMessage(solver[0].pubkey, dispute_id),)
+            result = await tracker.ask(
+                RecordDetected(event=facts, messages=messages, claim=reserved)
+            )
+            left = len(result.outbox_ids) > len(result.claimed)
+            sender.hand_over(result.claimed, reserved=reserved, left_behind=left)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(sender.run)
+            await trio.sleep(1)
+            await decide("d-1")
+            await decide("d-2")
+            assert sender.reserve(1) == 0, "d-2 waits in the outbox"
+            await decide("d-3")
+            await trio.sleep(10)
+            nursery.cancel_scope.cancel()
+    assert order == ["d-1", "d-2", "d-3"]
+    assert count_rows(db, "notification_outbox", "state = 'sent'") == 3
+
+
+async def test_a_claimed_assignment_waits_for_the_initial_in_flight_for_its_solver(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """BEY-22 on the hot path: the assignment cannot be claimed behind its pair's initial;
+    it goes out as soon as the initial's outcome is recorded."""
+    db = str(tmp_path / "serbero.db")
+    spans: list[tuple[str, str, float, float]] = []
+
+    async def slow_deliver(
+        pool: object, identity: object, solver: SolverConfig, body: str, **kwargs: object
+    ) -> Delivery:
+        began = trio.current_time()
+        await trio.sleep(3)
+        spans.append((solver.pubkey, body, began, trio.current_time()))
+        return Delivery(ok=True, error=None, retryable=True)
+
+    monkeypatch.setattr(sender_module, "deliver_dm", slow_deliver)
+    async with open_tracker(db, wall_clock=TrioWallClock(), offload=False) as tracker:
+        sender = OutboxSender(
+            tracker,
+            cast(RelayPool, StubPool()),
+            Keys.generate(),
+            SOLVERS,
+            doorbell=Doorbell(),
+            stats=SenderStats(),
+            wall_clock=TrioWallClock(),
+        )
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(sender.run)
+            await trio.sleep(1)
+            reserved = sender.reserve(2)
+            messages = tuple(OutboxMessage(s.pubkey, "initial") for s in SOLVERS)
+            detected = await tracker.ask(
+                RecordDetected(event=event("initiated"), messages=messages, claim=reserved)
+            )
+            sender.hand_over(detected.claimed, reserved=reserved, left_behind=False)
+            await trio.sleep(1)
+            reserved = sender.reserve(2)
+            assert reserved == 2
+            taken = tuple(OutboxMessage(s.pubkey, "assignment") for s in SOLVERS)
+            assigned = await tracker.ask(
+                RecordAssignment(
+                    event=event("in-progress"), assigned_solver=None, messages=taken, claim=2
+                )
+            )
+            assert assigned.claimed == ()
+            sender.hand_over(assigned.claimed, reserved=reserved, left_behind=True)
+            await trio.sleep(10)
+            nursery.cancel_scope.cancel()
+    for solver in SOLVERS:
+        mine = [span for span in spans if span[0] == solver.pubkey]
+        assert [body for _, body, _, _ in mine] == ["initial", "assignment"]
+        assert mine[1][2] == mine[0][3], "the assignment went out when the initial was done"

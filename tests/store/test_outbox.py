@@ -13,12 +13,16 @@ from serbero.store.notifications import NotificationRecord, record_notifications
 from serbero.store.outbox import (
     CLAIM_LEASE_SECONDS,
     RETRY_MAX_SECONDS,
+    OutboxOutcome,
     claim_due,
+    claim_new,
     complete,
+    complete_many,
     enqueue_notifications,
     requeue_in_flight,
     retry_delay,
 )
+from serbero.store.transaction import transaction
 from tests.store.helpers import SOLVERS, T0, count, event, messages, one, rows
 
 A, B, _ = SOLVERS
@@ -278,3 +282,86 @@ def test_notification_records_are_written_together(conn: apsw.Connection) -> Non
         (A, "failed", "x"),
         (B, "sent", None),
     ]
+
+
+# --- claimed by the decision itself, completed many at once -----------------------------------
+
+
+def test_a_decision_claims_its_new_rows_except_behind_an_earlier_row_of_the_pair(
+    conn: apsw.Connection,
+) -> None:
+    """BEY-22 holds for rows claimed in the deciding transaction too."""
+    with transaction(conn):
+        detected = record_detected(conn, event("d-1"), messages("initial", (A, B)), T0)
+        initial = claim_new(conn, detected.outbox_ids, T0, 1)
+    assert [(r.solver_pubkey, r.notif_type, r.attempts) for r in initial] == [(A, "initial", 1)]
+    assert rows(conn, "SELECT claimed_at, attempts FROM notification_outbox ORDER BY id") == [
+        (T0, 1),
+        (None, 0),
+    ]
+    # B's initial was left for the poll; A's assignment waits behind A's initial in flight.
+    taken = record_assignment(conn, event("d-1", "in-progress"), None, messages("take", (A, B)), T0)
+    assert taken.abandoned == 1  # B's initial, never sent
+    assert [(r.solver_pubkey, r.notif_type) for r in claim_new(conn, taken.outbox_ids, T0, 5)] == [
+        (B, "assignment")
+    ]
+    assert claim_due(conn, T0, 10).rows == ()
+    done = complete(conn, initial[0].id, ok=True, error=None, retry=True, now=T0 + 1)
+    assert done.unblocks
+    assert [(r.solver_pubkey, r.notif_type) for r in claim_due(conn, T0 + 1, 10).rows] == [
+        (A, "assignment")
+    ]
+
+
+def test_claim_new_leaves_rows_beyond_its_limit_to_the_poll(conn: apsw.Connection) -> None:
+    detected = record_detected(conn, event("d-1"), messages("initial"), T0)
+    assert claim_new(conn, detected.outbox_ids, T0, 0) == ()
+    assert len(claim_new(conn, detected.outbox_ids, T0, 2)) == 2
+    (third,) = claim_new(conn, detected.outbox_ids, T0, 5)
+    assert third.id == detected.outbox_ids[2]
+    assert claim_due(conn, T0, 10).rows == ()
+    assert count(conn, "notification_outbox", "claimed_at IS NULL") == 0
+
+
+def test_complete_many_commits_each_row_and_reports_unknown_rows(conn: apsw.Connection) -> None:
+    record_detected(conn, event("d-1"), messages("initial", (A, B)), T0)
+    first, second = claim_due(conn, T0, 10).rows
+    done = complete_many(
+        conn,
+        [
+            OutboxOutcome(first.id, ok=True),
+            OutboxOutcome(999, ok=True),
+            OutboxOutcome(second.id, ok=False, error="notification error: x", retry=True),
+        ],
+        now=T0 + 1,
+    )
+    assert [type(result).__name__ for result in done] == [
+        "OutboxCompletion",
+        "UnknownOutboxRow",
+        "OutboxCompletion",
+    ]
+    assert rows(conn, "SELECT state, next_attempt_at FROM notification_outbox ORDER BY id") == [
+        ("sent", T0),
+        ("pending", T0 + 1 + retry_delay(1)),
+    ]
+    assert count(conn, "notifications") == 2
+    assert one(conn, "SELECT lifecycle_state FROM disputes") == "notified"
+    assert not any(getattr(result, "unblocks", False) for result in done)
+
+
+def test_a_claim_reads_only_as_many_rows_as_it_hands_out(conn: apsw.Connection) -> None:
+    """A long backlog costs a claim its `limit`, not its length; pointless rows met on the
+    way are abandoned and the claim still fills up."""
+    record_detected(conn, event("d-0"), messages("initial"), T0)
+    apply_transition(conn, "d-0", "resolved", "dispute_resolved_externally", T0)
+    for n in range(1, 40):
+        record_detected(conn, event(f"d-{n}"), messages("initial"), T0)
+    claim = claim_due(conn, T0, 4)
+    assert claim.abandoned == 3
+    assert [(r.dispute_id, r.solver_pubkey[:1]) for r in claim.rows] == [
+        ("d-1", "a"),
+        ("d-1", "b"),
+        ("d-1", "c"),
+        ("d-2", "a"),
+    ]
+    assert count(conn, "notification_outbox", "state = 'abandoned'") == 3

@@ -16,7 +16,7 @@ from serbero.actors.tracker import (
     Answer,
     ApplyTransition,
     ClaimOutbox,
-    CompleteOutbox,
+    CompleteOutboxes,
     ComputeSince,
     Context,
     GetDispute,
@@ -37,6 +37,7 @@ from serbero.store.disputes import Since
 from serbero.store.errors import InvalidTransition, StoreFailure, UnknownDispute
 from serbero.store.escalation import RecipientOutcome
 from serbero.store.health import RelayHealth, read_health
+from serbero.store.outbox import OutboxCompletion, OutboxOutcome
 from tests.store.helpers import T0, count, event, messages
 from tests.support.sqlite_process import SqliteProcess
 
@@ -88,7 +89,8 @@ async def test_requests_are_answered_with_results(db_path: str) -> None:
         assert (dispute.detected_at, dispute.lifecycle_state) == (T0, "new")
         claim = await tracker.ask(ClaimOutbox(limit=10))
         assert len(claim.rows) == 3
-        done = await tracker.ask(CompleteOutbox(claim.rows[0].id, ok=True))
+        (done,) = await tracker.ask(CompleteOutboxes((OutboxOutcome(claim.rows[0].id, ok=True),)))
+        assert isinstance(done, OutboxCompletion)
         assert done.transition is not None
         assert done.last_notified_at == T0 + 7
         assert await tracker.ask(ListUnattended(now=T0 + 1000, renotification_seconds=300)) != ()
