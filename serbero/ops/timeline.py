@@ -129,6 +129,15 @@ def _marks(values: Sequence[object]) -> str:
     return ", ".join("?" for _ in values) or "NULL"
 
 
+def _rows(db: ReadOnlyDatabase, sql: str, args: Sequence[object]) -> list[dict[str, Any]]:
+    """Rows as column name -> value, so each view names the columns it shows, never positions."""
+    cursor = db.conn.cursor()
+    cursor.row_trace = lambda cur, row: dict(
+        zip((column for column, _ in cur.getdescription()), row, strict=True)
+    )
+    return list(cursor.execute(sql, args))
+
+
 def _session_ids(db: ReadOnlyDatabase, dispute_id: str) -> tuple[str, ...]:
     if not db.has("mediation_sessions"):
         return ()
@@ -189,13 +198,14 @@ def _transitions(db: ReadOnlyDatabase, dispute_id: str) -> list[TimelineEntry]:
         return []
     return [
         TimelineEntry(
-            at=int(at),
+            at=int(row["transitioned_at"]),
             source="dispute_state_transitions",
             kind="state_transition",
-            ref=str(row_id),
-            details={"from": from_state, "to": to_state, "trigger": trigger},
+            ref=str(row["id"]),
+            details={"from": row["from_state"], "to": row["to_state"], "trigger": row["trigger"]},
         )
-        for row_id, from_state, to_state, at, trigger in db.conn.execute(
+        for row in _rows(
+            db,
             "SELECT id, from_state, to_state, transitioned_at, trigger"
             " FROM dispute_state_transitions WHERE dispute_id = ? ORDER BY id",
             (dispute_id,),
@@ -206,13 +216,18 @@ def _transitions(db: ReadOnlyDatabase, dispute_id: str) -> list[TimelineEntry]:
 def _notifications(db: ReadOnlyDatabase, dispute_id: str) -> list[TimelineEntry]:
     return [
         TimelineEntry(
-            at=int(at),
+            at=int(row["sent_at"]),
             source="notifications",
-            kind=f"notification_{status}",
-            ref=str(row_id),
-            details={"notif_type": notif_type, "solver": solver, "error": error},
+            kind=f"notification_{row['status']}",
+            ref=str(row["id"]),
+            details={
+                "notif_type": row["notif_type"],
+                "solver": row["solver_pubkey"],
+                "error": row["error_message"],
+            },
         )
-        for row_id, solver, at, status, error, notif_type in db.conn.execute(
+        for row in _rows(
+            db,
             "SELECT id, solver_pubkey, sent_at, status, error_message, notif_type"
             " FROM notifications WHERE dispute_id = ? ORDER BY id",
             (dispute_id,),
@@ -225,33 +240,23 @@ def _outbox(db: ReadOnlyDatabase, dispute_id: str) -> list[TimelineEntry]:
         return []
     return [
         TimelineEntry(
-            at=int(created_at),
+            at=int(row["created_at"]),
             source="notification_outbox",
             kind="notification_queued",
-            ref=str(row_id),
+            ref=str(row["id"]),
             details={
-                "notif_type": notif_type,
-                "solver": solver,
-                "cause": cause,
-                "state": state,
-                "attempts": int(attempts),
-                "finished_at": finished_at,
-                "last_error": last_error,
-                "handoff_event_id": handoff_event_id,
+                "notif_type": row["notif_type"],
+                "solver": row["solver_pubkey"],
+                "cause": row["cause"],
+                "state": row["state"],
+                "attempts": int(row["attempts"]),
+                "finished_at": row["finished_at"],
+                "last_error": row["last_error"],
+                "handoff_event_id": row["handoff_event_id"],
             },
         )
-        for (
-            row_id,
-            solver,
-            notif_type,
-            cause,
-            created_at,
-            attempts,
-            state,
-            last_error,
-            finished_at,
-            handoff_event_id,
-        ) in db.conn.execute(
+        for row in _rows(
+            db,
             "SELECT id, solver_pubkey, notif_type, cause, created_at, attempts, state,"
             " last_error, finished_at, handoff_event_id FROM notification_outbox"
             " WHERE dispute_id = ? ORDER BY id",
@@ -265,31 +270,22 @@ def _sessions(db: ReadOnlyDatabase, dispute_id: str) -> list[TimelineEntry]:
         return []
     return [
         TimelineEntry(
-            at=int(started_at),
+            at=int(row["started_at"]),
             source="mediation_sessions",
             kind="mediation_session_started",
-            ref=str(session_id),
+            ref=str(row["session_id"]),
             details={
-                "state": state,
-                "round_count": round_count,
-                "classification": classification,
-                "confidence": confidence,
-                "assigned_solver": assigned_solver,
-                "prompt_bundle_id": bundle,
-                "last_transition_at": last_transition_at,
+                "state": row["state"],
+                "round_count": row["round_count"],
+                "classification": row["current_classification"],
+                "confidence": row["current_confidence"],
+                "assigned_solver": row["assigned_solver"],
+                "prompt_bundle_id": row["prompt_bundle_id"],
+                "last_transition_at": row["last_transition_at"],
             },
         )
-        for (
-            session_id,
-            state,
-            round_count,
-            bundle,
-            assigned_solver,
-            classification,
-            confidence,
-            started_at,
-            last_transition_at,
-        ) in db.conn.execute(
+        for row in _rows(
+            db,
             "SELECT session_id, state, round_count, prompt_bundle_id, assigned_solver,"
             " current_classification, current_confidence, started_at, last_transition_at"
             " FROM mediation_sessions WHERE dispute_id = ? ORDER BY started_at, rowid",
@@ -304,30 +300,21 @@ def _messages(db: ReadOnlyDatabase, sessions: tuple[str, ...]) -> list[TimelineE
         return []
     return [
         TimelineEntry(
-            at=int(persisted_at),
+            at=int(row["persisted_at"]),
             source="mediation_messages",
-            kind=f"mediation_message_{direction}",
-            ref=str(row_id),
+            kind=f"mediation_message_{row['direction']}",
+            ref=str(row["id"]),
             details={
-                "session_id": session_id,
-                "party": party,
-                "inner_event_id": inner_id,
-                "inner_event_created_at": inner_at,
-                "outer_event_id": outer_id,
-                "stale": bool(stale),
+                "session_id": row["session_id"],
+                "party": row["party"],
+                "inner_event_id": row["inner_event_id"],
+                "inner_event_created_at": row["inner_event_created_at"],
+                "outer_event_id": row["outer_event_id"],
+                "stale": bool(row["stale"]),
             },
         )
-        for (
-            row_id,
-            session_id,
-            direction,
-            party,
-            inner_id,
-            inner_at,
-            outer_id,
-            persisted_at,
-            stale,
-        ) in db.conn.execute(
+        for row in _rows(
+            db,
             "SELECT id, session_id, direction, party, inner_event_id, inner_event_created_at,"
             " outer_event_id, persisted_at, stale FROM mediation_messages"
             f" WHERE session_id IN ({_marks(sessions)}) ORDER BY id",
@@ -338,69 +325,63 @@ def _messages(db: ReadOnlyDatabase, sessions: tuple[str, ...]) -> list[TimelineE
 
 def _event_rows(
     db: ReadOnlyDatabase, dispute_id: str, sessions: tuple[str, ...]
-) -> list[tuple[Any, ...]]:
+) -> list[dict[str, Any]]:
     if not db.has("mediation_events"):
         return []
-    return [
-        tuple(row)
-        for row in db.conn.execute(
-            "SELECT id, session_id, kind, payload_json, rationale_id, occurred_at"
-            f" FROM mediation_events WHERE session_id IN ({_marks(sessions)})"
-            f" OR {_DISPUTE_REF_SQL} = ? ORDER BY id",
-            (*sessions, dispute_id),
-        )
-    ]
+    return _rows(
+        db,
+        "SELECT id, session_id, kind, payload_json, rationale_id, occurred_at"
+        f" FROM mediation_events WHERE session_id IN ({_marks(sessions)})"
+        f" OR {_DISPUTE_REF_SQL} = ? ORDER BY id",
+        (*sessions, dispute_id),
+    )
 
 
-def _events(rows: list[tuple[Any, ...]], secrets: _Secrets) -> list[TimelineEntry]:
+def _events(rows: list[dict[str, Any]], secrets: _Secrets) -> list[TimelineEntry]:
     return [
         TimelineEntry(
-            at=int(occurred_at),
+            at=int(row["occurred_at"]),
             source="mediation_events",
-            kind=str(kind),
-            ref=str(row_id),
+            kind=str(row["kind"]),
+            ref=str(row["id"]),
             details={
-                "session_id": session_id,
-                "rationale_id": rationale_id,
-                "payload": _decode_payload(str(payload), secrets),
+                "session_id": row["session_id"],
+                "rationale_id": row["rationale_id"],
+                "payload": _decode_payload(str(row["payload_json"]), secrets),
             },
         )
-        for row_id, session_id, kind, payload, rationale_id, occurred_at in rows
+        for row in rows
     ]
 
 
-def _summary_rows(db: ReadOnlyDatabase, dispute_id: str) -> list[tuple[Any, ...]]:
+def _summary_rows(db: ReadOnlyDatabase, dispute_id: str) -> list[dict[str, Any]]:
     if not db.has("mediation_summaries"):
         return []
-    return [
-        tuple(row)
-        for row in db.conn.execute(
-            "SELECT id, session_id, classification, confidence, rationale_id, prompt_bundle_id,"
-            " generated_at FROM mediation_summaries WHERE dispute_id = ? ORDER BY id",
-            (dispute_id,),
-        )
-    ]
+    return _rows(
+        db,
+        "SELECT id, session_id, classification, confidence, rationale_id, prompt_bundle_id,"
+        " generated_at FROM mediation_summaries WHERE dispute_id = ? ORDER BY id",
+        (dispute_id,),
+    )
 
 
-def _summaries(rows: list[tuple[Any, ...]]) -> list[TimelineEntry]:
+def _summaries(rows: list[dict[str, Any]]) -> list[TimelineEntry]:
     """Summary metadata; the summary text and suggested next step stay in the database."""
     return [
         TimelineEntry(
-            at=int(generated_at),
+            at=int(row["generated_at"]),
             source="mediation_summaries",
             kind="mediation_summary",
-            ref=str(row_id),
+            ref=str(row["id"]),
             details={
-                "session_id": session_id,
-                "classification": classification,
-                "confidence": confidence,
-                "rationale_id": rationale_id,
-                "prompt_bundle_id": bundle,
+                "session_id": row["session_id"],
+                "classification": row["classification"],
+                "confidence": row["confidence"],
+                "rationale_id": row["rationale_id"],
+                "prompt_bundle_id": row["prompt_bundle_id"],
             },
         )
-        for row_id, session_id, classification, confidence, rationale_id, bundle, generated_at in (
-            rows
-        )
+        for row in rows
     ]
 
 
@@ -412,18 +393,19 @@ def _rationales(
         return []
     return [
         TimelineEntry(
-            at=int(generated_at),
+            at=int(row["generated_at"]),
             source="reasoning_rationales",
             kind="reasoning_rationale",
-            ref=str(rationale_id),
+            ref=str(row["rationale_id"]),
             details={
-                "session_id": session_id,
-                "provider": provider,
-                "model": model,
-                "prompt_bundle_id": bundle,
+                "session_id": row["session_id"],
+                "provider": row["provider"],
+                "model": row["model"],
+                "prompt_bundle_id": row["prompt_bundle_id"],
             },
         )
-        for rationale_id, session_id, provider, model, bundle, generated_at in db.conn.execute(
+        for row in _rows(
+            db,
             "SELECT rationale_id, session_id, provider, model, prompt_bundle_id, generated_at"
             f" FROM reasoning_rationales WHERE session_id IN ({_marks(sessions)})"
             f" OR rationale_id IN ({_marks(rationale_ids)}) ORDER BY generated_at, rowid",
@@ -437,26 +419,19 @@ def _dispatches(db: ReadOnlyDatabase, dispute_id: str) -> list[TimelineEntry]:
         return []
     return [
         TimelineEntry(
-            at=int(dispatched_at),
+            at=int(row["dispatched_at"]),
             source="escalation_dispatches",
-            kind=f"escalation_{status}",
-            ref=str(dispatch_id),
+            kind=f"escalation_{row['status']}",
+            ref=str(row["dispatch_id"]),
             details={
-                "session_id": session_id,
-                "handoff_event_id": handoff_event_id,
-                "target_solver": target_solver,
-                "fallback_broadcast": bool(fallback),
+                "session_id": row["session_id"],
+                "handoff_event_id": row["handoff_event_id"],
+                "target_solver": row["target_solver"],
+                "fallback_broadcast": bool(row["fallback_broadcast"]),
             },
         )
-        for (
-            dispatch_id,
-            session_id,
-            handoff_event_id,
-            target_solver,
-            dispatched_at,
-            status,
-            fallback,
-        ) in db.conn.execute(
+        for row in _rows(
+            db,
             "SELECT dispatch_id, session_id, handoff_event_id, target_solver, dispatched_at,"
             " status, fallback_broadcast FROM escalation_dispatches WHERE dispute_id = ?"
             " ORDER BY dispatched_at, rowid",
@@ -478,8 +453,11 @@ def read_timeline(db: ReadOnlyDatabase, dispute_id: str) -> Timeline | None:
     summary_rows = _summary_rows(db, dispute_id)
     rationale_ids = tuple(
         sorted(
-            {str(row[4]) for row in event_rows if row[4] is not None}
-            | {str(row[4]) for row in summary_rows if row[4] is not None}
+            {
+                str(row["rationale_id"])
+                for row in (*event_rows, *summary_rows)
+                if row["rationale_id"] is not None
+            }
         )
     )
     secrets = _collect_secrets(db, sessions, rationale_ids)
