@@ -29,5 +29,7 @@ run:
 bench:
     for f in bench/*.py; do echo "== $f"; python "$f"; done
 
+# 10,000 disputes over two relays stopped and restarted at random, the real daemon, three
+# solver inboxes; prints its figures (~3-4 min). STRESS_SEED=n repeats a run's outage plan.
 stress:
     python -m pytest tests/stress -p no:cacheprovider -o addopts="" -s

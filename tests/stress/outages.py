@@ -1,0 +1,160 @@
+"""Relay outages for the stress run: a seeded plan, and a thread that carries it out.
+
+The plan puts each relay down a few times on its own and once both together, at random
+points of a time window, with a minimum quiet spell between outages. The spell matters
+because LocalRelay keeps events in memory only: a restarted relay comes back empty, and
+nostr-sdk clients (Mostro, the solver inboxes) reconnect no sooner than 5 s after a drop.
+A relay that went down again before those clients were back could take with it DMs it alone
+had accepted; the quiet spell keeps such losses out of the plan, so a DM that never arrives
+is the daemon's doing, not the harness's.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Sequence
+from typing import Final
+
+import msgspec
+
+from tests.support.relay_fixtures import LocalRelayProcess
+
+# A relay's solo outages (each relay is down this many times on its own).
+SOLO_OUTAGES: Final = (3, 4)
+SOLO_SECONDS: Final = (1.0, 5.0)
+# The one outage that takes every relay down at once: short, "never both for too long".
+JOINT_SECONDS: Final = (1.0, 3.0)
+# Both relays up for at least this long between two outages: nostr-sdk's 5 s reconnect,
+# plus the replay of what was stored meanwhile.
+MIN_QUIET_SECONDS: Final = 10.0
+
+
+class Outage(msgspec.Struct, frozen=True):
+    """`relays` (indexes) go down `at` seconds into the run for `seconds`."""
+
+    relays: tuple[int, ...]
+    at: float
+    seconds: float
+
+
+class OutageRecord(msgspec.Struct, frozen=True):
+    """What happened: monotonic and wall-clock stop times, and when the relays served again
+    (a restart spawns a process, so the real outage is a little longer than planned)."""
+
+    outage: Outage
+    stopped_at: float
+    stopped_wall: float
+    restarted_at: float
+    restarted_wall: float
+
+    @property
+    def down_seconds(self) -> float:
+        return self.restarted_at - self.stopped_at
+
+
+def plan_outages(rng: random.Random, relay_count: int, window: tuple[float, float]) -> list[Outage]:
+    """Solo outages for every relay and one joint outage, in random order, at random times
+    within `window` (seconds from the start), separated by at least `MIN_QUIET_SECONDS`.
+    Raises ValueError when the window cannot hold them."""
+    outages: list[tuple[tuple[int, ...], float]] = []
+    for relay in range(relay_count):
+        for _ in range(rng.randint(*SOLO_OUTAGES)):
+            outages.append(((relay,), rng.uniform(*SOLO_SECONDS)))
+    outages.append((tuple(range(relay_count)), rng.uniform(*JOINT_SECONDS)))
+    rng.shuffle(outages)
+    start, end = window
+    fixed = sum(seconds for _, seconds in outages) + MIN_QUIET_SECONDS * len(outages)
+    slack = end - start - fixed
+    if slack < 0:
+        raise ValueError(
+            f"{len(outages)} outages need {fixed:.0f} s; the window holds {end - start:.0f} s"
+        )
+    # Random gaps: the slack split by uniform weights, on top of the minimum quiet spell.
+    weights = [rng.random() for _ in range(len(outages) + 1)]
+    scale = slack / sum(weights)
+    plan = []
+    at = start
+    for (relays, seconds), weight in zip(outages, weights, strict=False):
+        at += weight * scale
+        plan.append(Outage(relays=relays, at=round(at, 2), seconds=round(seconds, 2)))
+        at += seconds + MIN_QUIET_SECONDS
+    return plan
+
+
+class OutageRunner:
+    """Carries out a plan against running relays on a thread; `records()` says what it did.
+    `stop()` ends it early and leaves every relay running."""
+
+    def __init__(self, relays: Sequence[LocalRelayProcess], plan: Sequence[Outage]) -> None:
+        self._relays = list(relays)
+        self._plan = list(plan)
+        self._records: list[OutageRecord] = []
+        self._errors: list[str] = []
+        self._lock = threading.Lock()
+        self._cancel = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="outages", daemon=True)
+        self._t0 = 0.0
+
+    def start(self, t0: float) -> None:
+        """Run the plan with `t0` (monotonic) as its zero."""
+        self._t0 = t0
+        self._thread.start()
+
+    def done(self) -> bool:
+        return not self._thread.is_alive()
+
+    def wait(self, timeout: float) -> bool:
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def stop(self) -> None:
+        self._cancel.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        for relay in self._relays:
+            if not relay.running:
+                relay.start()
+
+    def down(self) -> list[int]:
+        """Indexes of the relays stopped right now."""
+        return [index for index, relay in enumerate(self._relays) if not relay.running]
+
+    def records(self) -> list[OutageRecord]:
+        with self._lock:
+            return list(self._records)
+
+    def errors(self) -> list[str]:
+        with self._lock:
+            return list(self._errors)
+
+    def _run(self) -> None:
+        for outage in self._plan:
+            if self._cancel.wait(max(0.0, self._t0 + outage.at - time.monotonic())):
+                return
+            try:
+                self._record(self._carry_out(outage))
+            except Exception as exc:  # a relay that will not restart ends the plan
+                with self._lock:
+                    self._errors.append(f"outage {outage}: {exc!r}")
+                return
+
+    def _carry_out(self, outage: Outage) -> OutageRecord:
+        stopped_at, stopped_wall = time.monotonic(), time.time()
+        for index in outage.relays:
+            self._relays[index].stop()
+        self._cancel.wait(max(0.0, stopped_at + outage.seconds - time.monotonic()))
+        for index in outage.relays:
+            self._relays[index].start()
+        return OutageRecord(
+            outage=outage,
+            stopped_at=stopped_at,
+            stopped_wall=stopped_wall,
+            restarted_at=time.monotonic(),
+            restarted_wall=time.time(),
+        )
+
+    def _record(self, record: OutageRecord) -> None:
+        with self._lock:
+            self._records.append(record)
