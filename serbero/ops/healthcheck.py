@@ -37,7 +37,7 @@ RECV_CHUNK: Final = 4096
 
 
 class ProbeError(ValueError):
-    """A health URL this probe cannot use (not plain http, no host)."""
+    """A health URL this probe cannot use (malformed, not plain ASCII http, no host)."""
 
 
 class ProbeResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -109,14 +109,17 @@ def _exchange(host: str, port: int, request: bytes, deadline: float) -> bytes:
 
 def probe(url: str, *, timeout: float = PROBE_TIMEOUT_SECONDS) -> ProbeResult:
     """GET `url` once, all within `timeout` seconds in total; never raises on I/O errors."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme != "http" or not parts.hostname:
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port or 80
+    except ValueError as exc:
+        raise ProbeError(f"health URL {url!r} is malformed: {exc}") from None
+    if parts.scheme != "http" or not parts.hostname or not url.isascii():
         raise ProbeError(f"health URL must be http://host:port/path, got {url!r}")
     path = parts.path or "/"
     if parts.query:
         path = f"{path}?{parts.query}"
     host = parts.hostname
-    port = parts.port or 80
     shown_host = f"[{host}]" if ":" in host else host
     request = (
         f"GET {path} HTTP/1.1\r\nHost: {shown_host}:{port}\r\nConnection: close\r\n\r\n"

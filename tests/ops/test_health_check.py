@@ -80,9 +80,19 @@ def test_health_url_for_the_config_address() -> None:
     assert health_url(None) == "http://127.0.0.1:9797/health"
 
 
-def test_probe_refuses_urls_it_cannot_use() -> None:
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://127.0.0.1:9797/health",
+        "http://127.0.0.1:99999/health",
+        "http://127.0.0.1:port/health",
+        "http://[::1/health",
+        "http://héllo:9797/health",
+    ],
+)
+def test_probe_refuses_urls_it_cannot_use(url: str) -> None:
     with pytest.raises(ProbeError):
-        probe("https://127.0.0.1:9797/health")
+        probe(url)
 
 
 async def test_exit_0_when_the_endpoint_answers_200(
@@ -163,6 +173,8 @@ async def test_a_bad_url_or_config_is_exit_1(
 ) -> None:
     code, _, err = await health_check(["--url", "ftp://127.0.0.1/health"], capsys)
     assert code == 1 and "must be http://" in err
+    code, _, err = await health_check(["--url", "http://127.0.0.1:99999/health"], capsys)
+    assert code == 1 and "is malformed" in err
     code, _, err = await health_check(["--config", str(tmp_path / "absent.toml")], capsys)
     assert code == 1 and err.startswith("failed to load config from ")
 
