@@ -17,6 +17,7 @@ from __future__ import annotations
 import enum
 import os
 import ssl
+from collections import deque
 from collections.abc import Callable
 from typing import Final
 
@@ -204,6 +205,10 @@ class PublishReply:
         self._done = trio.Event()
         self._outcome: RelayPublishOutcome | None = None
 
+    @property
+    def done(self) -> bool:
+        return self._outcome is not None
+
     def set(self, outcome: RelayPublishOutcome) -> None:
         if self._outcome is None:
             self._outcome = outcome
@@ -314,6 +319,23 @@ class _OkWaiter:
         self.answer: RelayOk | None = None
 
 
+class _Publish:
+    """One EVENT sent on a link and waiting for its OK. Answered by the reader when the OK
+    comes, by the link's expiry task after `ok_timeout`, or with `LINK_LOST_REASON` when
+    the link ends: no task and no cancel scope of its own (the common path costs nothing
+    but the frame)."""
+
+    __slots__ = ("deadline", "event_id", "frame", "reply", "resent")
+
+    def __init__(self, command: PublishCommand, frame: bytes, deadline: float) -> None:
+        self.event_id = command.event.id
+        self.reply = command.reply
+        self.frame = frame
+        self.deadline = deadline
+        # PROTO-20: an `auth-required:` answer is followed by one resend after AUTH.
+        self.resent = False
+
+
 class _Link:
     """State of one live WebSocket; a reconnect starts a fresh one (auth resets, PROTO-23)."""
 
@@ -322,6 +344,11 @@ class _Link:
         self.nursery = nursery
         self.drop_reason: str | None = None
         self.ok_waiters: dict[str, list[_OkWaiter]] = {}
+        # Publishes awaiting their OK, by event id, and in send order for the expiry task
+        # (one timeout for all, so send order is deadline order).
+        self.publishes: dict[str, list[_Publish]] = {}
+        self.publish_order: deque[_Publish] = deque()
+        self.publish_sent = trio.Event()
         self.authenticated = trio.Event()
         # Incremented on each successful AUTH; a REQ sent in an older epoch may be re-sent at
         # once when it comes back `CLOSED auth-required:`.
@@ -361,6 +388,29 @@ class _Link:
             waiter.answer = ok
             waiter.done.set()
         return True
+
+    def track(self, publish: _Publish) -> None:
+        """Wait for `publish`'s OK (before its frame goes out: the OK can be quick)."""
+        self.publishes.setdefault(publish.event_id, []).append(publish)
+        order = self.publish_order
+        # Answered publishes leave the front here, so the queue stays as long as what is
+        # really in flight (OKs come back roughly in send order).
+        while order and order[0].reply.done:
+            order.popleft()
+        order.append(publish)
+        self.publish_sent.set()
+
+    def take_publishes(self, event_id: str) -> list[_Publish]:
+        """The publishes an OK for `event_id` answers (none when nobody waits)."""
+        return self.publishes.pop(event_id, [])
+
+    def answer_all(self, outcome: RelayPublishOutcome) -> None:
+        """Answer every publish still waiting (the link ended)."""
+        for publishes in self.publishes.values():
+            for publish in publishes:
+                publish.reply.set(outcome)
+        self.publishes.clear()
+        self.publish_order.clear()
 
     async def send_and_await_ok(
         self, event_id: str, frame: bytes, timeout: float
@@ -497,20 +547,30 @@ class RelayConnection:
 
     async def _serve(self, ws: WebSocketConnection) -> str:
         """Run one connected session; returns why it ended."""
-        async with trio.open_nursery() as nursery:
-            link = _Link(ws, nursery)
-            self._link = link
-            try:
-                log.info("relay_connected", relay=self.url)
-                await self._publish_state(connected=True, reconnect_attempts=0)
-                nursery.start_soon(self._keep_alive, link)
-                for sub in list(self._subs.values()):
-                    if not sub.command.once:
-                        await self._send_req(link, sub)
-                await self._read_loop(link)
-            finally:
-                self._link = None
-                nursery.cancel_scope.cancel()
+        link: _Link | None = None
+        try:
+            async with trio.open_nursery() as nursery:
+                link = _Link(ws, nursery)
+                self._link = link
+                try:
+                    log.info("relay_connected", relay=self.url)
+                    await self._publish_state(connected=True, reconnect_attempts=0)
+                    nursery.start_soon(self._keep_alive, link)
+                    nursery.start_soon(self._expire_publishes, link)
+                    for sub in list(self._subs.values()):
+                        if not sub.command.once:
+                            await self._send_req(link, sub)
+                    await self._read_loop(link)
+                finally:
+                    self._link = None
+                    nursery.cancel_scope.cancel()
+        finally:
+            # Every task of the link has ended (cancelled included): nothing can start
+            # waiting any more, so whatever still waits for an OK is answered now.
+            if link is not None:
+                link.answer_all(
+                    RelayPublishOutcome(self.url, PublishStatus.NOT_CONNECTED, LINK_LOST_REASON)
+                )
         await self._end_link()
         return link.drop_reason or "connection closed"
 
@@ -546,7 +606,7 @@ class RelayConnection:
             elif isinstance(command, UnsubscribeCommand):
                 await self._unsubscribe(command.sub_id)
             else:
-                self._publish(command)
+                await self._publish(command)
 
     async def _subscribe(self, command: SubscribeCommand) -> None:
         sub = _Sub(command)
@@ -566,36 +626,70 @@ class RelayConnection:
         if sub is not None and link is not None and sub.status is _SubStatus.ACTIVE:
             await link.send(encode_close(sub_id))
 
-    def _publish(self, command: PublishCommand) -> None:
+    async def _publish(self, command: PublishCommand) -> None:
+        """PROTO-20: send the EVENT; its OK (or the timeout, or the link's end) answers."""
         link = self._link
         if link is None:
             command.reply.set(
                 RelayPublishOutcome(self.url, PublishStatus.NOT_CONNECTED, NOT_CONNECTED_REASON)
             )
             return
-        link.nursery.start_soon(self._publish_on_link, link, command)
+        frame = encode_event_message(command.event)
+        publish = _Publish(command, frame, trio.current_time() + self._timing.ok_timeout)
+        link.track(publish)
+        # A failed send drops the link, which answers every waiting publish.
+        await link.send(frame)
 
-    async def _publish_on_link(self, link: _Link, command: PublishCommand) -> None:
-        """PROTO-20: send, await the OK; after `auth-required:` wait for AUTH and resend once."""
-        outcome = RelayPublishOutcome(self.url, PublishStatus.NOT_CONNECTED, LINK_LOST_REASON)
-        try:
-            event = command.event
-            frame = encode_event_message(event)
-            ok = await link.send_and_await_ok(event.id, frame, self._timing.ok_timeout)
-            if ok is not None and not ok.accepted and message_prefix(ok.message) == "auth-required":
-                with trio.move_on_after(self._timing.auth_publish_wait):
-                    await link.authenticated.wait()
-                ok = await link.send_and_await_ok(event.id, frame, self._timing.ok_timeout)
-            if ok is None:
-                outcome = RelayPublishOutcome(
-                    self.url,
-                    PublishStatus.TIMED_OUT,
-                    f"no OK within {self._timing.ok_timeout:g} s",
-                )
+    def _on_ok(self, link: _Link, ok: RelayOk) -> None:
+        publishes = link.take_publishes(ok.event_id)
+        if not publishes:
+            if not link.deliver_ok(ok):
+                log.debug("relay_ok_unmatched", relay=self.url, event_id=ok.event_id)
+            return
+        auth_required = not ok.accepted and message_prefix(ok.message) == "auth-required"
+        for publish in publishes:
+            if auth_required and not publish.resent:
+                link.nursery.start_soon(self._resend_after_auth, link, publish)
             else:
-                outcome = _outcome_from_ok(self.url, ok)
+                publish.reply.set(_outcome_from_ok(self.url, ok))
+
+    async def _resend_after_auth(self, link: _Link, publish: _Publish) -> None:
+        """PROTO-20 step 3: wait for AUTH to succeed (bounded), then send the event once more."""
+        try:
+            with trio.move_on_after(self._timing.auth_publish_wait):
+                await link.authenticated.wait()
+            publish.resent = True
+            publish.deadline = trio.current_time() + self._timing.ok_timeout
+            link.track(publish)
         finally:
-            command.reply.set(outcome)
+            if not publish.resent:
+                # The link ended during the wait; it answers only what it tracks.
+                publish.reply.set(
+                    RelayPublishOutcome(self.url, PublishStatus.NOT_CONNECTED, LINK_LOST_REASON)
+                )
+        await link.send(publish.frame)
+
+    async def _expire_publishes(self, link: _Link) -> None:
+        """Answer `timed_out` for every publish whose OK did not come within `ok_timeout`."""
+        order = link.publish_order
+        timeout = f"no OK within {self._timing.ok_timeout:g} s"
+        while True:
+            while order and order[0].reply.done:
+                order.popleft()
+            if not order:
+                link.publish_sent = trio.Event()
+                await link.publish_sent.wait()
+                continue
+            first = order[0]
+            await trio.sleep_until(first.deadline)
+            if order and order[0] is first:
+                order.popleft()
+            waiting = link.publishes.get(first.event_id)
+            if waiting is not None and first in waiting:
+                waiting.remove(first)
+                if not waiting:
+                    del link.publishes[first.event_id]
+                first.reply.set(RelayPublishOutcome(self.url, PublishStatus.TIMED_OUT, timeout))
 
     # --- subscriptions ---------------------------------------------------------------------------
 
@@ -724,8 +818,7 @@ class RelayConnection:
                 sub.newest_created_at = created_at
             await self._inbound.send(InboundEvent(self.url, frame.sub_id, frame.event))
         elif isinstance(frame, RelayOk):
-            if not link.deliver_ok(frame):
-                log.debug("relay_ok_unmatched", relay=self.url, event_id=frame.event_id)
+            self._on_ok(link, frame)
         elif isinstance(frame, RelayEose):
             await self._on_eose(link, frame.sub_id)
         elif isinstance(frame, RelayClosed):

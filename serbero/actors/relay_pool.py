@@ -433,39 +433,47 @@ class RelayPool:
     # --- publishing ----------------------------------------------------------------------------
 
     async def publish(self, event: Event) -> PublishResult:
-        """Send `event` to every relay and wait for each answer (OK, timeout, not connected)."""
+        """Send `event` to every relay and wait for each answer (OK, timeout, not connected).
+
+        The callers log the result (`dm_published`, `dm_refused`): the pool does not.
+        """
         # PROTO-10: our own events never come back to us as news.
         self._intake.seen.mark_own(event.id)
-        outcomes: dict[str, RelayPublishOutcome] = {}
-        async with self._publish_slots, trio.open_nursery() as nursery:
-            for url, commands in self._commands.items():
-                nursery.start_soon(self._publish_to, url, commands, event, outcomes)
-        result = PublishResult(event.id, tuple(outcomes[url] for url in self.urls))
-        log.debug(
-            "publish_result",
-            event_id=event.id,
-            sent=result.sent,
-            outcomes={o.relay: o.status.value for o in result.outcomes},
-        )
-        return result
+        async with self._publish_slots:
+            if len(self.urls) == 1:
+                # One relay (the common set-up): no nursery, no extra task.
+                url = self.urls[0]
+                outcome = await self._publish_to(url, self._commands[url], event)
+                return PublishResult(event.id, (outcome,))
+            outcomes: dict[str, RelayPublishOutcome] = {}
+            async with trio.open_nursery() as nursery:
+                for url, commands in self._commands.items():
+                    nursery.start_soon(self._publish_into, url, commands, event, outcomes)
+        return PublishResult(event.id, tuple(outcomes[url] for url in self.urls))
 
-    async def _publish_to(
+    async def _publish_into(
         self,
         url: str,
         commands: trio.MemorySendChannel[Command],
         event: Event,
         outcomes: dict[str, RelayPublishOutcome],
     ) -> None:
+        outcomes[url] = await self._publish_to(url, commands, event)
+
+    async def _publish_to(
+        self, url: str, commands: trio.MemorySendChannel[Command], event: Event
+    ) -> RelayPublishOutcome:
         """One relay's share of a publish: send, and while it answers `rate-limited:`, wait
         for its pause to end and send again, within the budget (BEY-3)."""
         gate = self._rate_gates[url]
         deadline = trio.current_time() + self._timing.rate_limit_budget
         outcome = RelayPublishOutcome(url, PublishStatus.RATE_LIMITED, STILL_RATE_LIMITED)
         while True:
-            with trio.move_on_at(deadline):
-                await gate.wait_open()
             if not gate.is_open():
-                break
+                with trio.move_on_at(deadline):
+                    await gate.wait_open()
+                if not gate.is_open():
+                    break
             reply = PublishReply()
             await commands.send(PublishCommand(event, reply))
             outcome = await reply.wait()
@@ -481,7 +489,7 @@ class RelayPool:
             )
             if gate.reopens_at() > deadline:
                 break
-        outcomes[url] = outcome
+        return outcome
 
 
 class _RateGate:

@@ -355,6 +355,68 @@ async def test_publishes_are_pipelined(autojump_clock: Any) -> None:
     assert all(r.sent for r in results)
 
 
+async def test_each_silent_publish_times_out_on_its_own_clock(autojump_clock: Any) -> None:
+    """PROTO-20: `ok_timeout` counts from each publish's own send, not from the first."""
+    keys = Keys.generate()
+
+    async def script(conn: RawConnection) -> None:
+        await conn.serve_forever()
+
+    waited: dict[str, float] = {}
+    async with open_raw_relay(script) as relay, pool_for(relay.url) as pool:
+        await pool.wait_connected()
+
+        async def publish(name: str, after: float) -> None:
+            await trio.sleep(after)
+            start = trio.current_time()
+            result = await pool.publish(note(keys, name))
+            assert [o.status for o in result.outcomes] == [PublishStatus.TIMED_OUT]
+            waited[name] = trio.current_time() - start
+
+        async with trio.open_nursery() as nursery:
+            for name, after in (("first", 0.0), ("second", 3.0), ("third", 9.5)):
+                nursery.start_soon(publish, name, after)
+    assert waited == pytest.approx({"first": 10.0, "second": 10.0, "third": 10.0}, abs=0.05)
+
+
+async def test_publishes_waiting_for_an_ok_are_answered_when_the_link_drops(
+    autojump_clock: Any,
+) -> None:
+    """A lost connection answers every publish still waiting (one waiting for AUTH too) at
+    once, `not_connected`, instead of leaving it to the OK timeout."""
+    keys = Keys.generate()
+    count = 5
+
+    async def script(conn: RawConnection) -> None:
+        first = (await conn.receive_until("EVENT"))[1]
+        await conn.send_json(["OK", first["id"], False, "auth-required: who are you"])
+        for _ in range(count - 1):
+            await conn.receive_until("EVENT")
+        await trio.sleep(1)
+        await conn.abort()
+
+    results: list[tuple[PublishStatus, str, float]] = []
+    timing = RelayTiming(backoff_first=60.0, backoff_cap=60.0)
+    async with open_raw_relay(script) as relay, pool_for(relay.url, timing=timing) as pool:
+        await pool.wait_connected()
+        start = trio.current_time()
+
+        async def publish(i: int) -> None:
+            result = await pool.publish(note(keys, f"n{i}"))
+            [outcome] = result.outcomes
+            results.append((outcome.status, outcome.message, trio.current_time() - start))
+
+        with trio.fail_after(5):
+            async with trio.open_nursery() as nursery:
+                for i in range(count):
+                    nursery.start_soon(publish, i)
+                    await trio.sleep(0.01)
+    assert len(results) == count
+    for status, message, after in results:
+        assert (status, message) == (PublishStatus.NOT_CONNECTED, "connection lost before OK")
+        assert after < 2.0
+
+
 async def test_own_published_events_are_not_delivered_back(autojump_clock: Any) -> None:
     """PROTO-10: events we publish are marked as seen."""
     keys = Keys.generate()
