@@ -36,7 +36,14 @@ async def quiet_relay(conn: RawConnection) -> None:
 
 async def fetch_json(port: int) -> tuple[int, dict[str, Any]]:
     with trio.fail_after(5):
-        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        # The endpoint is an optional actor: it may bind a moment after the daemon is ready.
+        while True:
+            try:
+                stream = await trio.open_tcp_stream("127.0.0.1", port)
+            except OSError:
+                await trio.sleep(0.05)
+                continue
+            break
         async with stream:
             await stream.send_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
             raw = b""

@@ -201,7 +201,8 @@ async def test_the_probe_gives_up_on_a_trickling_server_within_its_budget() -> N
         result = await trio.to_thread.run_sync(lambda: probe(slow_url, timeout=0.5))
         elapsed = trio.current_time() - start
         assert not result.up and result.status is None
-        assert elapsed < 1.5
+        # Far below the 5 s the server would trickle for; slack for a busy machine.
+        assert elapsed < 2.5
         result = await trio.to_thread.run_sync(lambda: probe(junk_url))
         assert not result.up
         assert result.detail == f"down: {junk_url}: not an HTTP answer"

@@ -13,8 +13,10 @@ from functools import partial
 from http import HTTPStatus
 from typing import Any
 
+import msgspec
 import pytest
 import trio
+from trio.testing import wait_all_tasks_blocked
 
 from serbero.actors.health import (
     HealthAnswer,
@@ -218,14 +220,25 @@ async def test_a_client_that_hangs_up_mid_request_does_not_disturb_the_server(
     assert answers.calls == 1
 
 
-async def test_connections_beyond_the_limit_are_closed_unanswered(port: int) -> None:
-    idle = [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(LIMITS.max_connections)]
-    await trio.sleep(0.05)
-    assert await exchange(port, GET) == b""
-    for stream in idle:
-        await stream.aclose()
-    await trio.sleep(0.05)
-    assert (await request(port)).status == 200
+async def test_connections_beyond_the_limit_are_closed_unanswered(answers: Answers) -> None:
+    # Idle clients hold their slots until the request timeout: a long one here, so a slow
+    # machine cannot free a slot before the extra connection arrives.
+    limits = msgspec.structs.replace(LIMITS, request_timeout=30.0)
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(
+            partial(serve_health, ("127.0.0.1", 0), answers, limits=limits)
+        )
+        port = listeners[0].socket.getsockname()[1]
+        idle = [
+            await trio.open_tcp_stream("127.0.0.1", port) for _ in range(limits.max_connections)
+        ]
+        await wait_all_tasks_blocked()
+        assert await exchange(port, GET) == b""
+        for stream in idle:
+            await stream.aclose()
+        await wait_all_tasks_blocked()
+        assert (await request(port)).status == 200
+        nursery.cancel_scope.cancel()
 
 
 async def test_a_failing_snapshot_is_500_and_the_server_lives_on(
