@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from serbero.actors.gate import ORPHAN_DETAIL, HandoffOutcome
+from serbero.actors.gate import HandoffOutcome
 from serbero.protocol.handoff import (
     HANDOFF_DM_VERSION,
     HANDOFF_JSON_LABEL,
@@ -450,13 +450,12 @@ async def test_as19_orphan_dispute_reference(env: RelayEnv) -> None:
         assert (await cycle()).examined == 0
     assert parse_failed_rows(env) == [
         {
-            "detail": ORPHAN_DETAIL,
+            "detail": "dispute_id not found",
             "dispute_id": "d-ghost",
             "handoff_event_id": handoff_id,
             "reason": "orphan_dispute_reference",
         }
     ]
-    assert ORPHAN_DETAIL == "dispute_id not found"
     assert env.deliver.calls == []
 
 

@@ -19,7 +19,6 @@ from serbero.clock import FakeWallClock
 from serbero.config import ConfigError, EscalationConfig, SolverConfig, config_from_toml
 from serbero.protocol.keys import Keys
 from serbero.store.errors import StoreFailure
-from serbero.store.escalation import HANDOFF_PAGE_SIZE
 from tests.escalation.helpers import (
     FaultyTracker,
     ScriptedDeliver,
@@ -183,7 +182,16 @@ async def test_as21_scan_through_the_tracker(
     assert [h.id for h in await tracker.ask(ScanPendingHandoffs(after_id=first))] == [second]
     for limit in (0, -1, -(2**63)):
         assert len(await tracker.ask(ScanPendingHandoffs(limit=limit))) == 1
-    assert HANDOFF_PAGE_SIZE == 128
+
+
+async def test_a_scan_page_holds_128_handoffs(tracker: Tracker, writer: SecondWriter) -> None:
+    """ESC-12: pages of 128, so a scan of 129 pending handoffs needs a second page."""
+    writer.add_dispute("d-1")
+    ids = [writer.add_handoff(package("d-1")) for _ in range(129)]
+    first_page = await tracker.ask(ScanPendingHandoffs())
+    assert [h.id for h in first_page] == ids[:128]
+    last_page = await tracker.ask(ScanPendingHandoffs(after_id=first_page[-1].id))
+    assert [h.id for h in last_page] == ids[128:]
 
 
 async def test_a_handoff_written_between_cycles_is_picked_up_by_the_next(
