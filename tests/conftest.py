@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,3 +29,14 @@ def vectors_dir() -> Path:
     if not VECTORS_DIR.is_dir():
         pytest.fail(f"test vectors not found at {VECTORS_DIR} (set SERBERO_VECTORS_DIR)")
     return VECTORS_DIR
+
+
+@pytest.fixture
+def serbero_free_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    """No SERBERO_* from the developer's shell, and an empty working directory: what the
+    `serbero` command sees there is only what the test gives it."""
+    for name in list(os.environ):
+        if name.startswith("SERBERO_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    yield

@@ -52,11 +52,7 @@ SECRETS = (NSEC, SERBERO.secret.hex(), encode_nsec(STRAY.secret), STRAY.secret.h
 
 
 @pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
-    for name in list(os.environ):
-        if name.startswith("SERBERO_"):
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
+def clean_env(serbero_free_env: None) -> Iterator[None]:
     yield
     structlog.reset_defaults()
 

@@ -17,6 +17,7 @@ from serbero.clock import system_wall_clock
 from serbero.config import EscalationConfig, SolverConfig
 from serbero.protocol.handoff import parse_handoff_dm
 from serbero.protocol.keys import Keys
+from tests.daemon.support import eventually
 from tests.escalation.helpers import SecondWriter, SpyDeliver, package, solver
 from tests.support.relay_fixtures import LocalRelayProcess
 from tests.support.solver_inbox import SolverInbox
@@ -63,9 +64,7 @@ async def wait_dms(inbox: SolverInbox, count: int) -> list[str]:
 
 async def committed(writer: SecondWriter, dispatches: int) -> None:
     """Wait until the dispatcher has committed `dispatches` dispatch rows in all."""
-    with trio.fail_after(DM_TIMEOUT):
-        while writer.count("escalation_dispatches") < dispatches:
-            await trio.sleep(0.02)
+    await eventually(lambda: writer.count("escalation_dispatches") >= dispatches, DM_TIMEOUT)
 
 
 async def pending_after_restart(db_path: str) -> int:

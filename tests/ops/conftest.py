@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,13 +11,8 @@ from tests.ops.seed import seed_reference, seed_v6
 
 
 @pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
-    """No SERBERO_* from the developer's shell; run in an empty directory."""
-    for name in list(os.environ):
-        if name.startswith("SERBERO_"):
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
-    yield
+def clean_env(serbero_free_env: None) -> None:
+    """Every operator-command test runs without the developer's SERBERO_* variables."""
 
 
 @pytest.fixture
