@@ -17,6 +17,7 @@ from serbero.protocol.mostro import DISPUTE_EVENT_KIND
 from tests.daemon.support import (
     Harness,
     count_rows,
+    eventually,
     in_thread,
     make_config,
     query,
@@ -152,7 +153,8 @@ async def test_what_a_real_relay_would_refuse_from_a_lying_relay(tmp_path: Path)
             async with running_daemon(config) as context:
                 with trio.fail_after(5):
                     await served.wait()
-                await trio.sleep(0.2)
+                # The relay link handles frames in order: no_d's error comes last.
+                await eventually(lambda: any(e["event"] == "dispatch_error" for e in logs))
                 assert context.snapshot().events_received == 1
     names = Counter(entry["event"] for entry in logs)
     assert names["invalid_event_discarded"] >= 1
