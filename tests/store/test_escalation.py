@@ -11,6 +11,7 @@ from serbero.store.escalation import (
     HANDOFF_PAGE_SIZE,
     HandoffRow,
     RecipientOutcome,
+    count_pending_handoffs,
     pending_handoffs_page,
     record_dispatch,
     record_parse_failed,
@@ -94,6 +95,8 @@ def test_scan_returns_pending_handoffs_in_order(esc: apsw.Connection) -> None:
     )
     assert [h.id for h in pending_handoffs_page(esc, limit=1)] == [first]
     assert [h.id for h in pending_handoffs_page(esc, after_id=first)] == [fourth]
+    # `serbero status` counts the same ESC-12 predicate.
+    assert count_pending_handoffs(esc) == 2
 
 
 def test_a_handoff_with_owed_outbox_dms_is_not_pending(esc: apsw.Connection) -> None:
@@ -108,6 +111,8 @@ def test_a_handoff_with_owed_outbox_dms_is_not_pending(esc: apsw.Connection) -> 
         handoff_event_id=handoff_id,
     )
     assert pending_handoffs_page(esc) == ()
+    # ESC-12 alone (what `serbero status` counts) does not look at our outbox.
+    assert count_pending_handoffs(esc) == 1
     (claimed,) = claim_due(esc, T0, 10).rows
     assert (claimed.id, claimed.handoff_event_id) == (row_id, handoff_id)
     complete(esc, row_id, ok=True, error=None, retry=True, now=T0)
