@@ -94,8 +94,10 @@ DISCONNECT_TIMEOUT: Final = 2.0
 BACKOFF_FIRST: Final = 1.0
 BACKOFF_CAP: Final = 60.0
 BACKOFF_JITTER: Final = 0.2
-# A link that stayed up this long was healthy: the next outage starts the backoff afresh.
-HEALTHY_AFTER: Final = 60.0
+# A link that stayed up this long was healthy: the next outage starts the backoff afresh
+# (~1 s). Shorter links count as flaps and keep growing it, so a relay that accepts and
+# soon closes is not hammered; only failed connection attempts lengthen one outage's retries.
+HEALTHY_AFTER: Final = 10.0
 PING_INTERVAL: Final = 30.0
 PING_TIMEOUT: Final = 10.0
 OK_TIMEOUT: Final = 10.0
@@ -466,7 +468,10 @@ class RelayConnection:
         self._ssl_context = ssl_context
         self._subs: dict[str, _Sub] = {}
         self._link: _Link | None = None
+        # Exponent of the next reconnect delay: the run of short-lived links before the last
+        # drop, plus the failed attempts since it.
         self._attempt = 0
+        self._short_links = 0
         self._state = RelayState(url=url, connected=False, since=wall_clock())
 
     async def run(self) -> None:
@@ -520,8 +525,14 @@ class RelayConnection:
             reason = reason or "connection closed"
 
             if connected_at is not None:
+                # BEY-7: the failed attempts of an earlier outage do not carry over; only a
+                # run of short-lived links starts the next outage with a longer delay.
                 if trio.current_time() - connected_at >= timing.healthy_after:
+                    self._short_links = 0
                     self._attempt = 0
+                else:
+                    self._attempt = self._short_links
+                    self._short_links += 1
                 log.warning("relay_disconnected", relay=self.url, reason=reason)
             elif self._state.reconnect_attempts == 0:
                 log.warning("relay_connect_failed", relay=self.url, reason=reason)

@@ -38,13 +38,16 @@ async def test_default_reconnect_schedule_doubles_from_one_second_to_a_sixty_sec
 @pytest.mark.parametrize(
     ("hold", "expected_opens"),
     [
-        (5, [0, 6, 13, 22]),  # short-lived links: the backoff keeps growing
-        (61, [0, 62, 124, 186]),  # a healthy minute resets it to ~1 s
+        (5, [0, 6, 13, 22]),  # links shorter than HEALTHY_AFTER: the backoff keeps growing
+        (15, [0, 16, 32, 48]),  # links that stayed up 10 s: every reconnect after ~1 s
     ],
 )
-async def test_backoff_resets_after_a_healthy_minute(
+async def test_backoff_resets_after_a_healthy_link(
     autojump_clock: Any, hold: float, expected_opens: list[float]
 ) -> None:
+    """BEY-7: a relay that keeps dropping healthy links is rejoined within ~1 s each time; one
+    that accepts and soon closes gets 1, 2, 4 ... s (HEALTHY_AFTER = 10 s tells them apart)."""
+
     async def script(conn: RawConnection) -> None:
         with trio.move_on_after(hold):
             await conn.serve_forever()
@@ -54,6 +57,46 @@ async def test_backoff_resets_after_a_healthy_minute(
             await trio.sleep(0.5)
         opens = [c.opened_at for c in relay.connections]
     assert [round(t - opens[0], 2) for t in opens] == expected_opens
+
+
+async def test_failed_attempts_of_one_outage_do_not_delay_the_next(autojump_clock: Any) -> None:
+    """BEY-7: the retries during an outage grow (1, 2, 4, 8 s); once the relay served again,
+    even for only 5 s, its next drop is retried after ~1 s, not after 16 s."""
+    port_holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    port_holder.bind(("127.0.0.1", 0))
+    port = port_holder.getsockname()[1]
+    port_holder.close()
+    opened: list[float] = []
+
+    async def serve_for(
+        seconds: float, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Listen on the port, close the first link after `seconds`, then stop listening."""
+
+        async def script(conn: RawConnection) -> None:
+            with trio.move_on_after(seconds):
+                await conn.serve_forever()
+
+        async with open_raw_relay(script, port=port) as relay:
+            task_status.started()
+            while not relay.connections:
+                await trio.sleep(0.01)
+            opened.append(relay.connections[0].opened_at)
+            await trio.sleep(seconds + 0.5)
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(serve_for, 20)  # listening before the pool starts
+        async with pool_for(f"ws://127.0.0.1:{port}"):
+            while len(opened) < 1:
+                await trio.sleep(0.01)
+            # A healthy 20 s link, then the relay is away for 8.5 s: the retries at +1, +3
+            # and +7 s fail, the one at +15 s connects.
+            await trio.sleep(20.5 + 8)
+            await serve_for(5)  # served for 5 s, then closed by the relay
+            await serve_for(5)  # listening again before the retry 1 s later
+    drop_at = opened[0] + 20
+    assert round(opened[1] - drop_at, 2) == 1 + 2 + 4 + 8
+    assert round(opened[2] - (opened[1] + 5), 2) == 1  # not 16 s: that outage is over
 
 
 async def test_missing_pong_drops_the_link_and_reconnects(autojump_clock: Any) -> None:
