@@ -44,6 +44,10 @@ __all__ = [
 ]
 
 PROG: Final = "serbero"
+STATUS_EPILOG: Final = (
+    "exit status: 0 healthy; 1 no report (config or database unusable); 2 unhealthy: the "
+    "daemon's heartbeat is missing or stale, or no relay was connected at its last flush"
+)
 
 log = get_logger("serbero.cli")
 
@@ -168,11 +172,6 @@ def _pubkey(args: argparse.Namespace) -> int:
 
 
 # --- read-only operator views: status, disputes, show (BEY-10) ------------------------------
-
-STATUS_EPILOG: Final = (
-    "exit status: 0 healthy; 1 no report (config or database unusable); 2 unhealthy: the "
-    "daemon's heartbeat is missing or stale, or no relay was connected at its last flush"
-)
 
 
 def add_db_argument(parser: argparse.ArgumentParser) -> None:

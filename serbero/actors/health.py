@@ -60,6 +60,9 @@ MAX_CONNECTIONS: Final = 16
 # While the configured address cannot be bound, the daemon tries again this often.
 BIND_RETRY_SECONDS: Final = 30.0
 RECEIVE_CHUNK: Final = 4096
+# The document's `status`: up while at least one relay is connected.
+STATUS_OK: Final = "ok"
+STATUS_NO_RELAY: Final = "no_relay_connected"
 
 _ALLOWED_METHODS: Final = ("GET", "HEAD")
 _VERSIONS: Final = ("HTTP/1.1", "HTTP/1.0")
@@ -323,9 +326,6 @@ async def serve_health(
 
 
 # --- the daemon's answer ------------------------------------------------------------------
-
-STATUS_OK: Final = "ok"
-STATUS_NO_RELAY: Final = "no_relay_connected"
 
 
 class ActorView(Protocol):

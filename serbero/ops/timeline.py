@@ -42,6 +42,8 @@ SOURCES: Final = (
     "escalation_dispatches",
 )
 _SOURCE_RANK: Final = {source: rank for rank, source in enumerate(SOURCES)}
+# Every source but `disputes` may be missing (a reference database has no outbox).
+_OPTIONAL_TABLES: Final = tuple(source for source in SOURCES if source != "disputes")
 # Payload keys containing one of these, or equal to one of the names after them, name a key
 # or free text: their values are shown as HIDDEN.
 _HIDDEN_KEY_PARTS: Final = (
@@ -438,9 +440,6 @@ def _dispatches(db: ReadOnlyDatabase, dispute_id: str) -> list[TimelineEntry]:
             (dispute_id,),
         )
     ]
-
-
-_OPTIONAL_TABLES: Final = tuple(source for source in SOURCES if source not in ("disputes",))
 
 
 def read_timeline(db: ReadOnlyDatabase, dispute_id: str) -> Timeline | None:

@@ -54,6 +54,12 @@ UNKNOWN_SOLVER: Final = "unknown"
 # Unicode categories that break or hide line structure: controls (\n, \r, \t, \x85, ...),
 # line/paragraph separators and unpaired surrogates.
 _LINE_BREAKING_CATEGORIES: Final = frozenset({"Cc", "Zl", "Zp", "Cs"})
+# The resolution report's outbound clause for 0, 1 or 2 parties messaged (MED-143/144).
+_OUTBOUND_CLAUSES: Final = (
+    "No message was sent to either party.",
+    "One party was messaged before the external resolution.",
+    "Both parties were messaged before the external resolution.",
+)
 
 
 class TextError(ValueError):
@@ -222,13 +228,6 @@ def _confidence(value: float) -> str:
     if not math.isfinite(value):
         raise TextError("confidence must be a finite number")
     return f"{value:.2f}"
-
-
-_OUTBOUND_CLAUSES: Final = (
-    "No message was sent to either party.",
-    "One party was messaged before the external resolution.",
-    "Both parties were messaged before the external resolution.",
-)
 
 
 def mediation_resolution_report(
