@@ -61,10 +61,12 @@ def nip44_decrypt(secret_hex: str, peer_pk_hex: str, payload: str) -> str:
 
 
 def verify_event_json(event_json: str) -> bool:
-    """Parse with nostr-sdk and check id and signature. False (not an exception) on failure."""
+    """Parse with nostr-sdk and check id and signature. False (not an exception) when nostr-sdk
+    refuses the event; anything else (a changed binding, say) must fail the test, not read as
+    a refusal that a negative assertion would welcome."""
     try:
         event = nostr_sdk.Event.from_json(event_json)
-    except Exception:
+    except nostr_sdk.NostrSdkError:
         return False
     return bool(event.verify())
 
