@@ -19,6 +19,7 @@ from serbero.protocol.texts import (
     NO_SESSION_MARKER,
     ReportClassification,
     ReportSession,
+    ResolutionReport,
     TextError,
     assignment_notification,
     escalation_before_session,
@@ -32,6 +33,18 @@ from serbero.protocol.texts import (
 )
 
 HOSTILE_VALUES = ["a\nb", "a\rb", "a\x00", "\x7f", "a\u2028b", "a\u2029", "a\x85b", "a\x1bb"]
+
+
+def resolution_report(**overrides: Any) -> ResolutionReport:
+    """A report for a dispute with no mediation context, but for `overrides`."""
+    arguments: dict[str, Any] = {
+        "dispute_id": "d-1",
+        "final_status": "settled",
+        "session": None,
+        "classification": None,
+        "outbound_party_messages": 0,
+    }
+    return mediation_resolution_report(**{**arguments, **overrides})
 
 
 @pytest.fixture(scope="module")
@@ -208,14 +221,7 @@ def test_resolution_report_with_session_and_classification() -> None:
 
 @pytest.mark.parametrize("reason", ["take_failed", "escalated_before_take", "none"])
 def test_resolution_report_without_session_or_classification(reason: Any) -> None:
-    report = mediation_resolution_report(
-        dispute_id="d-1",
-        final_status="seller-refunded",
-        session=None,
-        classification=None,
-        outbound_party_messages=0,
-        no_session_reason=reason,
-    )
+    report = resolution_report(final_status="seller-refunded", no_session_reason=reason)
     lines = _lines(report.body)
     assert (
         lines[2]
@@ -231,23 +237,12 @@ def test_resolution_report_without_session_or_classification(reason: Any) -> Non
 
 
 def test_resolution_report_narratives_differ_by_clause() -> None:
-    def narrative(**kw: Any) -> str:
-        base: dict[str, Any] = {
-            "dispute_id": "d-1",
-            "final_status": "settled",
-            "session": None,
-            "classification": None,
-            "outbound_party_messages": 0,
-        }
-        base.update(kw)
-        return mediation_resolution_report(**base).narrative
-
     variants = {
-        narrative(no_session_reason="take_failed"),
-        narrative(no_session_reason="escalated_before_take"),
-        narrative(),
-        narrative(outbound_party_messages=1),
-        narrative(outbound_party_messages=2),
+        resolution_report(no_session_reason="take_failed").narrative,
+        resolution_report(no_session_reason="escalated_before_take").narrative,
+        resolution_report().narrative,
+        resolution_report(outbound_party_messages=1).narrative,
+        resolution_report(outbound_party_messages=2).narrative,
     }
     assert len(variants) == 5
 
@@ -255,25 +250,13 @@ def test_resolution_report_narratives_differ_by_clause() -> None:
 @pytest.mark.parametrize("count", [-1, 3])
 def test_resolution_report_outbound_count_range(count: int) -> None:
     with pytest.raises(TextError):
-        mediation_resolution_report(
-            dispute_id="d-1",
-            final_status="settled",
-            session=None,
-            classification=None,
-            outbound_party_messages=count,
-        )
+        resolution_report(outbound_party_messages=count)
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
 def test_resolution_report_refuses_non_finite_confidence(value: float) -> None:
     with pytest.raises(TextError):
-        mediation_resolution_report(
-            dispute_id="d-1",
-            final_status="settled",
-            session=None,
-            classification=ReportClassification(label="x", confidence=value),
-            outbound_party_messages=0,
-        )
+        resolution_report(classification=ReportClassification(label="x", confidence=value))
 
 
 @pytest.mark.parametrize("value", HOSTILE_VALUES)
@@ -285,16 +268,8 @@ def test_resolution_report_refuses_hostile_values(value: str) -> None:
         {"session": ReportSession(session_id="s-1", state=value)},
         {"classification": ReportClassification(label=value, confidence=0.5)},
     ):
-        base: dict[str, Any] = {
-            "dispute_id": "d-1",
-            "final_status": "settled",
-            "session": None,
-            "classification": None,
-            "outbound_party_messages": 0,
-        }
-        base.update(kwargs)
         with pytest.raises(TextError):
-            mediation_resolution_report(**base)
+            resolution_report(**kwargs)
 
 
 # --- properties ---------------------------------------------------------------------------
