@@ -17,6 +17,7 @@ import msgspec
 from serbero.protocol.keys import Keys, verify_schnorr
 
 __all__ = [
+    "DECODE_ERRORS",
     "MAX_KIND",
     "MAX_TAGS",
     "MAX_TIMESTAMP",
@@ -88,9 +89,10 @@ class Rumor(msgspec.Struct, frozen=True):
 _event_decoder: Final = msgspec.json.Decoder(Event)
 _rumor_decoder: Final = msgspec.json.Decoder(Rumor)
 _encoder: Final = msgspec.json.Encoder()
-# msgspec raises these for malformed JSON, wrong shapes, un-encodable str input or non-buffers.
-# RecursionError: msgspec gives up on ~1000-deep nesting; hostile input must stay a typed error.
-_DECODE_ERRORS: Final = (
+# What msgspec raises for malformed JSON, wrong shapes, un-encodable str input or non-buffers;
+# every protocol parser turns these into its own typed error. RecursionError: msgspec gives up
+# on ~1000-deep nesting, which a few kilobytes of hostile input reach.
+DECODE_ERRORS: Final = (
     msgspec.DecodeError,
     msgspec.ValidationError,
     UnicodeError,
@@ -163,7 +165,7 @@ def decode_event(data: bytes | str) -> Event:
     """Parse one signed event with full PROTO-6 shape checks; does NOT verify (verify_event)."""
     try:
         return _event_decoder.decode(data)
-    except _DECODE_ERRORS as exc:
+    except DECODE_ERRORS as exc:
         raise EventError(f"malformed event: {exc}") from None
 
 
@@ -171,7 +173,7 @@ def decode_rumor(data: bytes | str) -> Rumor:
     """Parse an unsigned event whose ``id`` is present (shape only; ``sig`` is ignored)."""
     try:
         return _rumor_decoder.decode(data)
-    except _DECODE_ERRORS as exc:
+    except DECODE_ERRORS as exc:
         raise EventError(f"malformed rumor: {exc}") from None
 
 

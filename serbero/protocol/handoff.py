@@ -15,6 +15,7 @@ from typing import Annotated, Final
 
 import msgspec
 
+from serbero.protocol.event import DECODE_ERRORS
 from serbero.protocol.texts import NO_SESSION_MARKER, handoff_prose, is_line_safe
 
 __all__ = [
@@ -85,13 +86,7 @@ def decode_handoff_package(payload_json: str) -> HandoffPackage:
     """
     try:
         package = _package_decoder.decode(payload_json)
-    except (
-        msgspec.DecodeError,
-        msgspec.ValidationError,
-        UnicodeEncodeError,
-        # msgspec's answer to nesting deeper than about a thousand levels.
-        RecursionError,
-    ) as exc:
+    except DECODE_ERRORS as exc:
         raise HandoffError(f"malformed handoff package: {exc}") from None
     _check_header_values(package)
     return package
@@ -101,7 +96,7 @@ def dispute_id_hint(payload_json: str) -> str:
     """ESC-16: the string `dispute_id` of a JSON object payload, else `unknown`."""
     try:
         value = _any_decoder.decode(payload_json)
-    except (msgspec.DecodeError, UnicodeEncodeError, RecursionError):
+    except DECODE_ERRORS:
         return DISPUTE_ID_UNKNOWN
     if isinstance(value, dict):
         hint = value.get("dispute_id")

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 
-from serbero.protocol.event import Event, sign_event
+from serbero.protocol.event import DECODE_ERRORS, Event, sign_event
 from serbero.protocol.keys import Keys
 
 __all__ = [
@@ -277,7 +277,7 @@ def decode_relay_frame(data: bytes | str) -> RelayFrame:
         raise FrameError("frame larger than 5 MiB")
     try:
         frame: RelayFrame = _frame_decoder.decode(data)
-    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeError, RecursionError) as exc:
+    except DECODE_ERRORS as exc:
         raise FrameError(f"malformed or unknown frame: {exc}") from None
     return frame
 

@@ -18,7 +18,7 @@ from typing import Annotated, Final, Literal, TypeVar
 
 import msgspec
 
-from serbero.protocol.event import Event, first_tag_value, make_rumor
+from serbero.protocol.event import DECODE_ERRORS, Event, first_tag_value, make_rumor
 from serbero.protocol.keys import Keys, verify_schnorr
 from serbero.protocol.nip59 import Unwrapped, build_gift_wrap
 
@@ -533,16 +533,10 @@ def build_admin_take_dispute(
 
 
 def _decode(decoder: msgspec.json.Decoder[_T], data: bytes | str, what: str) -> _T:
-    """Decode or raise MostroMessageError; msgspec raises RecursionError (not a DecodeError)
-    on nesting deeper than about a thousand levels, which a 2 KB message can reach."""
+    """Decode or raise MostroMessageError."""
     try:
         return decoder.decode(data)
-    except (
-        msgspec.DecodeError,
-        msgspec.ValidationError,
-        UnicodeEncodeError,
-        RecursionError,
-    ) as exc:
+    except DECODE_ERRORS as exc:
         raise MostroMessageError(f"malformed {what}: {exc}") from None
 
 
