@@ -6,6 +6,11 @@ to the last event it saw minus a skew) and after a `CLOSED`, answers NIP-42 chal
 Serbero's key (BEY-8, PROTO-21..23) and pings every 30 s, dropping a link whose pong does not
 come back within 10 s (BEY-9).
 
+Relays serve only their newest N stored events per REQ (LocalRelay 500; strfry and
+nostr-rs-relay have caps of their own), so after the stored events of every live
+(re)subscription the actor pages backwards until it reaches `since` (`_CatchUp`): at start-up
+and after each reconnect, a gap longer than one REQ's worth is replayed in full, not cut at N.
+
 It talks only through channels: commands in (subscribe, unsubscribe, publish), raw but
 shape-checked events out to the pool's intake (which verifies and de-duplicates them once for
 all relays), and `RelayState` snapshots out whenever its link changes. Bad frames from a relay
@@ -51,6 +56,7 @@ from serbero.protocol.messages import (
     encode_event_message,
     encode_req,
     message_prefix,
+    new_subscription_id,
 )
 
 __all__ = [
@@ -59,6 +65,7 @@ __all__ = [
     "BACKOFF_CAP",
     "BACKOFF_FIRST",
     "BACKOFF_JITTER",
+    "CATCHUP_MAX_PAGES",
     "CONNECT_TIMEOUT",
     "DISCONNECT_TIMEOUT",
     "HEALTHY_AFTER",
@@ -106,6 +113,10 @@ AUTH_TIMEOUT: Final = 10.0
 AUTH_PUBLISH_WAIT: Final = 7.0
 # Re-sent live subscriptions ask for events from this long before the newest one seen (CORE-20).
 RESUME_SKEW: Final = 60
+# Pages (REQs with `until`) asked for after one live (re)subscription's stored events, at most:
+# 50,000 events at LocalRelay's 500 per REQ, far beyond a Mostro's disputes in any outage; a
+# catch-up that needs more logs `subscription_catchup_truncated` and goes on from there.
+CATCHUP_MAX_PAGES: Final = 100
 # After a `rate-limited:` answer nothing is sent to that relay for the next of these delays
 # (growing while it keeps refusing); an event keeps being retried for at most the budget (BEY-3).
 RATE_LIMIT_RETRY_DELAYS: Final = (2.0, 4.0, 8.0, 16.0, 30.0)
@@ -291,10 +302,106 @@ class _SubStatus(enum.Enum):
     CLOSED = "closed"  # CLOSED by the relay; a resend is scheduled or waits for AUTH
 
 
+class _CatchUp:
+    """The replay of one live (re)subscription on one link: its stored events, then pages.
+
+    A relay answers a REQ with its newest N matching events only, so the stored batch may stop
+    short of `since`. After its EOSE the actor asks for the same filter with `until` = the
+    oldest `created_at` received (inclusive, so events sharing that second are not skipped),
+    under a subscription id of its own, and again after each page, until a page brings no event
+    this catch-up has not seen, or reaches `since`, or CATCHUP_MAX_PAGES were asked for.
+
+    Only the ids at the boundary second are remembered: everything older is new by
+    construction. Limitation: when more than N events share one second, every page at that
+    second brings the same N, and the rest cannot be reached on that relay.
+
+    The newest `created_at` seen meanwhile is held back here and becomes the subscription's
+    resume point only once the catch-up is over: a link lost halfway re-sends the old `since`,
+    so the part not yet paged is asked for again rather than skipped.
+    """
+
+    __slots__ = (
+        "boundary",
+        "closed_attempts",
+        "events",
+        "filter",
+        "fresh",
+        "newest",
+        "oldest",
+        "oldest_ids",
+        "page_id",
+        "paged_events",
+        "pages",
+        "paging",
+        "until",
+    )
+
+    def __init__(self, flt: Filter) -> None:
+        self.filter = flt
+        # False while the stored batch of the live REQ comes in; True from its EOSE on.
+        self.paging = False
+        # The page in flight (None between pages) and the `until` it asked for.
+        self.page_id: str | None = None
+        self.until: int | None = None
+        # Ids received at second `until`, by the batch or any earlier page.
+        self.boundary: set[str] = set()
+        # The current batch or page: its unseen events, the oldest second and ids there.
+        self.fresh = 0
+        self.oldest: int | None = None
+        self.oldest_ids: set[str] = set()
+        self.pages = 0
+        self.events = 0
+        self.paged_events = 0
+        self.closed_attempts = 0
+        self.newest: int | None = None
+
+    def note(self, event: Event) -> None:
+        """Account for one event of the stored batch or of the page in flight."""
+        created_at = event.created_at
+        until = self.until
+        if until is not None and (
+            created_at > until or (created_at == until and event.id in self.boundary)
+        ):
+            return  # received earlier in this catch-up (or a relay ignoring `until`)
+        self.fresh += 1
+        self.events += 1
+        if self.page_id is not None:
+            self.paged_events += 1
+        if self.oldest is None or created_at < self.oldest:
+            self.oldest = created_at
+            self.oldest_ids = {event.id}
+        elif created_at == self.oldest:
+            self.oldest_ids.add(event.id)
+
+    def next_until(self) -> int | None:
+        """The `until` of the next page, or None when the catch-up is complete."""
+        since = self.filter.since
+        if self.fresh == 0 or self.oldest is None:
+            return None
+        if since is not None and self.oldest <= since:
+            return None
+        return self.oldest
+
+    def start_page(self, page_id: str, until: int) -> Filter:
+        """Move the boundary to `until` and open a page there; returns its filter."""
+        if until == self.until:
+            self.boundary |= self.oldest_ids
+        else:
+            self.boundary = self.oldest_ids
+        self.until = until
+        self.page_id = page_id
+        self.pages += 1
+        self.fresh = 0
+        self.oldest = None
+        self.oldest_ids = set()
+        return msgspec.structs.replace(self.filter, until=until)
+
+
 class _Sub:
     """One subscription as this relay link sees it."""
 
     __slots__ = (
+        "catchup",
         "closed_attempts",
         "command",
         "generation",
@@ -306,11 +413,28 @@ class _Sub:
     def __init__(self, command: SubscribeCommand) -> None:
         self.command = command
         self.status = _SubStatus.IDLE
+        # The resume point (`_filter_to_send`); moves only while no catch-up is running.
         self.newest_created_at: int | None = None
+        self.catchup: _CatchUp | None = None
         self.closed_attempts = 0
         # Bumped on every REQ; a scheduled resend fires only if nothing was sent since.
         self.generation = 0
         self.sent_auth_epoch = 0
+
+    def saw(self, created_at: int) -> None:
+        """Track the newest event: held by a running catch-up, else the resume point."""
+        catchup = self.catchup
+        if catchup is not None:
+            if catchup.newest is None or created_at > catchup.newest:
+                catchup.newest = created_at
+        elif self.newest_created_at is None or created_at > self.newest_created_at:
+            self.newest_created_at = created_at
+
+    def end_catchup(self) -> None:
+        """The catch-up is over: what it saw becomes the resume point."""
+        catchup, self.catchup = self.catchup, None
+        if catchup is not None and catchup.newest is not None:
+            self.saw(catchup.newest)
 
 
 class _OkWaiter:
@@ -355,6 +479,8 @@ class _Link:
         # Incremented on each successful AUTH; a REQ sent in an older epoch may be re-sent at
         # once when it comes back `CLOSED auth-required:`.
         self.auth_epoch = 0
+        # Catch-up pages in flight on this link, by their subscription id.
+        self.pages: dict[str, _Sub] = {}
 
     def drop(self, reason: str) -> None:
         if self.drop_reason is None:
@@ -593,6 +719,8 @@ class RelayConnection:
             else:
                 sub.status = _SubStatus.IDLE
                 sub.closed_attempts = 0
+                # Unfinished: the next link re-sends the old `since` and replays it all.
+                sub.catchup = None
 
     async def _keep_alive(self, link: _Link) -> None:
         timing = self._timing
@@ -634,8 +762,11 @@ class RelayConnection:
     async def _unsubscribe(self, sub_id: str) -> None:
         sub = self._subs.pop(sub_id, None)
         link = self._link
-        if sub is not None and link is not None and sub.status is _SubStatus.ACTIVE:
-            await link.send(encode_close(sub_id))
+        if sub is not None and link is not None:
+            await self._close_page(link, sub)
+            sub.catchup = None
+            if sub.status is _SubStatus.ACTIVE:
+                await link.send(encode_close(sub_id))
 
     async def _publish(self, command: PublishCommand) -> None:
         """PROTO-20: send the EVENT; its OK (or the timeout, or the link's end) answers."""
@@ -722,6 +853,10 @@ class RelayConnection:
         sub.sent_auth_epoch = link.auth_epoch
         sub.status = _SubStatus.ACTIVE
         flt = self._filter_to_send(sub)
+        if not sub.command.once:
+            # A REQ replaces the earlier one: its stored events start a new catch-up.
+            await self._close_page(link, sub)
+            sub.catchup = _CatchUp(flt)
         if await link.send(encode_req(sub.command.sub_id, flt)):
             log.info(
                 "subscription_sent",
@@ -739,6 +874,7 @@ class RelayConnection:
     async def _on_closed(self, link: _Link, frame: RelayClosed) -> None:
         sub = self._subs.get(frame.sub_id)
         if sub is None:
+            await self._on_page_closed(link, frame)
             return
         log.warning(
             "subscription_closed",
@@ -821,13 +957,7 @@ class RelayConnection:
         frame: RelayEvent | RelayOk | RelayEose | RelayClosed | RelayNotice | RelayAuthChallenge,
     ) -> None:
         if isinstance(frame, RelayEvent):
-            sub = self._subs.get(frame.sub_id)
-            if sub is None:
-                return
-            created_at = frame.event.created_at
-            if sub.newest_created_at is None or created_at > sub.newest_created_at:
-                sub.newest_created_at = created_at
-            await self._inbound.send(InboundEvent(self.url, frame.sub_id, frame.event))
+            await self._on_event(link, frame)
         elif isinstance(frame, RelayOk):
             self._on_ok(link, frame)
         elif isinstance(frame, RelayEose):
@@ -839,14 +969,117 @@ class RelayConnection:
         else:
             link.nursery.start_soon(self._authenticate, link, frame.challenge)
 
+    async def _on_event(self, link: _Link, frame: RelayEvent) -> None:
+        sub = self._subs.get(frame.sub_id)
+        if sub is not None:
+            catchup = sub.catchup
+            if catchup is not None and not catchup.paging:
+                catchup.note(frame.event)
+        else:
+            # A catch-up page: its events belong to the live subscription it pages for.
+            sub = link.pages.get(frame.sub_id)
+            if sub is None or sub.catchup is None:
+                return
+            sub.catchup.note(frame.event)
+        sub.saw(frame.event.created_at)
+        await self._inbound.send(InboundEvent(self.url, sub.command.sub_id, frame.event))
+
     async def _on_eose(self, link: _Link, sub_id: str) -> None:
         sub = self._subs.get(sub_id)
         if sub is None:
+            page_of = link.pages.pop(sub_id, None)
+            if page_of is not None and page_of.catchup is not None:
+                await link.send(encode_close(sub_id))
+                page_of.catchup.page_id = None
+                page_of.catchup.closed_attempts = 0
+                await self._page_on(link, page_of)
             return
         sub.closed_attempts = 0
         if sub.command.once:
             await self._end_fetch(sub_id, "eose")
             await link.send(encode_close(sub_id))
+        elif sub.catchup is not None and not sub.catchup.paging:
+            sub.catchup.paging = True
+            await self._page_on(link, sub)
+
+    # --- catch-up after a (re)subscription ------------------------------------------------------
+
+    async def _page_on(self, link: _Link, sub: _Sub) -> None:
+        """After the stored batch or a page ended: ask for the next page, or finish."""
+        catchup = sub.catchup
+        assert catchup is not None
+        until = catchup.next_until()
+        if until is None:
+            self._finish_catchup(sub)
+        else:
+            await self._request_page(link, sub, until)
+
+    async def _request_page(self, link: _Link, sub: _Sub, until: int) -> None:
+        catchup = sub.catchup
+        assert catchup is not None
+        if catchup.pages >= CATCHUP_MAX_PAGES:
+            log.warning(
+                "subscription_catchup_truncated",
+                relay=self.url,
+                subscription=sub.command.name,
+                pages=catchup.pages,
+                events=catchup.events,
+                until=until,
+                since=catchup.filter.since,
+            )
+            self._finish_catchup(sub)
+            return
+        page_id = new_subscription_id(self._rand)
+        flt = catchup.start_page(page_id, until)
+        link.pages[page_id] = sub
+        await link.send(encode_req(page_id, flt))
+
+    def _finish_catchup(self, sub: _Sub) -> None:
+        catchup = sub.catchup
+        assert catchup is not None
+        if catchup.paged_events:
+            # The relay's per-REQ cap cut the stored events short: paging brought the rest.
+            log.info(
+                "subscription_caught_up",
+                relay=self.url,
+                subscription=sub.command.name,
+                pages=catchup.pages,
+                events=catchup.events,
+            )
+        sub.end_catchup()
+
+    async def _close_page(self, link: _Link, sub: _Sub) -> None:
+        """Abandon the page in flight for `sub`, if any (re-sent or unsubscribed)."""
+        catchup = sub.catchup
+        if catchup is not None and catchup.page_id is not None:
+            link.pages.pop(catchup.page_id, None)
+            page_id, catchup.page_id = catchup.page_id, None
+            await link.send(encode_close(page_id))
+
+    async def _on_page_closed(self, link: _Link, frame: RelayClosed) -> None:
+        """A relay refused a page: ask for it again with backoff (it counts toward the cap)."""
+        sub = link.pages.pop(frame.sub_id, None)
+        if sub is None or sub.catchup is None:
+            return
+        catchup = sub.catchup
+        catchup.page_id = None
+        log.warning(
+            "subscription_closed",
+            relay=self.url,
+            subscription=sub.command.name,
+            message=_clip(frame.message),
+        )
+        delay = backoff_delay(catchup.closed_attempts, self._timing, self._rand)
+        catchup.closed_attempts += 1
+        link.nursery.start_soon(self._request_page_later, link, sub, catchup, delay)
+
+    async def _request_page_later(
+        self, link: _Link, sub: _Sub, catchup: _CatchUp, delay: float
+    ) -> None:
+        await trio.sleep(delay)
+        # Unless the subscription was re-sent (a new catch-up) or dropped meanwhile.
+        if sub.catchup is catchup and catchup.page_id is None and catchup.until is not None:
+            await self._request_page(link, sub, catchup.until)
 
     async def _end_fetch(self, sub_id: str, reason: str) -> None:
         # Loops over a snapshot of the table may reach a fetch the pool already closed.

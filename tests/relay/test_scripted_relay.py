@@ -453,6 +453,7 @@ async def test_resubscription_moves_since_to_the_newest_event_minus_the_skew(
 ) -> None:
     author = Keys.generate()
     filters: list[dict[str, Any]] = []
+    pages: list[dict[str, Any]] = []
 
     async def script(conn: RawConnection) -> None:
         req = await conn.receive_until("REQ")
@@ -463,6 +464,10 @@ async def test_resubscription_moves_since_to_the_newest_event_minus_the_skew(
                     req[1], note(author, str(offset), created_at=BASE_TIME + offset)
                 )
             await conn.send_json(["EOSE", req[1]])
+            # The catch-up asks for what is older than the batch: nothing, it is complete.
+            page = await conn.receive_until("REQ")
+            pages.append(page[2])
+            await conn.send_json(["EOSE", page[1]])
             await trio.sleep(1)
             await conn.abort()
         else:
@@ -479,6 +484,7 @@ async def test_resubscription_moves_since_to_the_newest_event_minus_the_skew(
             while len(filters) < 2:
                 await trio.sleep(0.1)
     assert filters[0] == {"kinds": [1], "since": start_since}
+    assert pages == [{"kinds": [1], "since": start_since, "until": BASE_TIME - 3000}]
     assert filters[1] == {"kinds": [1], "since": expected_since}
 
 
