@@ -1,5 +1,6 @@
-"""The runit service directory (BEY-13): `run` and `log/run` are executable POSIX sh that
-`exec` chpst with the documented user, env directory, working directory and program.
+"""The runit service directory (BEY-13): `run`, `log/run` and `check` are executable POSIX
+sh; `run` and `log/run` `exec` chpst with the documented user, env directory, working
+directory and program (`check` is exercised in tests/ops/test_health_check.py).
 
 A fake `chpst` first on PATH records its arguments, working directory and pid; the pid must
 be the one the script started with, which proves the script replaced itself (`exec`) so runsv
@@ -20,38 +21,20 @@ from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parent.parent.parent
-SERVICE = REPO_ROOT / "deploy" / "runit" / "serbero"
-RUN = SERVICE / "run"
-LOG_RUN = SERVICE / "log" / "run"
-TIMEOUT_S = 10
+from tests.deploy.chpst import CHECK, LOG_RUN, RUN, fake_chpst_env
 
-FAKE_CHPST = """#!/bin/sh
-printf '%s\\n' "$$" "$(pwd)" "$@" > "$CHPST_RECORD"
-"""
+TIMEOUT_S = 10
 
 
 def run_with_fake_chpst(script: Path, tmp_path: Path, **env: str) -> tuple[int, list[str]]:
     """Run `script` with a recording chpst first on PATH; (script pid, recorded lines)."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    chpst = bin_dir / "chpst"
-    chpst.write_text(FAKE_CHPST)
-    chpst.chmod(0o755)
-    record = tmp_path / "chpst.args"
-    process = subprocess.Popen(
-        [str(script)],
-        env={
-            "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
-            "CHPST_RECORD": str(record),
-            **env,
-        },
-    )
+    chpst_env = fake_chpst_env(tmp_path)
+    process = subprocess.Popen([str(script)], env={**chpst_env, **env})
     assert process.wait(TIMEOUT_S) == 0
-    return process.pid, record.read_text().splitlines()
+    return process.pid, Path(chpst_env["CHPST_RECORD"]).read_text().splitlines()
 
 
-@pytest.mark.parametrize("script", [RUN, LOG_RUN], ids=["run", "log/run"])
+@pytest.mark.parametrize("script", [RUN, LOG_RUN, CHECK], ids=["run", "log/run", "check"])
 def test_scripts_are_executable_posix_sh(script: Path) -> None:
     mode = script.stat().st_mode
     assert mode & stat.S_IXUSR and mode & stat.S_IXGRP and mode & stat.S_IXOTH
@@ -82,18 +65,11 @@ def test_run_defaults_to_var_lib_serbero(tmp_path: Path) -> None:
 
 
 def test_run_stops_before_chpst_without_its_state_dir(tmp_path: Path) -> None:
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "chpst").write_text(FAKE_CHPST)
-    (bin_dir / "chpst").chmod(0o755)
-    record = tmp_path / "chpst.args"
+    chpst_env = fake_chpst_env(tmp_path)
+    record = Path(chpst_env["CHPST_RECORD"])
     result = subprocess.run(
         [str(RUN)],
-        env={
-            "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
-            "CHPST_RECORD": str(record),
-            "SERBERO_SV_HOME": str(tmp_path / "missing"),
-        },
+        env={**chpst_env, "SERBERO_SV_HOME": str(tmp_path / "missing")},
         capture_output=True,
         text=True,
         timeout=TIMEOUT_S,

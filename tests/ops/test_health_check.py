@@ -7,10 +7,7 @@ probe's budget. The `check` script runs the daemon's own `serbero` as `./run` do
 from __future__ import annotations
 
 import json
-import os
 import socket
-import stat
-import subprocess
 import sys
 from collections.abc import AsyncIterator
 from functools import partial
@@ -22,22 +19,14 @@ import trio
 from serbero.actors.health import HealthAnswer, serve_health
 from serbero.cli import main
 from serbero.ops.healthcheck import ProbeError, health_url, probe
+from tests.deploy.chpst import CHECK, PASSTHROUGH_CHPST, fake_chpst_env
 from tests.ops.test_commands import write_config
 
-REPO_ROOT = Path(__file__).resolve().parent.parent.parent
-CHECK = REPO_ROOT / "deploy" / "runit" / "serbero" / "check"
 SERBERO_BIN = Path(sys.executable).parent / "serbero"
 SCRIPT_TIMEOUT = 20
 
 UP = HealthAnswer(up=True, document={"relays_connected": 2, "relays_total": 3})
 DOWN = HealthAnswer(up=False, document={"relays_connected": 0, "relays_total": 3})
-
-# Records its arguments and working directory, then runs the command after `-u U -e DIR`.
-FAKE_CHPST = """#!/bin/sh
-printf '%s\\n' "$$" "$(pwd)" "$@" > "$CHPST_RECORD"
-shift 4
-exec "$@"
-"""
 
 
 class Switch:
@@ -212,35 +201,22 @@ async def test_the_probe_gives_up_on_a_trickling_server_within_its_budget() -> N
 # --- deploy/runit/serbero/check -----------------------------------------------------------
 
 
-def test_check_is_executable_posix_sh() -> None:
-    mode = CHECK.stat().st_mode
-    assert mode & stat.S_IXUSR and mode & stat.S_IXGRP and mode & stat.S_IXOTH
-    assert CHECK.read_text().startswith("#!/bin/sh\n")
-    checked = subprocess.run(["sh", "-n", str(CHECK)], capture_output=True, text=True)
-    assert checked.returncode == 0, checked.stderr
-
-
 async def run_check(
     tmp_path: Path, config: Path, *, stdout_closed: bool = False
 ) -> tuple[int, str, list[str]]:
     """Run ./check with a pass-through chpst and the venv's serbero; (status, output, record).
 
     `stdout_closed` runs it the way `sv check` does: with file descriptor 1 closed."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir(exist_ok=True)
-    chpst = bin_dir / "chpst"
-    chpst.write_text(FAKE_CHPST)
-    chpst.chmod(0o755)
+    chpst_env = fake_chpst_env(tmp_path, PASSTHROUGH_CHPST)
+    record = Path(chpst_env["CHPST_RECORD"])
     state = tmp_path / "state"
     state.mkdir(exist_ok=True)
-    record = tmp_path / "chpst.args"
     with trio.fail_after(SCRIPT_TIMEOUT):
         command = ["sh", "-c", 'exec "$0" >&-', str(CHECK)] if stdout_closed else [str(CHECK)]
         result = await trio.run_process(
             command,
             env={
-                "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
-                "CHPST_RECORD": str(record),
+                **chpst_env,
                 "SERBERO_SV_HOME": str(state),
                 "SERBERO_SV_BIN": str(SERBERO_BIN),
                 "SERBERO_CONFIG": str(config),
