@@ -55,11 +55,9 @@ def relay_state_name(state: RelayState) -> str:
 class HealthStats:
     """The recorder's figures; written by the recorder only, read by the health snapshot."""
 
-    __slots__ = ("last_write_at", "outbox_pending", "writes")
+    __slots__ = ("outbox_pending",)
 
     def __init__(self) -> None:
-        self.writes = 0
-        self.last_write_at: int | None = None
         # Decided DMs still owed, as last counted; None until the first count.
         self.outbox_pending: int | None = None
 
@@ -128,8 +126,6 @@ class HealthRecorder:
             log.warning("health_record_failed", error=str(exc))
             return False
         self._written = sample
-        self.stats.writes += 1
-        self.stats.last_write_at = now
         return True
 
     async def _count_outbox(self) -> None:

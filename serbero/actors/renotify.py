@@ -48,12 +48,10 @@ def timer_period(timeouts: TimeoutsConfig) -> int:
 class RenotifyStats:
     """The timer's running figures; written by the timer only, read by the health snapshot."""
 
-    __slots__ = ("cycles", "last_cycle_at", "last_due")
+    __slots__ = ("cycles",)
 
     def __init__(self) -> None:
         self.cycles = 0
-        self.last_cycle_at: int | None = None
-        self.last_due = 0
 
 
 class Renotifier:
@@ -95,7 +93,6 @@ class Renotifier:
         logged and left for the next cycle (CORE-6)."""
         now = self._wall_clock()
         self.stats.cycles += 1
-        self.stats.last_cycle_at = now
         try:
             return await self._cycle(now)
         except Exception as exc:
@@ -106,7 +103,6 @@ class Renotifier:
         due = await self._tracker.ask(
             ListUnattended(now=now, renotification_seconds=self._renotification_seconds)
         )
-        self.stats.last_due = len(due)
         if due:
             log.info("renotification_tick", count=len(due))
         else:
