@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hmac
 import os
+import re
 from collections.abc import Callable
 from functools import lru_cache
 from typing import Any, Final
@@ -36,7 +37,7 @@ __all__ = [
 ]
 
 CURVE_ORDER: Final = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
-_HEX_DIGITS: Final = frozenset("0123456789abcdefABCDEF")
+_HEX64: Final = re.compile(r"[0-9a-fA-F]{64}")
 _NOSTR_URI_PREFIX: Final = "nostr:"
 # Parsed x-only keys are public data; caching them saves the lift_x on every verify from the
 # same author (Mostro, relays' regulars). Bounded so a flood of fresh keys cannot grow memory.
@@ -126,7 +127,8 @@ def _bech32_decode(text: str, expected_hrp: str) -> bytes:
 
 
 def _is_hex64(text: str) -> bool:
-    return len(text) == 64 and all(c in _HEX_DIGITS for c in text)
+    # A compiled pattern: this runs for every key of every event verified or wrapped.
+    return len(text) == 64 and _HEX64.fullmatch(text) is not None
 
 
 def _check_secret(sk: bytes) -> bytes:
