@@ -29,6 +29,12 @@ Figures, printed next to their targets (issue #5):
   relay as fast as it takes them (32 at a time over RSS_CONNECTIONS Mostro connections), and
   we wait until that solver holds all 10,000 DMs; then VmHWM (peak) and VmRSS from
   /proc/<pid>/status. Target: VmHWM <= 80 MB.
+
+Under each burst and sequential figure, a CPU line (`CpuMeter`): CPU-seconds used by the
+notifier under test (and per DM), by the rest of this bench, and by other work on the
+machine over the same span (for a burst, until the last wrap arrived). The burst is
+CPU-bound on a small machine, so a busy neighbour lowers it; the line says how much there
+was (it corrects nothing).
 """
 
 from __future__ import annotations
@@ -263,9 +269,11 @@ class Deliveries:
         dispute_ids: Sequence[str],
         solvers: Sequence[int],
         timeout: float,
+        on_arrival: Callable[[], None] | None = None,
     ) -> float:
         """Block until every solver holds a DM from `sender` for every dispute; the last
-        arrival time. `before` is `counts()` from before the disputes were published."""
+        arrival time. `before` is `counts()` from before the disputes were published;
+        `on_arrival` runs once enough wraps arrived, before they are opened."""
         deadline = time.monotonic() + timeout
         needed = len(dispute_ids)
 
@@ -275,6 +283,8 @@ class Deliveries:
         while True:
             with self._cond:
                 self._cond.wait_for(arrived, max(0.0, deadline - time.monotonic()))
+            if on_arrival is not None:
+                on_arrival()
             self._open(OPEN_TIMEOUT)
             with self._cond:
                 missing = [
@@ -371,6 +381,81 @@ def daemon_config(serbero: Keys, mostro: Keys, relay: str, solvers: Sequence[Key
     )
 
 
+# --- CPU accounting -------------------------------------------------------------------------
+
+CLOCK_TICKS: Final = os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu(pid: int) -> float:
+    """CPU-seconds (user + system, every thread) process `pid` used so far; 0 once gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def process_tree(root: int) -> list[int]:
+    """`root` and every process descended from it."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(parent, []).append(int(entry.name))
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo.extend(children.get(pid, ()))
+    return tree
+
+
+def machine_busy() -> float:
+    """CPU-seconds every CPU of the machine spent busy (not idle, not waiting on I/O)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle, iowait = values[3], values[4]
+    return (sum(values[:8]) - idle - iowait) / CLOCK_TICKS
+
+
+class CpuMeter:
+    """Who used the CPU while a figure was taken: the notifier under test, the rest of this
+    bench (relay, inboxes, MostroSim, the other notifier idling) and everything else on the
+    machine. The figures are CPU-bound, so other work on the machine lowers them; this
+    says how much there was, it does not correct for it."""
+
+    def __init__(self, notifier_pid: int) -> None:
+        self._notifier = notifier_pid
+        self._pids = process_tree(os.getpid())
+        self._start = time.monotonic()
+        self._machine = machine_busy()
+        self._cpu = {pid: process_cpu(pid) for pid in self._pids}
+        self._stopped: tuple[float, float, dict[int, float]] | None = None
+
+    def stop(self) -> None:
+        """End the span (the first call counts): before the wraps are opened, say."""
+        if self._stopped is None:
+            used = {pid: process_cpu(pid) - before for pid, before in self._cpu.items()}
+            self._stopped = (time.monotonic() - self._start, machine_busy() - self._machine, used)
+
+    def report(self, dms: int) -> str:
+        self.stop()
+        assert self._stopped is not None
+        elapsed, machine, used = self._stopped
+        notifier = used.get(self._notifier, 0.0)
+        bench = sum(used.values()) - notifier
+        other = max(0.0, machine - notifier - bench)
+        return (
+            f"CPU-s: notifier {notifier:.2f} ({notifier / dms * 1000:.2f} ms a DM), "
+            f"rest of the bench {bench:.2f}, other work on the machine {other:.2f}; "
+            f"{os.cpu_count()} CPUs x {elapsed:.2f} s"
+        )
+
+
 # --- measurements -------------------------------------------------------------------------
 
 
@@ -407,14 +492,17 @@ def warm_up(target: Target, deliveries: Deliveries) -> None:
     deliveries.wait_complete(before, target.sender, [dispute_id], target.solvers, READY_TIMEOUT)
 
 
-def burst(target: Target, deliveries: Deliveries, count: int) -> tuple[float, float]:
-    """(DMs per second, seconds) for `count` disputes opened at once."""
+def burst(
+    target: Target, deliveries: Deliveries, count: int, meter: CpuMeter
+) -> tuple[float, float]:
+    """(DMs per second, seconds) for `count` disputes opened at once; `meter` stops when the
+    last wrap arrived."""
     dispute_ids = new_ids(count)
     before = deliveries.counts()
     start = time.monotonic()
     publish_all([target.mostro], dispute_ids)
     last = deliveries.wait_complete(
-        before, target.sender, dispute_ids, target.solvers, BURST_TIMEOUT
+        before, target.sender, dispute_ids, target.solvers, BURST_TIMEOUT, meter.stop
     )
     elapsed = last - start
     return count * len(target.solvers) / elapsed, elapsed
@@ -526,11 +614,16 @@ class Bench:
         print("  a DM counts when its gift wrap reaches the solver's client (opened afterwards)")
         print()
 
-        print(f"burst: {args.burst} disputes at once -> {args.burst * SOLVERS} DMs")
-        s_rate, s_time = burst(ours, deliveries, args.burst)
+        burst_dms = args.burst * SOLVERS
+        print(f"burst: {args.burst} disputes at once -> {burst_dms} DMs")
+        meter = CpuMeter(daemon.process.pid)
+        s_rate, s_time = burst(ours, deliveries, args.burst, meter)
         print(f"  serbero   {s_rate:8.0f} DM/s  ({s_time:.2f} s until every solver held every DM)")
-        b_rate, b_time = burst(theirs, deliveries, args.burst)
+        print(f"            {meter.report(burst_dms)}")
+        meter = CpuMeter(notifier.process.pid)
+        b_rate, b_time = burst(theirs, deliveries, args.burst, meter)
         print(f"  baseline  {b_rate:8.0f} DM/s  ({b_time:.2f} s)")
+        print(f"            {meter.report(burst_dms)}")
         ratio = s_rate / b_rate
         throughput_ok = ratio >= TARGET_THROUGHPUT_RATIO
         print(
@@ -544,13 +637,19 @@ class Bench:
             "(no delayed-ACK artefacts);"
         )
         print(f"  latency = publish -> DM at the last of {SOLVERS} solvers")
+        sequential_dms = args.sequential * SOLVERS
+        meter = CpuMeter(daemon.process.pid)
         s_lat = sequential(ours, deliveries, args.sequential)
+        s_cpu = meter.report(sequential_dms)
+        meter = CpuMeter(notifier.process.pid)
         b_lat = sequential(theirs, deliveries, args.sequential)
-        for name, samples in (("serbero", s_lat), ("baseline", b_lat)):
+        b_cpu = meter.report(sequential_dms)
+        for name, samples, cpu in (("serbero", s_lat, s_cpu), ("baseline", b_lat, b_cpu)):
             print(
                 f"  {name:<9} median {statistics.median(samples):6.1f} ms   "
                 f"p95 {p95(samples):6.1f} ms   (min {min(samples):.1f}, max {max(samples):.1f})"
             )
+            print(f"            {cpu}")
         latency_ratio = statistics.median(s_lat) / statistics.median(b_lat)
         latency_ok = latency_ratio <= TARGET_LATENCY_RATIO
         print(
