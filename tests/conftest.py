@@ -7,6 +7,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# Hypothesis's default 200 ms deadline per example judges the machine, not the code: on two
+# cores shared with the rest of the suite a signing or encrypting example can exceed it.
+settings.register_profile("serbero", deadline=None)
+settings.load_profile("serbero")
 
 # Real loopback relays (nostr-sdk LocalRelay in a subprocess) for every test folder.
 pytest_plugins = ["tests.support.relay_fixtures"]
