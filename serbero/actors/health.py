@@ -296,8 +296,7 @@ async def _serve_listeners(
     limits: HttpLimits,
     task_status: trio.TaskStatus[list[trio.SocketListener]],
 ) -> None:
-    port = listeners[0].socket.getsockname()[1]
-    host = listeners[0].socket.getsockname()[0]
+    host, port = listeners[0].socket.getsockname()[:2]
     log.info("health_endpoint_listening", address=f"{host}:{port}", path=HEALTH_PATH)
     slots = trio.CapacityLimiter(limits.max_connections)
     task_status.started(listeners)
@@ -447,6 +446,7 @@ async def run_health_endpoint(
     while True:
         try:
             listeners = await trio.open_tcp_listeners(port, host=host)
+            break
         except OSError as exc:
             log.error(
                 "health_endpoint_unavailable",
@@ -455,8 +455,6 @@ async def run_health_endpoint(
                 retry_seconds=bind_retry_seconds,
             )
             await trio.sleep(bind_retry_seconds)
-            continue
-        break
 
     def answer() -> HealthAnswer:
         return health_answer(snapshot())

@@ -55,7 +55,7 @@ _INTEGER_TAG_VALUE: Final = re.compile(r"[0-9]{1,19}")
 _TWEAK_DRAW_BYTES: Final = 3
 # Largest multiple of the tweak range that fits the draw: rejection above it keeps r uniform.
 _TWEAK_DRAW_LIMIT: Final = (
-    (1 << (8 * _TWEAK_DRAW_BYTES)) // TIMESTAMP_TWEAK_RANGE * (TIMESTAMP_TWEAK_RANGE)
+    (1 << (8 * _TWEAK_DRAW_BYTES)) // TIMESTAMP_TWEAK_RANGE * TIMESTAMP_TWEAK_RANGE
 )
 
 
