@@ -124,6 +124,10 @@ RATE_LIMIT_BUDGET: Final = 60.0
 
 # Frames buffered by trio-websocket between its reader and ours; pongs queue behind them.
 WS_MESSAGE_QUEUE: Final = 64
+# When a writer finds the connection closed, our reader may still hold frames the relay sent
+# before closing (events it will not serve again if it restarts empty): the link ends once they
+# are read, or after this long (a stalled consumer must not hold the reconnect).
+DRAIN_TIMEOUT: Final = 2.0
 WS_RECEIVE_BUFFER: Final = 64 * 1024
 # A relay's free text (NOTICE, CLOSED, error reasons) is cut to this length in logs.
 LOG_TEXT_LIMIT: Final = 200
@@ -487,12 +491,20 @@ class _Link:
             self.drop_reason = reason
         self.nursery.cancel_scope.cancel()
 
+    def found_closed(self, exc: ConnectionClosed) -> None:
+        """A writer found the connection closed: the reader hands over the frames received
+        before the close and then ends the link (within DRAIN_TIMEOUT)."""
+        if self.drop_reason is None:
+            self.drop_reason = _describe_close(exc)
+        scope = self.nursery.cancel_scope
+        scope.deadline = min(scope.deadline, trio.current_time() + DRAIN_TIMEOUT)
+
     async def send(self, frame: bytes) -> bool:
-        """Send one text frame; a failure drops the link and returns False."""
+        """Send one text frame; a failure ends the link (`found_closed`) and returns False."""
         try:
             await self.ws.send_message(frame.decode())
         except ConnectionClosed as exc:
-            self.drop(_describe_close(exc))
+            self.found_closed(exc)
             return False
         return True
 
@@ -730,7 +742,7 @@ class RelayConnection:
                 try:
                     await link.ws.ping()
                 except ConnectionClosed as exc:
-                    link.drop(_describe_close(exc))
+                    link.found_closed(exc)
                     return
             if scope.cancelled_caught:
                 link.drop(f"no pong within {timing.ping_timeout:g} s")

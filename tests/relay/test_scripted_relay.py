@@ -12,14 +12,27 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 from structlog.testing import capture_logs
 
-from serbero.actors.relay import PublishStatus, RelayTiming
+from serbero.actors.relay import (
+    Command,
+    InboundEvent,
+    InboundItem,
+    PublishCommand,
+    PublishReply,
+    PublishStatus,
+    RelayConnection,
+    RelayState,
+    RelayTiming,
+    SubscribeCommand,
+)
 from serbero.actors.relay_pool import NoRelayConnectedError
+from serbero.clock import FakeWallClock
 from serbero.protocol.event import decode_event, verify_event
 from serbero.protocol.keys import Keys
 from serbero.protocol.messages import AUTH_KIND, Filter
-from tests.relay.helpers import BASE_TIME, note, pool_for, refused_port
+from tests.relay.helpers import BASE_TIME, neutral_jitter, note, pool_for, refused_port
 from tests.relay.raw_relay import RawConnection, open_raw_relay
 
 
@@ -415,6 +428,55 @@ async def test_publishes_waiting_for_an_ok_are_answered_when_the_link_drops(
     for status, message, after in results:
         assert (status, message) == (PublishStatus.NOT_CONNECTED, "connection lost before OK")
         assert after < 2.0
+
+
+async def test_events_received_before_a_close_are_delivered_after_a_send_fails(
+    autojump_clock: Any,
+) -> None:
+    """A relay sends events and closes; a publish then finds the connection closed before our
+    reader (held up by a busy consumer) has read them: they are still delivered, and the
+    link ends once they are. A relay that restarts empty would never serve them again."""
+    author = Keys.generate()
+    sent = [note(author, f"n{i}", created_at=BASE_TIME + i) for i in range(20)]
+    closed = trio.Event()
+
+    async def script(conn: RawConnection) -> None:
+        sub_id = (await conn.receive_until("REQ"))[1]
+        for event in sent:
+            await conn.send_event(sub_id, event)
+        await conn.close()
+        closed.set()
+
+    commands_send, commands_recv = trio.open_memory_channel[Command](10)
+    inbound_send, inbound_recv = trio.open_memory_channel[InboundItem](0)
+    states_send, _states_recv = trio.open_memory_channel[RelayState](100)
+    async with open_raw_relay(script) as relay, trio.open_nursery() as nursery:
+        connection = RelayConnection(
+            relay.url,
+            Keys.generate(),
+            commands=commands_recv,
+            inbound=inbound_send,
+            states=states_send,
+            wall_clock=FakeWallClock(BASE_TIME),
+            timing=RelayTiming(backoff_first=60.0, backoff_cap=60.0),
+            rand=neutral_jitter,
+        )
+        nursery.start_soon(connection.run)
+        await commands_send.send(SubscribeCommand("feed-id", "feed", Filter(kinds=[1])))
+        with trio.fail_after(5):
+            await closed.wait()
+            await trio.testing.wait_all_tasks_blocked()
+            reply = PublishReply()
+            await commands_send.send(PublishCommand(note(author, "late"), reply))
+            received = []
+            while len(received) < len(sent):
+                item = await inbound_recv.receive()
+                assert isinstance(item, InboundEvent)
+                received.append(item.event)
+            outcome = await reply.wait()
+        assert received == sent
+        assert outcome.status is PublishStatus.NOT_CONNECTED
+        nursery.cancel_scope.cancel()
 
 
 async def test_own_published_events_are_not_delivered_back(autojump_clock: Any) -> None:
