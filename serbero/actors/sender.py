@@ -228,6 +228,17 @@ class SenderStats:
         self.last_delivery_at: int | None = None
 
 
+# A finished DM on its way to be recorded.
+_Outcome = tuple[OutboxRow, Delivery]
+
+
+class _Running(msgspec.Struct, frozen=True):
+    """A running sender's nursery (deliveries run in it) and where they report."""
+
+    nursery: trio.Nursery
+    outcomes: trio.MemorySendChannel[_Outcome]
+
+
 class OutboxSender:
     """Works the notification outbox: rows handed over by decisions (`reserve`,
     `hand_over`) and rows claimed from the outbox, delivered concurrently (bounded), their
@@ -272,8 +283,8 @@ class OutboxSender:
         # Rows may be waiting in the outbox for a slot: the hot path stays closed until a
         # claim finds no more, so the oldest go first.
         self._waiting = True
-        self._nursery: trio.Nursery | None = None
-        self._outcomes: trio.MemorySendChannel[tuple[OutboxRow, Delivery]] | None = None
+        # Where deliveries run and report, while `run` runs.
+        self._running: _Running | None = None
 
     # --- the hot path (called by the deciding actor, on the same Trio thread) -----------------
 
@@ -281,7 +292,7 @@ class OutboxSender:
         """Room for up to `count` DMs that the decision about to be submitted may claim
         itself; 0 while the sender is not running or rows wait in the outbox. Whatever is
         granted must be given back through `hand_over`, claimed rows or not."""
-        if self._nursery is None or self._waiting:
+        if self._running is None or self._waiting:
             return 0
         granted = max(0, min(count, self._free()))
         self._reserved += granted
@@ -291,22 +302,22 @@ class OutboxSender:
         """Deliver the rows a committed decision claimed (at most `reserved`, what `reserve`
         granted it); `left_behind` says it queued rows it did not claim."""
         self._reserved -= reserved
-        nursery = self._nursery
-        if nursery is not None:
+        running = self._running
+        if running is not None:
             for row in rows:
-                self._start(nursery, row)
+                self._start(running, row)
         # With no sender running the claims are the restart's to release (RequeueInFlight
         # runs after every decision submitted before the crash, the tracker being FIFO).
-        if left_behind or (rows and nursery is None):
+        if left_behind or (rows and running is None):
             self._waiting = True
             self._doorbell.ring()
 
     def _free(self) -> int:
         return self._concurrency - self.stats.in_flight - self._reserved
 
-    def _start(self, nursery: trio.Nursery, row: OutboxRow) -> None:
+    def _start(self, running: _Running, row: OutboxRow) -> None:
         self.stats.in_flight += 1
-        nursery.start_soon(self._deliver, row)
+        running.nursery.start_soon(self._deliver, row, running.outcomes)
 
     # --- the loop -----------------------------------------------------------------------------
 
@@ -316,20 +327,18 @@ class OutboxSender:
         # Nothing of an earlier run is in flight any more: its tasks ended with its nursery.
         self.stats.in_flight = 0
         self._waiting = True
-        send, receive = trio.open_memory_channel[tuple[OutboxRow, Delivery]](self._concurrency)
+        send, receive = trio.open_memory_channel[_Outcome](self._concurrency)
         try:
             async with trio.open_nursery() as nursery:
-                self._outcomes = send
                 nursery.start_soon(self._record_outcomes, receive)
                 nursery.start_soon(self._watch_relays)
                 nursery.start_soon(self._prepare_spares)
-                self._nursery = nursery
-                await self._claim_loop(nursery)
+                self._running = _Running(nursery, send)
+                await self._claim_loop(self._running)
         finally:
-            self._nursery = None
-            self._outcomes = None
+            self._running = None
 
-    async def _claim_loop(self, nursery: trio.Nursery) -> None:
+    async def _claim_loop(self, running: _Running) -> None:
         while True:
             self._doorbell.reset()
             free = self._free()
@@ -338,7 +347,7 @@ class OutboxSender:
                 await self._doorbell.wait(IDLE_RECHECK_SECONDS)
                 continue
             try:
-                claimed = await self._claim(nursery, free)
+                claimed = await self._claim(running, free)
                 if claimed == free:
                     continue
                 timeout = await self._idle_timeout()
@@ -348,7 +357,7 @@ class OutboxSender:
                 timeout = STORE_RETRY_SECONDS
             await self._doorbell.wait(timeout)
 
-    async def _claim(self, nursery: trio.Nursery, free: int) -> int:
+    async def _claim(self, running: _Running, free: int) -> int:
         """Claim up to `free` due rows and start them; how many there were."""
         # The claim's slots are taken until its rows are in flight.
         self._reserved += free
@@ -357,7 +366,7 @@ class OutboxSender:
         finally:
             self._reserved -= free
         for row in claim.rows:
-            self._start(nursery, row)
+            self._start(running, row)
         if claim.abandoned:
             log.debug("outbox_abandoned", count=claim.abandoned)
         self._waiting = len(claim.rows) == free
@@ -413,7 +422,7 @@ class OutboxSender:
 
     # --- one DM, and the outcomes ---------------------------------------------------------
 
-    async def _deliver(self, row: OutboxRow) -> None:
+    async def _deliver(self, row: OutboxRow, outcomes: trio.MemorySendChannel[_Outcome]) -> None:
         try:
             delivery = await deliver_dm(
                 self._pool,
@@ -434,12 +443,9 @@ class OutboxSender:
                 error=repr(exc),
             )
             delivery = Delivery(ok=False, error=f"{SEND_FAILED_PREFIX}{exc!r}", retryable=True)
-        assert self._outcomes is not None
-        await self._outcomes.send((row, delivery))
+        await outcomes.send((row, delivery))
 
-    async def _record_outcomes(
-        self, outcomes: trio.MemoryReceiveChannel[tuple[OutboxRow, Delivery]]
-    ) -> None:
+    async def _record_outcomes(self, outcomes: trio.MemoryReceiveChannel[_Outcome]) -> None:
         """Record finished DMs, all that finished meanwhile in one request; a slot is free
         again once its row's outcome is recorded."""
         async for first in outcomes:
