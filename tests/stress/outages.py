@@ -7,6 +7,12 @@ nostr-sdk clients (Mostro, the solver inboxes) reconnect no sooner than 5 s afte
 A relay that went down again before those clients were back could take with it DMs it alone
 had accepted; the quiet spell keeps such losses out of the plan, so a DM that never arrives
 is the daemon's doing, not the harness's.
+
+The relays of a joint outage are stopped (and started) at the same moment. One after the
+other, the second relay alone accepts events for the half second the first one takes to
+stop, and then forgets them: LocalRelay answers OK before it has broadcast an event, so what
+it accepted in its last moments may reach no subscriber before it exits, and comes back
+from nowhere after its empty restart. Such a loss would be the harness's, not the daemon's.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Final
 
 import msgspec
@@ -142,11 +148,10 @@ class OutageRunner:
 
     def _carry_out(self, outage: Outage) -> OutageRecord:
         stopped_at, stopped_wall = time.monotonic(), time.time()
-        for index in outage.relays:
-            self._relays[index].stop()
+        relays = [self._relays[index] for index in outage.relays]
+        _at_once([relay.stop for relay in relays])
         self._cancel.wait(max(0.0, stopped_at + outage.seconds - time.monotonic()))
-        for index in outage.relays:
-            self._relays[index].start()
+        _at_once([relay.start for relay in relays])
         return OutageRecord(
             outage=outage,
             stopped_at=stopped_at,
@@ -158,3 +163,22 @@ class OutageRunner:
     def _record(self, record: OutageRecord) -> None:
         with self._lock:
             self._records.append(record)
+
+
+def _at_once(actions: Sequence[Callable[[], None]]) -> None:
+    """Run the actions on threads of their own and wait for all; the first error is raised."""
+    errors: list[BaseException] = []
+
+    def run(action: Callable[[], None]) -> None:
+        try:
+            action()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(action,), daemon=True) for action in actions]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]

@@ -240,7 +240,7 @@ class _Evaluation:
             say(
                 f"  of the {len(blind)} disputes published while the daemon had no relay link, "
                 f"its re-sent subscriptions brought back {len(blind) - lost_blind} and lost "
-                f"{lost_blind} (LocalRelay serves at most 500 stored events per REQ)"
+                f"{lost_blind}"
             )
         if known:
             states = Counter(obs.db_states[d] for d in known)
