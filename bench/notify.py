@@ -28,7 +28,12 @@ Figures, printed next to their targets (issue #5):
 - memory: a fresh daemon with ONE solver is given 10,000 disputes, published straight to the
   relay as fast as it takes them (32 at a time over RSS_CONNECTIONS Mostro connections), and
   we wait until that solver holds all 10,000 DMs; then VmHWM (peak) and VmRSS from
-  /proc/<pid>/status. Target: VmHWM <= 80 MB.
+  /proc/<pid>/status. Target: VmHWM <= 80 MB. LocalRelay drops the daemon's connection
+  after about 6,000 published DMs; if that happens while Mostro's flood goes on, the events
+  published while the daemon reconnects can outnumber what LocalRelay returns for one REQ
+  (500 stored events), and those disputes never reach the daemon. So the run does not wait
+  forever: when no DM arrived for RSS_STALL_SECONDS it reports memory as it is, marks the
+  target missed, and says how many dispute events the daemon received.
 
 Under each burst and sequential figure, a CPU line (`CpuMeter`): CPU-seconds used by the
 notifier under test (and per DM), by the rest of this bench, and by other work on the
@@ -90,6 +95,8 @@ OPEN_TIMEOUT: Final = 300.0
 BURST_TIMEOUT: Final = 180.0
 DISPUTE_TIMEOUT: Final = 15.0
 RSS_TIMEOUT: Final = 600.0
+# The memory run gives up when no DM arrived for this long (something was lost on the way).
+RSS_STALL_SECONDS: Final = 60.0
 STOP_TIMEOUT: Final = 10.0
 
 TROUBLE_EVENTS: Final = ("relay_disconnected", "notification_failed")
@@ -221,6 +228,10 @@ class Child:
         return rest
 
 
+def _grew(count: Callable[[], int], since: int) -> bool:
+    return count() > since
+
+
 class Deliveries:
     """The inbox process seen from here: wrap arrivals counted per solver as they come, DMs
     (sender, dispute id, arrival time) once opened."""
@@ -252,6 +263,25 @@ class Deliveries:
         """Wraps arrived so far per solver: take this before publishing."""
         with self._cond:
             return dict(self._wraps)
+
+    def wait_arrivals(
+        self, before: dict[int, int], solvers: Sequence[int], needed: int, stall: float
+    ) -> bool:
+        """Block until each solver got `needed` wraps more than in `before`, or none arrived
+        for `stall` seconds; whether they all arrived."""
+
+        def arrived() -> bool:
+            return all(self._wraps.get(s, 0) - before.get(s, 0) >= needed for s in solvers)
+
+        def total() -> int:
+            return sum(self._wraps.values())
+
+        with self._cond:
+            while not arrived():
+                seen = total()
+                if not self._cond.wait_for(functools.partial(_grew, total, seen), stall):
+                    return False
+            return True
 
     def _open(self, timeout: float) -> None:
         with self._cond:
@@ -680,20 +710,33 @@ class Bench:
             dispute_ids,
         )
         published = time.monotonic() - start
-        last = deliveries.wait_complete(
-            before, memory.sender, dispute_ids, memory.solvers, RSS_TIMEOUT
+        complete = deliveries.wait_arrivals(
+            before, memory.solvers, len(dispute_ids), RSS_STALL_SECONDS
         )
         hwm, rss = rss_daemon.memory_mb()
-        rss_ok = hwm <= TARGET_RSS_MB
+        rss_ok = complete and hwm <= TARGET_RSS_MB
         print(f"  after start-up      VmRSS {idle_rss:6.1f} MB  VmHWM {idle_hwm:6.1f} MB")
         print(
             f"  after the disputes  VmRSS {rss:6.1f} MB  VmHWM {hwm:6.1f} MB   "
             f"target <= {TARGET_RSS_MB:g} MB (VmHWM)  {verdict(rss_ok)}"
         )
-        print(
-            f"  published in {published:.1f} s; the last DM arrived {last - start:.1f} s "
-            "after the first dispute"
-        )
+        if complete:
+            last = deliveries.wait_complete(
+                before, memory.sender, dispute_ids, memory.solvers, RSS_TIMEOUT
+            )
+            print(
+                f"  published in {published:.1f} s; the last DM arrived {last - start:.1f} s "
+                "after the first dispute"
+            )
+        else:
+            arrived = deliveries.counts()[memory.solvers[0]] - before.get(memory.solvers[0], 0)
+            # The warm-up dispute was received too.
+            received = rss_daemon.count_events("event_received")["event_received"] - 1
+            print(
+                f"  INCOMPLETE: {arrived} of {len(dispute_ids)} DMs arrived, none in the last "
+                f"{RSS_STALL_SECONDS:g} s; the daemon received {received} of "
+                f"{len(dispute_ids)} dispute events"
+            )
         trouble = rss_daemon.count_events(*TROUBLE_EVENTS)
         print(
             "  on the way: "
