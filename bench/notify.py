@@ -730,12 +730,13 @@ class Bench:
             )
         else:
             arrived = deliveries.counts()[memory.solvers[0]] - before.get(memory.solvers[0], 0)
-            # The warm-up dispute was received too.
-            received = rss_daemon.count_events("event_received")["event_received"] - 1
+            # The warm-up dispute counts in the daemon's log too.
+            logged = rss_daemon.count_events("event_received", "notification_sent")
             print(
                 f"  INCOMPLETE: {arrived} of {len(dispute_ids)} DMs arrived, none in the last "
-                f"{RSS_STALL_SECONDS:g} s; the daemon received {received} of "
-                f"{len(dispute_ids)} dispute events"
+                f"{RSS_STALL_SECONDS:g} s; the daemon received "
+                f"{logged['event_received'] - 1} of {len(dispute_ids)} dispute events and "
+                f"sent {logged['notification_sent'] - 1} DMs"
             )
         trouble = rss_daemon.count_events(*TROUBLE_EVENTS)
         print(
