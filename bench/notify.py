@@ -32,8 +32,9 @@ Figures, printed next to their targets (issue #5):
   after about 6,000 published DMs; if that happens while Mostro's flood goes on, the events
   published while the daemon reconnects can outnumber what LocalRelay returns for one REQ
   (500 stored events), and those disputes never reach the daemon. So the run does not wait
-  forever: when no DM arrived for RSS_STALL_SECONDS it reports memory as it is, marks the
-  target missed, and says how many dispute events the daemon received.
+  forever: when no DM arrived for RSS_STALL_SECONDS it reports memory as it is, says how
+  many dispute events the daemon received and how many DMs it sent, and counts the run as
+  incomplete (not all targets met).
 
 Under each burst and sequential figure, a CPU line (`CpuMeter`): CPU-seconds used by the
 notifier under test (and per DM), by the rest of this bench, and by other work on the
@@ -714,7 +715,7 @@ class Bench:
             before, memory.solvers, len(dispute_ids), RSS_STALL_SECONDS
         )
         hwm, rss = rss_daemon.memory_mb()
-        rss_ok = complete and hwm <= TARGET_RSS_MB
+        rss_ok = hwm <= TARGET_RSS_MB
         print(f"  after start-up      VmRSS {idle_rss:6.1f} MB  VmHWM {idle_hwm:6.1f} MB")
         print(
             f"  after the disputes  VmRSS {rss:6.1f} MB  VmHWM {hwm:6.1f} MB   "
@@ -736,7 +737,7 @@ class Bench:
                 f"  INCOMPLETE: {arrived} of {len(dispute_ids)} DMs arrived, none in the last "
                 f"{RSS_STALL_SECONDS:g} s; the daemon received "
                 f"{logged['event_received'] - 1} of {len(dispute_ids)} dispute events and "
-                f"sent {logged['notification_sent'] - 1} DMs"
+                f"sent {logged['notification_sent'] - 1} DMs  {verdict(False)}"
             )
         trouble = rss_daemon.count_events(*TROUBLE_EVENTS)
         print(
@@ -751,7 +752,7 @@ class Bench:
         summary = json.loads(baseline_summary[-1]) if baseline_summary else {}
         if summary.get("failed") or summary.get("errors"):
             print(f"baseline notifier problems: {summary}")
-        all_ok = throughput_ok and latency_ok and rss_ok
+        all_ok = throughput_ok and latency_ok and rss_ok and complete
         print(f"targets: {'all met' if all_ok else 'NOT all met'}")
         return 0
 
