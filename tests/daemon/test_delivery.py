@@ -65,9 +65,12 @@ async def test_refused_everywhere_is_failed_stays_new_and_is_retried(tmp_path: P
     accepts, delivered and the dispute becomes `notified`."""
     serbero, mostro, solver = Keys.generate(), Keys.generate(), Keys.generate()
     clock = OffsetClock()
+    # The scripted relay serves this event on the daemon's first REQ. A cold start subscribes
+    # with since = now (CORE-21), and an event older than that is rightly discarded as outside
+    # the filter: date it ahead so a slow start-up cannot cross that second first.
     dispute = sign_event(
         mostro,
-        created_at=int(time.time()),
+        created_at=int(time.time()) + 60,
         kind=DISPUTE_EVENT_KIND,
         tags=[["d", "d-refused"], ["s", "initiated"], ["initiator", "buyer"]],
         content="",
