@@ -7,11 +7,13 @@ runs the simulated Mostro, the outage plan, the /proc sampler and the daemon's l
 
 Mostro opens disputes at a steady pace and publishes each to both relays. A seeded plan
 stops and restarts the relays while that goes on: each relay alone a few times, and once
-both. At the end every solver must hold a DM for every dispute; a second DM for the same
-dispute is a duplicate, allowed only within what the sender can have in flight when an
-outage cuts its OKs; the daemon's memory and descriptors must be back at the plateau they
-reached mid-run; and the database must record exactly one delivered initial notice per
-(dispute, solver), with every failed attempt row matched by a retry (`report.py`).
+both. Every client reaches a relay through a gate (`gate.py`), which takes it down without
+the relay dropping events it has just acknowledged. At the end every solver must hold a DM
+for every dispute; a second DM for the same dispute is a duplicate, allowed only within
+what the sender can have in flight when an outage cuts its OKs; the daemon's memory and
+descriptors must be back at the plateau they reached mid-run; and the database must record
+exactly one delivered initial notice per (dispute, solver), with every failed attempt row
+matched by a retry (`report.py`).
 
 What LocalRelay does is probed and printed at the start of every run
 (`probe_relay_storage`): it keeps events in memory, so a restarted relay comes back empty;
@@ -55,6 +57,7 @@ from tests.daemon.process import DaemonProcess
 from tests.stress.analysis import dispute_states, read_database
 from tests.stress.deliveries import Deliveries, InboxWorker
 from tests.stress.feed import DisputeFeed
+from tests.stress.gate import Gates
 from tests.stress.outages import Outage, OutageRunner, plan_outages
 from tests.stress.probes import ProcessSampler
 from tests.stress.report import (
@@ -288,10 +291,6 @@ class StressRun:
         for relay in relays:
             relay.start()
             stack.callback(relay.stop)
-        urls = [relay.url for relay in relays]
-        labels = dict(zip(urls, RELAY_LABELS, strict=True))
-        say("relays: " + ", ".join(f"{label} {url}" for url, label in labels.items()))
-
         probe = probe_relay_storage(relays[0])
         say(
             f"LocalRelay storage: one REQ served {probe.served_before} of {probe.published} "
@@ -301,6 +300,17 @@ class StressRun:
                 f"after {probe.connection_cut_after} EVENTs"
                 if probe.connection_cut_after is not None
                 else f"not within {CUT_PROBE_EVENTS} EVENTs"
+            )
+        )
+        gates = Gates([relay.port for relay in relays]).start()
+        stack.callback(gates.stop)
+        urls = gates.urls
+        labels = dict(zip(urls, RELAY_LABELS, strict=True))
+        say(
+            "relays (through their gates): "
+            + ", ".join(
+                f"{label} {url} -> {relay.url}"
+                for (url, label), relay in zip(labels.items(), relays, strict=True)
             )
         )
 
@@ -337,7 +347,7 @@ class StressRun:
             self.rng, len(relays), (OUTAGES_FROM, load_seconds - OUTAGES_END_BEFORE_LOAD_END)
         )
         self._print_plan(plan)
-        runner = OutageRunner(relays, plan)
+        runner = OutageRunner(relays, gates, plan)
         stack.callback(runner.stop)
         feed = DisputeFeed(
             sim,

@@ -8,11 +8,11 @@ A relay that went down again before those clients were back could take with it D
 had accepted; the quiet spell keeps such losses out of the plan, so a DM that never arrives
 is the daemon's doing, not the harness's.
 
-The relays of a joint outage are stopped (and started) at the same moment. One after the
-other, the second relay alone accepts events for the half second the first one takes to
-stop, and then forgets them: LocalRelay answers OK before it has broadcast an event, so what
-it accepted in its last moments may reach no subscriber before it exits, and comes back
-from nowhere after its empty restart. Such a loss would be the harness's, not the daemon's.
+A relay goes down in two steps: its gate closes (nothing new is acknowledged, what was is
+delivered, then every client is cut off, `gate.py`), then its process stops. It comes back
+the other way round. The relays of a joint outage go down (and up) at the same moment: one
+after the other, the second would alone accept events for the half second the first one
+takes to stop.
 """
 
 from __future__ import annotations
@@ -21,10 +21,12 @@ import random
 import threading
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Final
 
 import msgspec
 
+from tests.stress.gate import Gates
 from tests.support.relay_fixtures import LocalRelayProcess
 
 # A relay's solo outages (each relay is down this many times on its own).
@@ -46,8 +48,9 @@ class Outage(msgspec.Struct, frozen=True):
 
 
 class OutageRecord(msgspec.Struct, frozen=True):
-    """What happened: monotonic and wall-clock stop times, and when the relays served again
-    (a restart spawns a process, so the real outage is a little longer than planned)."""
+    """What happened: when the relays' gates cut the clients off (monotonic and wall clock),
+    and when they let them in again, the relays running (a restart spawns a process, so the
+    real outage is a little longer than planned)."""
 
     outage: Outage
     stopped_at: float
@@ -90,11 +93,14 @@ def plan_outages(rng: random.Random, relay_count: int, window: tuple[float, floa
 
 
 class OutageRunner:
-    """Carries out a plan against running relays on a thread; `records()` says what it did.
-    `stop()` ends it early and leaves every relay running."""
+    """Carries out a plan against running relays and their gates on a thread; `records()`
+    says what it did. `stop()` ends it early and leaves every relay running and reachable."""
 
-    def __init__(self, relays: Sequence[LocalRelayProcess], plan: Sequence[Outage]) -> None:
+    def __init__(
+        self, relays: Sequence[LocalRelayProcess], gates: Gates, plan: Sequence[Outage]
+    ) -> None:
         self._relays = list(relays)
+        self._gates = gates
         self._plan = list(plan)
         self._records: list[OutageRecord] = []
         self._errors: list[str] = []
@@ -119,9 +125,10 @@ class OutageRunner:
         self._cancel.set()
         if self._thread.is_alive():
             self._thread.join()
-        for relay in self._relays:
+        for index, relay in enumerate(self._relays):
             if not relay.running:
                 relay.start()
+                self._gates.open(index)
 
     def down(self) -> list[int]:
         """Indexes of the relays stopped right now."""
@@ -147,11 +154,14 @@ class OutageRunner:
                 return
 
     def _carry_out(self, outage: Outage) -> OutageRecord:
-        stopped_at, stopped_wall = time.monotonic(), time.time()
         relays = [self._relays[index] for index in outage.relays]
+        _at_once([partial(self._gates.close, index) for index in outage.relays])
+        # The outage starts when the clients are cut off.
+        stopped_at, stopped_wall = time.monotonic(), time.time()
         _at_once([relay.stop for relay in relays])
         self._cancel.wait(max(0.0, stopped_at + outage.seconds - time.monotonic()))
         _at_once([relay.start for relay in relays])
+        _at_once([partial(self._gates.open, index) for index in outage.relays])
         return OutageRecord(
             outage=outage,
             stopped_at=stopped_at,
