@@ -10,12 +10,15 @@ its own simulated Mostro key, so they share the relay and the solvers but never 
 disputes, and they are measured one after the other, never at the same time.
 
 The solver inboxes (nostr-sdk `SolverInbox`, six of them: five plus the memory run's one)
-live in a third process: an inbox in the same process as a notifier competes with it for the
-interpreter and slows it down. Each notes the `time.monotonic()` at which a gift wrap reaches
-it (a clock all processes on the machine share) and opens the wraps only after the
-measurement (`HeldInbox`): every DM is still decrypted and checked (right sender, right
-dispute) before a figure is printed, but the solvers' decryption does not compete with the
-notifier for the CPU. The simulated Mostro (`MostroSim`) publishes from this process.
+each live in a process of their own, as solvers are separate clients: inboxes sharing one
+process take turns with the interpreter, and then five wraps sent at once reached them about
+1 ms apart each while a bare websocket client on the same relay had all five within 0.3 ms;
+an inbox in the same process as a notifier would also compete with it. Each notes the
+`time.monotonic()` at which a gift wrap reaches it (a clock all processes on the machine
+share) and opens the wraps only after the measurement (`HeldInbox`): every DM is still
+decrypted and checked (right sender, right dispute) before a figure is printed, but the
+solvers' decryption does not compete with the notifier for the CPU. The simulated Mostro
+(`MostroSim`) publishes from this process.
 
 Figures, printed next to their targets (issue #5):
 - burst: N disputes published at once (32 concurrent publishers); DMs/s from the first
@@ -149,10 +152,11 @@ class HeldInbox(SolverInbox):
         return [(dm, self._arrived[dm.wrap_id]) for dm in fresh]
 
 
-def inboxes_role(relay_url: str, secrets: Sequence[str]) -> None:
-    """Solver inboxes. Prints `["wrap", solver, monotonic]` as each wrap arrives; on an
-    `open` line from the bench, opens what arrived and prints
-    `["dm", solver, sender, dispute_id, arrival]` per DM, then `["opened"]`."""
+def inbox_role(relay_url: str, index: str, secret: str) -> None:
+    """One solver's inbox (solver number `index`). Prints `["wrap", index, monotonic]` as
+    each wrap arrives; on an `open` line from the bench, opens what arrived and prints
+    `["dm", index, sender, dispute_id, arrival]` per DM, then `["opened"]`."""
+    solver = int(index)
     lock = threading.Lock()
 
     def emit(*record: object) -> None:
@@ -160,24 +164,18 @@ def inboxes_role(relay_url: str, secrets: Sequence[str]) -> None:
             sys.stdout.write(json.dumps(record) + "\n")
             sys.stdout.flush()
 
-    inboxes = [
-        HeldInbox(secret, [relay_url], functools.partial(emit, "wrap", index))
-        for index, secret in enumerate(secrets)
-    ]
-    for inbox in inboxes:
-        inbox.start()
+    inbox = HeldInbox(secret, [relay_url], functools.partial(emit, "wrap", solver))
+    inbox.start()
     print("ready", flush=True)
     for command in sys.stdin:  # until the bench closes our stdin
         if command.strip() != "open":
             continue
-        for index, inbox in enumerate(inboxes):
-            for dm, arrived in inbox.open_held():
-                match = DISPUTE_LINE.search(dm.content)
-                dispute_id = match.group(1) if match else ""
-                emit("dm", index, dm.sender_hex, dispute_id, arrived)
+        for dm, arrived in inbox.open_held():
+            match = DISPUTE_LINE.search(dm.content)
+            dispute_id = match.group(1) if match else ""
+            emit("dm", solver, dm.sender_hex, dispute_id, arrived)
         emit("opened")
-    for inbox in inboxes:
-        inbox.close()
+    inbox.close()
 
 
 def baseline_role(relay_url: str, secret: str, mostro: str, solvers: Sequence[str]) -> None:
@@ -234,17 +232,17 @@ def _grew(count: Callable[[], int], since: int) -> bool:
 
 
 class Deliveries:
-    """The inbox process seen from here: wrap arrivals counted per solver as they come, DMs
-    (sender, dispute id, arrival time) once opened."""
+    """The inbox processes seen from here: wrap arrivals counted per solver as they come,
+    DMs (sender, dispute id, arrival time) once opened."""
 
-    def __init__(self, inboxes: Child) -> None:
-        self._inboxes = inboxes
+    def __init__(self, inboxes: Sequence[Child]) -> None:
+        self._inboxes = tuple(inboxes)
         self._cond = threading.Condition()
         self._wraps: dict[int, int] = {}
         self._arrivals: dict[tuple[str, str], dict[int, float]] = {}
         self._opened = 0
-        self._thread = threading.Thread(target=self._read, args=(inboxes.stdout,), daemon=True)
-        self._thread.start()
+        for inbox in self._inboxes:
+            threading.Thread(target=self._read, args=(inbox.stdout,), daemon=True).start()
 
     def _read(self, stream: IO[str]) -> None:
         for line in stream:
@@ -286,9 +284,10 @@ class Deliveries:
 
     def _open(self, timeout: float) -> None:
         with self._cond:
-            target = self._opened + 1
-        self._inboxes.stdin.write("open\n")
-        self._inboxes.stdin.flush()
+            target = self._opened + len(self._inboxes)
+        for inbox in self._inboxes:
+            inbox.stdin.write("open\n")
+            inbox.stdin.flush()
         with self._cond:
             if not self._cond.wait_for(lambda: self._opened >= target, timeout):
                 raise TimeoutError("the inboxes did not open their wraps in time")
@@ -617,8 +616,11 @@ class Bench:
         serbero, baseline = Keys.generate(), Keys.generate()
         mostro_a, mostro_b, mostro_c = Keys.generate(), Keys.generate(), Keys.generate()
 
-        inboxes = Child("inboxes", url, *(k.secret.hex() for k in (*solvers, rss_solver)))
-        self.cleanups.append(inboxes.stop)
+        inboxes = []
+        for index, keys in enumerate((*solvers, rss_solver)):
+            inbox = Child("inbox", url, str(index), keys.secret.hex())
+            self.cleanups.append(inbox.stop)
+            inboxes.append(inbox)
         deliveries = Deliveries(inboxes)
 
         daemon = self._daemon("serbero", daemon_config(serbero, mostro_a, url, solvers))
@@ -641,7 +643,9 @@ class Bench:
             "bench/notify.py: serbero daemon vs baseline notifier (nostr-sdk, sequential DMs); "
             f"one LocalRelay, {SOLVERS} solvers, {os.cpu_count()} CPUs"
         )
-        print("  processes: relay | solver inboxes | serbero | baseline | this one (MostroSim)")
+        print(
+            "  processes: relay | one per solver inbox | serbero | baseline | this one (MostroSim)"
+        )
         print("  a DM counts when its gift wrap reaches the solver's client (opened afterwards)")
         print()
 
@@ -757,20 +761,28 @@ class Bench:
         return 0
 
 
+def _positive(text: str) -> int:
+    """A count of disputes: every figure needs at least one."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive count")
+    return value
+
+
 def _parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--burst", type=int, default=BURST)
-    parser.add_argument("--sequential", type=int, default=SEQUENTIAL)
-    parser.add_argument("--rss-disputes", type=int, default=RSS_DISPUTES)
-    parser.add_argument("--role", choices=("inboxes", "baseline"), help=argparse.SUPPRESS)
+    parser.add_argument("--burst", type=_positive, default=BURST)
+    parser.add_argument("--sequential", type=_positive, default=SEQUENTIAL)
+    parser.add_argument("--rss-disputes", type=_positive, default=RSS_DISPUTES)
+    parser.add_argument("--role", choices=("inbox", "baseline"), help=argparse.SUPPRESS)
     parser.add_argument("role_args", nargs="*", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(sys.argv[1:] if argv is None else argv)
-    if args.role == "inboxes":
-        inboxes_role(args.role_args[0], args.role_args[1:])
+    if args.role == "inbox":
+        inbox_role(*args.role_args)
         return 0
     if args.role == "baseline":
         relay_url, secret, mostro, *solvers = args.role_args
