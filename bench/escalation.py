@@ -27,10 +27,8 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import signal
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -42,6 +40,7 @@ from typing import Final
 REPO_ROOT: Final = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))  # tests.support is not an installed package
 
+from bench.daemon_process import DATABASE_FILE, DaemonProcess  # noqa: E402
 from serbero.protocol.handoff import parse_handoff_dm  # noqa: E402
 from serbero.protocol.keys import Keys  # noqa: E402
 from tests.escalation.helpers import RECIPE_RECONCILIATION, package  # noqa: E402
@@ -55,56 +54,12 @@ TARGET_SLACK_SECONDS: Final = 2.0
 
 READY_TIMEOUT: Final = 30.0
 DELIVERY_TIMEOUT: Final = 120.0
-STOP_TIMEOUT: Final = 10.0
+DISPATCHER_ENABLED: Final = "phase4_dispatcher_enabled"
 MOSTRO_PUBKEY: Final = Keys(bytes([7]) * 32).public_hex
 HANDOFF_INSERT: Final = (
     "INSERT INTO mediation_events (session_id, kind, payload_json, prompt_bundle_id,"
     " policy_hash, occurred_at) VALUES (NULL, 'handoff_prepared', ?, 'phase3-default', 'h1', ?)"
 )
-
-
-class Daemon:
-    """The `serbero` daemon on its own config and database; its log goes to a file."""
-
-    def __init__(self, workdir: Path, config_text: str) -> None:
-        config = workdir / "config.toml"
-        config.write_text(config_text)
-        config.chmod(0o600)
-        self.db_path = workdir / "serbero.db"
-        self.log_path = workdir / "serbero.log"
-        self._log = self.log_path.open("w")
-        script = Path(sys.executable).with_name("serbero")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SERBERO_")}
-        env["SERBERO_CONFIG"] = str(config)
-        self.process = subprocess.Popen(
-            [str(script) if script.exists() else "serbero"],
-            cwd=workdir,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def wait_started(self) -> None:
-        deadline = time.monotonic() + READY_TIMEOUT
-        while "event_loop_started" not in self.log_path.read_text():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"daemon did not start; see {self.log_path}")
-            time.sleep(0.05)
-        if "phase4_dispatcher_enabled" not in self.log_path.read_text():
-            raise RuntimeError("the daemon did not start the escalation dispatcher")
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._log.close()
-        return self.process.returncode
 
 
 def daemon_config(
@@ -115,7 +70,7 @@ def daemon_config(
     )
     solvers += f'[[solvers]]\npubkey = "{reader.public_hex}"\npermission = "read"\n\n'
     return (
-        f'[serbero]\nprivate_key = "{serbero.secret.hex()}"\ndb_path = "serbero.db"\n'
+        f'[serbero]\nprivate_key = "{serbero.secret.hex()}"\ndb_path = "{DATABASE_FILE}"\n'
         f'log_level = "info"\n\n[mostro]\npubkey = "{MOSTRO_PUBKEY}"\n\n'
         f'[[relays]]\nurl = "{relay}"\n\n{solvers}'
         f"[escalation]\nenabled = true\ndispatch_interval_seconds = {interval}\n"
@@ -237,11 +192,13 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
                 keys.secret.hex(), [relay.url], on_message=arrivals.callback(index)
             ).start()
             cleanups.append(inbox.close)
-        daemon = Daemon(
+        daemon = DaemonProcess(
             workdir, daemon_config(Keys.generate(), relay.url, writers, reader, args.interval)
         )
         cleanups.append(daemon.stop)
-        daemon.wait_started()
+        daemon.wait_ready()
+        if not daemon.count_events(DISPATCHER_ENABLED)[DISPATCHER_ENABLED]:
+            raise RuntimeError("the daemon did not start the escalation dispatcher")
         conn = _connect(daemon.db_path)
         cleanups.append(conn.close)
 

@@ -56,7 +56,6 @@ import math
 import os
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -74,6 +73,7 @@ import nostr_sdk
 REPO_ROOT: Final = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))  # tests.support is not an installed package
 
+from bench.daemon_process import DATABASE_FILE, DaemonProcess  # noqa: E402
 from serbero.protocol.keys import Keys  # noqa: E402
 from tests.support.baseline_notifier import BaselineNotifier  # noqa: E402
 from tests.support.mostro_sim import MostroSim  # noqa: E402
@@ -104,7 +104,6 @@ RSS_STALL_SECONDS: Final = 60.0
 STOP_TIMEOUT: Final = 10.0
 
 TROUBLE_EVENTS: Final = ("relay_disconnected", "notification_failed")
-READY_EVENT: Final = '"event": "event_loop_started"'
 DISPUTE_LINE: Final = re.compile(r"^dispute_id: (\S+)$", re.MULTILINE)
 
 
@@ -334,75 +333,10 @@ class Deliveries:
             needed += math.ceil(len(missing) / len(solvers))
 
 
-class Daemon:
-    """The `serbero` daemon on its own config and database; its log goes to a file."""
-
-    def __init__(self, workdir: Path, config_text: str) -> None:
-        workdir.mkdir()
-        config = workdir / "config.toml"
-        config.write_text(config_text)
-        config.chmod(0o600)
-        self.log_path = workdir / "serbero.log"
-        self._log = self.log_path.open("w")
-        script = Path(sys.executable).with_name("serbero")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SERBERO_")}
-        env["SERBERO_CONFIG"] = str(config)
-        self.process = subprocess.Popen(
-            [str(script) if script.exists() else "serbero"],
-            cwd=workdir,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def wait_ready(self) -> None:
-        """Until the daemon logged `event_loop_started`: its `since` is fixed by then, so a
-        dispute published afterwards is never older than its subscription."""
-        deadline = time.monotonic() + READY_TIMEOUT
-        while READY_EVENT not in self.log_path.read_text():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"serbero did not start; its log: {self.log_path.read_text()}")
-            time.sleep(0.05)
-
-    def count_events(self, *names: str) -> dict[str, int]:
-        """How often each log event name occurs in the daemon's log so far."""
-        counts = dict.fromkeys(names, 0)
-        for line in self.log_path.read_text().splitlines():
-            try:
-                event = json.loads(line).get("event")
-            except ValueError:
-                continue
-            if event in counts:
-                counts[event] += 1
-        return counts
-
-    def memory_mb(self) -> tuple[float, float]:
-        """(VmHWM, VmRSS) in MB (1e6 bytes) from /proc/<pid>/status."""
-        fields: dict[str, float] = {}
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            name, _, value = line.partition(":")
-            if name in ("VmHWM", "VmRSS"):
-                fields[name] = int(value.split()[0]) * 1024 / 1e6
-        return fields["VmHWM"], fields["VmRSS"]
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._log.close()
-        return self.process.returncode
-
-
 def daemon_config(serbero: Keys, mostro: Keys, relay: str, solvers: Sequence[Keys]) -> str:
     solver_tables = "".join(f'[[solvers]]\npubkey = "{s.public_hex}"\n\n' for s in solvers)
     return (
-        f'[serbero]\nprivate_key = "{serbero.secret.hex()}"\ndb_path = "serbero.db"\n'
+        f'[serbero]\nprivate_key = "{serbero.secret.hex()}"\ndb_path = "{DATABASE_FILE}"\n'
         f'log_level = "info"\n\n[mostro]\npubkey = "{mostro.public_hex}"\n\n'
         f'[[relays]]\nurl = "{relay}"\n\n{solver_tables}'
         # No reminders during the bench: every DM measured is an initial notification.
@@ -573,7 +507,7 @@ class Bench:
         self.args = args
         self.workdir = workdir
         self.cleanups: list[Callable[[], object]] = []
-        self.daemons: list[Daemon] = []
+        self.daemons: list[DaemonProcess] = []
 
     def run(self) -> int:
         try:
@@ -590,8 +524,8 @@ class Bench:
         while self.cleanups:
             self.cleanups.pop()()
 
-    def _daemon(self, name: str, config: str) -> Daemon:
-        daemon = Daemon(self.workdir / name, config)
+    def _daemon(self, name: str, config: str) -> DaemonProcess:
+        daemon = DaemonProcess(self.workdir / name, config)
         self.daemons.append(daemon)
         self.cleanups.append(daemon.stop)
         daemon.wait_ready()
