@@ -20,7 +20,7 @@ import msgspec
 
 from serbero.protocol.event import DECODE_ERRORS, Event, first_tag_value, make_rumor
 from serbero.protocol.keys import Keys, verify_schnorr
-from serbero.protocol.nip59 import Unwrapped, build_gift_wrap
+from serbero.protocol.nip59 import Unwrapped, WrapInputs, build_gift_wrap
 
 __all__ = [
     "ADMIN_TAKE_DISPUTE",
@@ -495,21 +495,17 @@ def build_admin_take_dispute(
     dispute_id: str,
     *,
     now: int,
-    aux_rand: bytes | None = None,
     rand: Callable[[int], bytes] = os.urandom,
-    ephemeral: Keys | None = None,
-    seal_nonce: bytes | None = None,
-    wrap_nonce: bytes | None = None,
-    seal_created_at: int | None = None,
-    wrap_created_at: int | None = None,
+    pinned: WrapInputs | None = None,
 ) -> Event:
     """PROTO-46: the gift wrap carrying `admin-take-dispute` to Mostro.
 
     Rumor kind 1, no tags, `created_at` = now (Mostro drops rumors older than ~10 s); the wrap
-    is addressed with `["p", mostro_pk]` and nothing else. Every signature's `aux_rand` comes
-    from `rand` unless pinned.
+    is addressed with `["p", mostro_pk]` and nothing else. Every random input comes from
+    `rand` unless `pinned`; a pinned `aux_rand` also serves the message signature.
     """
-    message_aux = aux_rand if aux_rand is not None else rand(_AUX_LEN)
+    pinned_aux = pinned.aux_rand if pinned is not None else None
+    message_aux = pinned_aux if pinned_aux is not None else rand(_AUX_LEN)
     rumor = make_rumor(
         serbero.public_hex,
         created_at=now,
@@ -523,12 +519,7 @@ def build_admin_take_dispute(
         rumor,
         now=now,
         rand=rand,
-        ephemeral=ephemeral,
-        seal_nonce=seal_nonce,
-        wrap_nonce=wrap_nonce,
-        aux_rand=aux_rand,
-        seal_created_at=seal_created_at,
-        wrap_created_at=wrap_created_at,
+        pinned=pinned,
     )
 
 

@@ -1,7 +1,7 @@
 """NIP-59 gift wraps and NIP-17 private DMs (PROTO-31..33).
 
 Every random input (ephemeral key, NIP-44 nonces, BIP-340 aux, timestamp tweaks) comes from the
-injected ``rand`` unless given explicitly, so vectors reproduce byte for byte (PROTO-1/66).
+injected ``rand`` unless pinned in a `WrapInputs`, so vectors reproduce byte for byte (PROTO-1/66).
 Unwrapping runs the PROTO-32 checks in order and reports each failure as a typed error.
 
 A sender of many DMs (the outbox sender) uses `GiftWrapper`: the two key agreements a wrap
@@ -48,6 +48,7 @@ __all__ = [
     "OneTimeKey",
     "SenderMismatch",
     "Unwrapped",
+    "WrapInputs",
     "build_gift_wrap",
     "build_private_dm",
     "prepare_one_time_key",
@@ -107,6 +108,22 @@ class _IncomingRumor(msgspec.Struct, frozen=True):
 _rumor_decoder: Final = msgspec.json.Decoder(_IncomingRumor)
 
 
+class WrapInputs(msgspec.Struct, frozen=True, kw_only=True):
+    """The random inputs of one gift wrap, pinned so test vectors reproduce byte for byte
+    (PROTO-1/66); any field left None is drawn from ``rand``. One ``aux_rand`` serves every
+    signature of the wrap."""
+
+    ephemeral: Keys | None = None
+    seal_nonce: bytes | None = None
+    wrap_nonce: bytes | None = None
+    aux_rand: bytes | None = None
+    seal_created_at: int | None = None
+    wrap_created_at: int | None = None
+
+
+_NOTHING_PINNED: Final = WrapInputs()
+
+
 class OneTimeKey:
     """A fresh ephemeral key for one gift wrap to `receiver`, with the eph->receiver
     conversation key already derived. PROTO-31: it signs exactly one wrap; a second use
@@ -156,19 +173,14 @@ def build_gift_wrap(
     now: int,
     extra_tags: Sequence[Sequence[str]] = (),
     rand: Callable[[int], bytes] = os.urandom,
-    ephemeral: Keys | None = None,
-    seal_nonce: bytes | None = None,
-    wrap_nonce: bytes | None = None,
-    aux_rand: bytes | None = None,
-    seal_created_at: int | None = None,
-    wrap_created_at: int | None = None,
+    pinned: WrapInputs | None = None,
     seal_key: bytes | None = None,
     one_time: OneTimeKey | None = None,
 ) -> Event:
     """PROTO-31: rumor (self-``p`` dropped, id recomputed) -> seal (kind 13) -> wrap (kind 1059).
 
-    The explicit keyword arguments pin individual random inputs (vectors); anything left None
-    is drawn from ``rand``. The ephemeral key signs exactly one wrap and is then dropped.
+    ``pinned`` fixes random inputs for vectors; anything not pinned is drawn from ``rand``.
+    The ephemeral key signs exactly one wrap and is then dropped.
     ``seal_key`` (the sender->receiver conversation key) and ``one_time`` (an ephemeral key
     prepared for this receiver) carry work done in advance (`GiftWrapper`).
     """
@@ -176,7 +188,7 @@ def build_gift_wrap(
     author = sender.public_hex
     if rumor.pubkey != author:
         raise GiftWrapError("the rumor's pubkey must be the sender's key")
-    _check_one_time(one_time, ephemeral, receiver)
+    _check_one_time(one_time, pinned, receiver)
     tags = _without_self_p(rumor.tags, author)
     inner = Rumor(
         compute_event_id(author, rumor.created_at, rumor.kind, tags, rumor.content),
@@ -193,19 +205,15 @@ def build_gift_wrap(
         now=now,
         extra_tags=extra_tags,
         rand=rand,
-        ephemeral=ephemeral,
-        seal_nonce=seal_nonce,
-        wrap_nonce=wrap_nonce,
-        aux_rand=aux_rand,
-        seal_created_at=seal_created_at,
-        wrap_created_at=wrap_created_at,
+        pinned=pinned,
         seal_key=seal_key,
         one_time=one_time,
     )
 
 
-def _check_one_time(one_time: OneTimeKey | None, ephemeral: Keys | None, receiver: str) -> None:
-    if one_time is not None and (ephemeral is not None or one_time.receiver != receiver):
+def _check_one_time(one_time: OneTimeKey | None, pinned: WrapInputs | None, receiver: str) -> None:
+    pinned_ephemeral = pinned is not None and pinned.ephemeral is not None
+    if one_time is not None and (pinned_ephemeral or one_time.receiver != receiver):
         raise GiftWrapError("a one-time key is prepared for one receiver and replaces ephemeral")
 
 
@@ -217,46 +225,50 @@ def _seal_and_wrap(
     now: int,
     extra_tags: Sequence[Sequence[str]],
     rand: Callable[[int], bytes],
-    ephemeral: Keys | None,
-    seal_nonce: bytes | None,
-    wrap_nonce: bytes | None,
-    aux_rand: bytes | None,
-    seal_created_at: int | None,
-    wrap_created_at: int | None,
+    pinned: WrapInputs | None,
     seal_key: bytes | None,
     one_time: OneTimeKey | None,
 ) -> Event:
     """Seal a finished rumor (valid id, no self-``p``) to a parsed receiver and wrap it."""
+    pins = pinned if pinned is not None else _NOTHING_PINNED
     seal_content = nip44.encrypt_bytes(
         encode_event(inner),
         seal_key if seal_key is not None else nip44.conversation_key(sender.secret, receiver),
-        seal_nonce if seal_nonce is not None else rand(_NONCE_LEN),
+        pins.seal_nonce if pins.seal_nonce is not None else rand(_NONCE_LEN),
     )
     seal = sign_event(
         sender,
-        created_at=seal_created_at if seal_created_at is not None else tweaked_timestamp(now, rand),
+        created_at=(
+            pins.seal_created_at
+            if pins.seal_created_at is not None
+            else tweaked_timestamp(now, rand)
+        ),
         kind=SEAL_KIND,
         tags=[],
         content=seal_content,
-        aux_rand=aux_rand if aux_rand is not None else rand(_AUX_LEN),
+        aux_rand=pins.aux_rand if pins.aux_rand is not None else rand(_AUX_LEN),
     )
     if one_time is not None:
         wrap_signer, wrap_key = one_time.take()
     else:
-        wrap_signer = ephemeral if ephemeral is not None else Keys.generate(rand)
+        wrap_signer = pins.ephemeral if pins.ephemeral is not None else Keys.generate(rand)
         wrap_key = nip44.conversation_key(wrap_signer.secret, receiver)
     wrap_content = nip44.encrypt_bytes(
         encode_event(seal),
         wrap_key,
-        wrap_nonce if wrap_nonce is not None else rand(_NONCE_LEN),
+        pins.wrap_nonce if pins.wrap_nonce is not None else rand(_NONCE_LEN),
     )
     return sign_event(
         wrap_signer,
-        created_at=wrap_created_at if wrap_created_at is not None else tweaked_timestamp(now, rand),
+        created_at=(
+            pins.wrap_created_at
+            if pins.wrap_created_at is not None
+            else tweaked_timestamp(now, rand)
+        ),
         kind=GIFT_WRAP_KIND,
         tags=[*extra_tags, ["p", receiver]],
         content=wrap_content,
-        aux_rand=aux_rand if aux_rand is not None else rand(_AUX_LEN),
+        aux_rand=pins.aux_rand if pins.aux_rand is not None else rand(_AUX_LEN),
     )
 
 
@@ -267,12 +279,7 @@ def build_private_dm(
     *,
     now: int,
     rand: Callable[[int], bytes] = os.urandom,
-    ephemeral: Keys | None = None,
-    seal_nonce: bytes | None = None,
-    wrap_nonce: bytes | None = None,
-    aux_rand: bytes | None = None,
-    seal_created_at: int | None = None,
-    wrap_created_at: int | None = None,
+    pinned: WrapInputs | None = None,
     seal_key: bytes | None = None,
     one_time: OneTimeKey | None = None,
 ) -> Event:
@@ -294,16 +301,11 @@ def build_private_dm(
             rumor,
             now=now,
             rand=rand,
-            ephemeral=ephemeral,
-            seal_nonce=seal_nonce,
-            wrap_nonce=wrap_nonce,
-            aux_rand=aux_rand,
-            seal_created_at=seal_created_at,
-            wrap_created_at=wrap_created_at,
+            pinned=pinned,
             seal_key=seal_key,
             one_time=one_time,
         )
-    _check_one_time(one_time, ephemeral, receiver)
+    _check_one_time(one_time, pinned, receiver)
     return _seal_and_wrap(
         sender,
         receiver,
@@ -311,12 +313,7 @@ def build_private_dm(
         now=now,
         extra_tags=(),
         rand=rand,
-        ephemeral=ephemeral,
-        seal_nonce=seal_nonce,
-        wrap_nonce=wrap_nonce,
-        aux_rand=aux_rand,
-        seal_created_at=seal_created_at,
-        wrap_created_at=wrap_created_at,
+        pinned=pinned,
         seal_key=seal_key,
         one_time=one_time,
     )

@@ -51,7 +51,7 @@ from serbero.protocol.mostro import (
     status_route,
     take_refusal_error,
 )
-from serbero.protocol.nip59 import Unwrapped, build_gift_wrap, unwrap_gift
+from serbero.protocol.nip59 import Unwrapped, WrapInputs, build_gift_wrap, unwrap_gift
 from tests.support import nostr_sdk_peer as peer
 
 ZERO_AUX = bytes(32)
@@ -358,12 +358,14 @@ def test_admin_take_dispute_wrap_vector(
         vector["mostro_pubkey"],
         json.loads(vector["rumor"]["content"])[0]["dispute"]["id"],
         now=vector["rumor"]["created_at"],
-        aux_rand=ZERO_AUX,
-        ephemeral=Keys.from_secret(bytes.fromhex(vector["ephemeral_secret"])),
-        seal_nonce=bytes.fromhex(vector["seal_nonce"]),
-        wrap_nonce=bytes.fromhex(vector["wrap_nonce"]),
-        seal_created_at=vector["seal"]["created_at"],
-        wrap_created_at=vector["gift_wrap"]["created_at"],
+        pinned=WrapInputs(
+            aux_rand=ZERO_AUX,
+            ephemeral=Keys.from_secret(bytes.fromhex(vector["ephemeral_secret"])),
+            seal_nonce=bytes.fromhex(vector["seal_nonce"]),
+            wrap_nonce=bytes.fromhex(vector["wrap_nonce"]),
+            seal_created_at=vector["seal"]["created_at"],
+            wrap_created_at=vector["gift_wrap"]["created_at"],
+        ),
     )
     assert msgspec.to_builtins(wrap) == vector["gift_wrap"]
     verify_event(wrap)

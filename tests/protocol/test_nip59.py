@@ -30,6 +30,7 @@ from serbero.protocol.nip59 import (
     OneTimeKey,
     SenderMismatch,
     Unwrapped,
+    WrapInputs,
     build_gift_wrap,
     build_private_dm,
     prepare_one_time_key,
@@ -47,15 +48,15 @@ def _derived(vectors_dir: Path) -> dict[str, Any]:
     return data
 
 
-def _injection(case: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "ephemeral": Keys.parse(case["ephemeral_secret"]),
-        "seal_nonce": bytes.fromhex(case["seal_nonce"]),
-        "wrap_nonce": bytes.fromhex(case["wrap_nonce"]),
-        "aux_rand": ZERO_AUX,
-        "seal_created_at": case["seal"]["created_at"],
-        "wrap_created_at": case["gift_wrap"]["created_at"],
-    }
+def _pinned(case: dict[str, Any]) -> WrapInputs:
+    return WrapInputs(
+        ephemeral=Keys.parse(case["ephemeral_secret"]),
+        seal_nonce=bytes.fromhex(case["seal_nonce"]),
+        wrap_nonce=bytes.fromhex(case["wrap_nonce"]),
+        aux_rand=ZERO_AUX,
+        seal_created_at=case["seal"]["created_at"],
+        wrap_created_at=case["gift_wrap"]["created_at"],
+    )
 
 
 def _compact(value: Any) -> str:
@@ -70,7 +71,7 @@ def test_nip17_private_dm_vector(vectors_dir: Path) -> None:
         case["receiver_pubkey"],
         case["rumor"]["content"],
         now=case["rumor"]["created_at"],
-        **_injection(case),
+        pinned=_pinned(case),
     )
     assert msgspec.structs.asdict(wrap) == case["gift_wrap"]
     assert wrap.id == "6ab6d8bc753e9e855c4a9b64d88b99831c66c5071e6ebb1dd8b9e3f0c87c32ad"
@@ -105,7 +106,7 @@ def test_mostro_admin_take_dispute_wrap_vector(vectors_dir: Path) -> None:
     assert encode_event(rumor).decode() == case["rumor_json"]
     sender = Keys.parse(case["sender_secret"])
     wrap = build_gift_wrap(
-        sender, case["mostro_pubkey"], rumor, now=raw["created_at"], **_injection(case)
+        sender, case["mostro_pubkey"], rumor, now=raw["created_at"], pinned=_pinned(case)
     )
     assert msgspec.structs.asdict(wrap) == case["gift_wrap"]
     assert wrap.id == "e0a249347f485bd2c773c56e8ae07b3b35e94a5b16bc57aa3fb1867a5916ebeb"
@@ -249,8 +250,9 @@ def test_prepared_keys_reproduce_the_vector_byte_for_byte(vectors_dir: Path) -> 
     case = _derived(vectors_dir)["nip17_private_dm"]
     sender = Keys.parse(case["sender_secret"])
     receiver = case["receiver_pubkey"]
-    injection = _injection(case)
-    ephemeral = injection.pop("ephemeral")
+    pinned = _pinned(case)
+    ephemeral = pinned.ephemeral
+    assert ephemeral is not None
     one_time = OneTimeKey(ephemeral, receiver, nip44.conversation_key(ephemeral.secret, receiver))
     wrap = build_private_dm(
         sender,
@@ -259,7 +261,7 @@ def test_prepared_keys_reproduce_the_vector_byte_for_byte(vectors_dir: Path) -> 
         now=case["rumor"]["created_at"],
         seal_key=nip44.conversation_key(sender.secret, receiver),
         one_time=one_time,
-        **injection,
+        pinned=msgspec.structs.replace(pinned, ephemeral=None),
     )
     assert msgspec.structs.asdict(wrap) == case["gift_wrap"]
     assert one_time.used
