@@ -11,9 +11,12 @@ nostr-rs-relay have caps of their own), so after the stored events of every live
 (re)subscription the actor pages backwards until it reaches `since` (`_CatchUp`): at start-up
 and after each reconnect, a gap longer than one REQ's worth is replayed in full, not cut at N.
 
-It talks only through channels: commands in (subscribe, unsubscribe, publish), raw but
-shape-checked events out to the pool's intake (which verifies and de-duplicates them once for
-all relays), and `RelayState` snapshots out whenever its link changes. Bad frames from a relay
+It talks through channels: commands in (subscribe, unsubscribe), raw but shape-checked events
+out to the pool's intake (which verifies and de-duplicates them once for all relays), and
+`RelayState` snapshots out whenever its link changes. Publishing is the one exception:
+`publish` writes the EVENT on the live link from the caller's own task, so a DM goes out the
+moment it is built instead of after a hand-off to the actor and a turn of the scheduler; the
+OK still comes back through the actor's reader. Bad frames from a relay
 are logged and skipped; they never end the actor.
 """
 
@@ -79,7 +82,6 @@ __all__ = [
     "InboundEnd",
     "InboundEvent",
     "InboundItem",
-    "PublishCommand",
     "PublishReply",
     "PublishStatus",
     "RelayConnection",
@@ -253,12 +255,7 @@ class UnsubscribeCommand(msgspec.Struct, frozen=True, tag=True):
     sub_id: str
 
 
-class PublishCommand(msgspec.Struct, frozen=True, tag=True):
-    event: Event
-    reply: PublishReply
-
-
-Command = SubscribeCommand | UnsubscribeCommand | PublishCommand
+Command = SubscribeCommand | UnsubscribeCommand
 
 
 class InboundEvent(msgspec.Struct, frozen=True):
@@ -457,9 +454,9 @@ class _Publish:
 
     __slots__ = ("deadline", "event_id", "frame", "reply", "resent")
 
-    def __init__(self, command: PublishCommand, frame: bytes, deadline: float) -> None:
-        self.event_id = command.event.id
-        self.reply = command.reply
+    def __init__(self, event_id: str, reply: PublishReply, frame: bytes, deadline: float) -> None:
+        self.event_id = event_id
+        self.reply = reply
         self.frame = frame
         self.deadline = deadline
         # PROTO-20: an `auth-required:` answer is followed by one resend after AUTH.
@@ -754,10 +751,8 @@ class RelayConnection:
         async for command in self._commands:
             if isinstance(command, SubscribeCommand):
                 await self._subscribe(command)
-            elif isinstance(command, UnsubscribeCommand):
-                await self._unsubscribe(command.sub_id)
             else:
-                await self._publish(command)
+                await self._unsubscribe(command.sub_id)
 
     async def _subscribe(self, command: SubscribeCommand) -> None:
         sub = _Sub(command)
@@ -780,19 +775,21 @@ class RelayConnection:
             if sub.status is _SubStatus.ACTIVE:
                 await link.send(encode_close(sub_id))
 
-    async def _publish(self, command: PublishCommand) -> None:
-        """PROTO-20: send the EVENT; its OK (or the timeout, or the link's end) answers."""
+    async def publish(self, event: Event) -> RelayPublishOutcome:
+        """PROTO-20: send the EVENT on the live link now, from the caller's task, and wait for
+        its answer: the relay's OK, `timed_out` after `ok_timeout`, or `not_connected` when
+        there is no link or it ends first."""
+        reply = PublishReply()
         link = self._link
         if link is None:
-            command.reply.set(
-                RelayPublishOutcome(self.url, PublishStatus.NOT_CONNECTED, NOT_CONNECTED_REASON)
-            )
-            return
-        frame = encode_event_message(command.event)
-        publish = _Publish(command, frame, trio.current_time() + self._timing.ok_timeout)
-        link.track(publish)
+            return RelayPublishOutcome(self.url, PublishStatus.NOT_CONNECTED, NOT_CONNECTED_REASON)
+        frame = encode_event_message(event)
+        deadline = trio.current_time() + self._timing.ok_timeout
+        # Tracked before the first await: a link that ends from here on answers it.
+        link.track(_Publish(event.id, reply, frame, deadline))
         # A failed send drops the link, which answers every waiting publish.
         await link.send(frame)
+        return await reply.wait()
 
     def _on_ok(self, link: _Link, ok: RelayOk) -> None:
         publishes = link.take_publishes(ok.event_id)

@@ -33,8 +33,6 @@ from serbero.actors.relay import (
     InboundEnd,
     InboundEvent,
     InboundItem,
-    PublishCommand,
-    PublishReply,
     PublishStatus,
     RelayConnection,
     RelayPublishOutcome,
@@ -298,6 +296,7 @@ class RelayPool:
         self._state_changes = state_changes
         self._intake = EventIntake(wall_clock=wall_clock)
         self._commands: dict[str, trio.MemorySendChannel[Command]] = {}
+        self._connections: dict[str, RelayConnection] = {}
         now = wall_clock()
         self._states = {url: RelayState(url=url, connected=False, since=now) for url in self.urls}
         self._state_changed = trio.Event()
@@ -323,6 +322,7 @@ class RelayPool:
                 timing=self._timing,
                 rand=self._rand,
             )
+            self._connections[url] = connection
             nursery.start_soon(connection.run, name=f"relay {url}")
 
     # --- relay state ---------------------------------------------------------------------------
@@ -443,26 +443,20 @@ class RelayPool:
             if len(self.urls) == 1:
                 # One relay (the common set-up): no nursery, no extra task.
                 url = self.urls[0]
-                outcome = await self._publish_to(url, self._commands[url], event)
+                outcome = await self._publish_to(url, event)
                 return PublishResult(event.id, (outcome,))
             outcomes: dict[str, RelayPublishOutcome] = {}
             async with trio.open_nursery() as nursery:
-                for url, commands in self._commands.items():
-                    nursery.start_soon(self._publish_into, url, commands, event, outcomes)
+                for url in self.urls:
+                    nursery.start_soon(self._publish_into, url, event, outcomes)
         return PublishResult(event.id, tuple(outcomes[url] for url in self.urls))
 
     async def _publish_into(
-        self,
-        url: str,
-        commands: trio.MemorySendChannel[Command],
-        event: Event,
-        outcomes: dict[str, RelayPublishOutcome],
+        self, url: str, event: Event, outcomes: dict[str, RelayPublishOutcome]
     ) -> None:
-        outcomes[url] = await self._publish_to(url, commands, event)
+        outcomes[url] = await self._publish_to(url, event)
 
-    async def _publish_to(
-        self, url: str, commands: trio.MemorySendChannel[Command], event: Event
-    ) -> RelayPublishOutcome:
+    async def _publish_to(self, url: str, event: Event) -> RelayPublishOutcome:
         """One relay's share of a publish: send, and while it answers `rate-limited:`, wait
         for its pause to end and send again, within the budget (BEY-3)."""
         gate = self._rate_gates[url]
@@ -474,9 +468,7 @@ class RelayPool:
                     await gate.wait_open()
                 if not gate.is_open():
                     break
-            reply = PublishReply()
-            await commands.send(PublishCommand(event, reply))
-            outcome = await reply.wait()
+            outcome = await self._connections[url].publish(event)
             if outcome.status is not PublishStatus.RATE_LIMITED:
                 gate.clear()
                 break

@@ -19,8 +19,6 @@ from serbero.actors.relay import (
     Command,
     InboundEvent,
     InboundItem,
-    PublishCommand,
-    PublishReply,
     PublishStatus,
     RelayConnection,
     RelayState,
@@ -466,16 +464,21 @@ async def test_events_received_before_a_close_are_delivered_after_a_send_fails(
         with trio.fail_after(5):
             await closed.wait()
             await trio.testing.wait_all_tasks_blocked()
-            reply = PublishReply()
-            await commands_send.send(PublishCommand(note(author, "late"), reply))
+            outcomes = []
+
+            async def publish_late() -> None:
+                outcomes.append(await connection.publish(note(author, "late")))
+
+            nursery.start_soon(publish_late)
             received = []
             while len(received) < len(sent):
                 item = await inbound_recv.receive()
                 assert isinstance(item, InboundEvent)
                 received.append(item.event)
-            outcome = await reply.wait()
+            while not outcomes:
+                await trio.sleep(0.01)
         assert received == sent
-        assert outcome.status is PublishStatus.NOT_CONNECTED
+        assert [outcome.status for outcome in outcomes] == [PublishStatus.NOT_CONNECTED]
         nursery.cancel_scope.cancel()
 
 
