@@ -16,6 +16,7 @@ import trio.testing
 import serbero.actors.sender as sender_module
 from serbero.actors.relay_pool import RelayPool
 from serbero.actors.sender import (
+    COMPLETION_LINGER,
     IDLE_RECHECK_SECONDS,
     Delivery,
     Doorbell,
@@ -215,6 +216,60 @@ async def test_rows_a_decision_claimed_go_out_without_a_claim_and_complete_in_on
     assert query(db, "SELECT lifecycle_state FROM disputes") == [("notified",)]
 
 
+async def test_outcomes_a_few_ms_apart_share_one_commit(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fan-out's OKs come back a few ms apart: they are recorded together, after
+    COMPLETION_LINGER; an outcome that comes later than that gets a commit of its own."""
+    db = str(tmp_path / "serbero.db")
+    solvers = [SolverConfig.from_text(Keys.generate().public_hex) for _ in range(4)]
+    finish_after = dict(
+        zip(
+            (s.pubkey for s in solvers),
+            (0.0, COMPLETION_LINGER * 0.4, COMPLETION_LINGER * 0.8, COMPLETION_LINGER * 10),
+            strict=True,
+        )
+    )
+
+    async def fake_deliver(
+        pool: object, identity: object, solver: SolverConfig, body: str, **kwargs: object
+    ) -> Delivery:
+        await trio.sleep(1 + finish_after[solver.pubkey])
+        return Delivery(ok=True, error=None, retryable=True)
+
+    monkeypatch.setattr(sender_module, "deliver_dm", fake_deliver)
+    async with open_tracker(db, wall_clock=TrioWallClock(), offload=False) as tracker:
+        counting = CountingTracker(tracker)
+        stats = SenderStats()
+        sender = OutboxSender(
+            cast(Tracker, counting),
+            cast(RelayPool, StubPool()),
+            Keys.generate(),
+            solvers,
+            doorbell=Doorbell(),
+            stats=stats,
+            wall_clock=TrioWallClock(),
+        )
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(sender.run)
+            await trio.sleep(1)
+            asked_before = counting.asked.copy()
+            reserved = sender.reserve(len(solvers))
+            messages = tuple(OutboxMessage(s.pubkey, "initial") for s in solvers)
+            result = await tracker.ask(
+                RecordDetected(event=event("initiated"), messages=messages, claim=reserved)
+            )
+            sender.hand_over(result.claimed, reserved=reserved, left_behind=False)
+            await trio.sleep(1 + COMPLETION_LINGER * 2)
+            assert stats.delivered == 3, "the first three, together"
+            assert (counting.asked - asked_before)["CompleteOutboxes"] == 1
+            await trio.sleep(1)
+            nursery.cancel_scope.cancel()
+    assert (counting.asked - asked_before)["CompleteOutboxes"] == 2
+    assert stats.delivered == len(solvers) and stats.in_flight == 0
+    assert count_rows(db, "notification_outbox", "state = 'sent'") == len(solvers)
+
+
 async def test_room_is_refused_while_rows_wait_in_the_outbox_so_the_oldest_go_first(
     autojump_clock: trio.testing.MockClock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -319,4 +374,5 @@ async def test_a_claimed_assignment_waits_for_the_initial_in_flight_for_its_solv
     for solver in SOLVERS:
         mine = [span for span in spans if span[0] == solver.pubkey]
         assert [body for _, body, _, _ in mine] == ["initial", "assignment"]
-        assert mine[1][2] == mine[0][3], "the assignment went out when the initial was done"
+        # Its outcome is recorded COMPLETION_LINGER after the initial is done: then it goes.
+        assert mine[1][2] == pytest.approx(mine[0][3] + COMPLETION_LINGER)
