@@ -96,6 +96,27 @@ def test_mostro_sim_publishes_dispute_events_with_mostros_tags(
         assert [event.id for event in mostro.events()] == [opened_id, taken_id, settled_id]
 
 
+def test_mostro_sim_publishes_a_signed_burst_at_once(local_relay: LocalRelayProcess) -> None:
+    """`publish_signed`: events signed ahead all reach the relay, in the history as if each
+    had been published on its own, and an opening signed ahead records its initiator."""
+    with MostroSim(MOSTRO_SK, [local_relay.url]) as mostro:
+        dispute_ids = [f"burst-{index:03}" for index in range(40)]
+        signed = [mostro.sign_opening(dispute_id, "seller") for dispute_id in dispute_ids]
+        assert fetch_disputes(local_relay.url, mostro.pubkey_hex) == []
+        ids = mostro.publish_signed(signed)
+        assert ids == [event.id().to_hex() for event in signed]
+        stored = {
+            event["id"]: event for event in fetch_disputes(local_relay.url, mostro.pubkey_hex)
+        }
+        assert set(stored) == set(ids)
+        for dispute_id, event_id in zip(dispute_ids, ids, strict=True):
+            assert stored[event_id]["tags"][0] == ["d", dispute_id]
+            assert ["initiator", "seller"] in stored[event_id]["tags"]
+            assert mostro.event(event_id).accepted_by == [local_relay.url]
+        taken_id = mostro.take_dispute(dispute_ids[0])
+        assert ["initiator", "seller"] in mostro.event(taken_id).tags
+
+
 def test_mostro_sim_publishes_hostile_shapes_and_reports_refusals(
     local_relay: LocalRelayProcess,
 ) -> None:
@@ -142,6 +163,7 @@ async def test_baseline_notifies_every_solver_once_per_dispute(
         for peer in peers:
             await trio.to_thread.run_sync(peer.start)
         dispute_ids = ["dispute-a", "dispute-b", "dispute-c"]
+        started = time.monotonic()
         for dispute_id in dispute_ids:
             await trio.to_thread.run_sync(mostro.open_dispute, dispute_id)
         # Not new: a later `initiated` for a known id, and other statuses.
@@ -163,6 +185,10 @@ async def test_baseline_notifies_every_solver_once_per_dispute(
             assert inbox.count_containing("dispute-a") == 1
             assert inbox.errors() == []
         assert notifier.notified_disputes() == expected_ids
+        detections = notifier.detections()
+        assert sorted(detections) == sorted(expected_ids)
+        times = [detections[dispute_id] for dispute_id in expected_ids]
+        assert started < times[0] and times == sorted(times) and times[-1] < time.monotonic()
         # The last DM can reach its inbox before the notifier has read the relay's OK.
         await eventually(lambda: notifier.sent_count() + notifier.failed_count() == 8, WAIT)
         assert (notifier.sent_count(), notifier.failed_count()) == (8, 0)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Iterable
 from typing import Final
 
@@ -52,9 +53,10 @@ class BaselineNotifier(ThreadedSdkPeer):
         super().__init__(secret_hex, relay_urls, timeout=timeout)
         self.mostro_pubkey = nostr_sdk.PublicKey.parse(mostro_pubkey)
         self.solver_pubkeys = [nostr_sdk.PublicKey.parse(pk) for pk in solver_pubkeys]
-        self._queue: asyncio.Queue[nostr_sdk.Event] | None = None
+        self._queue: asyncio.Queue[tuple[nostr_sdk.Event, float]] | None = None
         self._seen: set[str] = set()
         self._notified: list[str] = []
+        self._detected_at: dict[str, float] = {}
         self._sent = 0
         self._failed = 0
 
@@ -62,6 +64,12 @@ class BaselineNotifier(ThreadedSdkPeer):
         """Dispute ids taken up for notification, in the order they were detected."""
         with self._cond:
             return list(self._notified)
+
+    def detections(self) -> dict[str, float]:
+        """When each notified dispute's event reached this notifier (`time.monotonic()`, a
+        clock every process on the machine shares), by dispute id."""
+        with self._cond:
+            return dict(self._detected_at)
 
     def sent_count(self) -> int:
         """DMs at least one relay accepted."""
@@ -86,18 +94,18 @@ class BaselineNotifier(ThreadedSdkPeer):
 
     async def _on_event(self, event: nostr_sdk.Event) -> None:
         if self._queue is not None:
-            self._queue.put_nowait(event)
+            self._queue.put_nowait((event, time.monotonic()))
 
-    async def _notify_in_order(self, queue: asyncio.Queue[nostr_sdk.Event]) -> None:
+    async def _notify_in_order(self, queue: asyncio.Queue[tuple[nostr_sdk.Event, float]]) -> None:
         """One event at a time, like the reference's notification loop."""
         while True:
-            event = await queue.get()
+            event, arrived = await queue.get()
             try:
-                await self._handle(event)
+                await self._handle(event, arrived)
             except Exception as exc:
                 self._record_error(f"event {event.id().to_hex()}: {exc!r}")
 
-    async def _handle(self, event: nostr_sdk.Event) -> None:
+    async def _handle(self, event: nostr_sdk.Event, arrived: float) -> None:
         tags: list[list[str]] = json.loads(event.as_json())["tags"]
         if _first_value(tags, "s") != "initiated":
             return
@@ -108,6 +116,7 @@ class BaselineNotifier(ThreadedSdkPeer):
         self._seen.add(dispute_id)
         with self._cond:
             self._notified.append(dispute_id)
+            self._detected_at[dispute_id] = arrived
         body = initial_notification(dispute_id, initiator, event.created_at().as_secs())
         for solver in self.solver_pubkeys:
             await self._send_dm(solver, body)

@@ -7,6 +7,8 @@ for acceptance tests, the demo and the notify benchmark.
         mostro.take_dispute("dispute-001", solver_pubkey="0" * 63 + "1")
         mostro.resolve("dispute-001", status="settled")
         mostro.publish_raw_tags([["d", ""], ["s", "initiated"]])     # hostile shapes
+        burst = [mostro.sign_opening(f"dispute-{i}") for i in range(300)]
+        mostro.publish_signed(burst)                                 # all at once
 
 Every publish blocks until at least one relay answered OK true and raises `PublishError`
 with each relay's message otherwise. Dispute events are addressable (kind, author, `d`): a
@@ -16,6 +18,7 @@ default `created_at` is now, bumped past the last one used for the same `d`.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -78,15 +81,39 @@ class MostroSim(ThreadedSdkPeer):
         extra_tags: Tags = (),
     ) -> str:
         """Publish `s=initiated`; returns the event id (hex)."""
+        return self._publish_event(
+            self.sign_opening(dispute_id, initiator, created_at=created_at, extra_tags=extra_tags)
+        )
+
+    def sign_opening(
+        self,
+        dispute_id: str,
+        initiator: str = "buyer",
+        created_at: int | None = None,
+        extra_tags: Tags = (),
+    ) -> nostr_sdk.Event:
+        """The `s=initiated` event `open_dispute` would publish, signed but not sent (for
+        `publish_signed`)."""
         with self._lock:
             self._initiators[dispute_id] = initiator
-        return self.publish_status(
+        return self.sign_status(
             dispute_id,
             "initiated",
             initiator=initiator,
             created_at=created_at,
             extra_tags=extra_tags,
         )
+
+    def publish_signed(self, events: Sequence[nostr_sdk.Event]) -> list[str]:
+        """Publish events signed ahead, all at once: one call into the SDK's loop and every
+        publish in flight together, so a burst costs the relay's work, not the signing or a
+        thread hop per event. Returns their ids; raises `PublishError` as `_publish` does."""
+
+        async def publish_all() -> list[list[str]]:
+            return await asyncio.gather(*(self._publish(event) for event in events))
+
+        accepted = self._call(publish_all(), self.timeout * 2 + len(events) * 0.01)
+        return [self._record(event, by) for event, by in zip(events, accepted, strict=True)]
 
     def take_dispute(
         self,
@@ -126,7 +153,29 @@ class MostroSim(ThreadedSdkPeer):
         created_at: int | None = None,
         extra_tags: Tags = (),
     ) -> str:
-        """A dispute event with Mostro's tags, in Mostro's order: d, expiration, s,
+        """Publish `sign_status(...)`; returns the event id (hex)."""
+        return self._publish_event(
+            self.sign_status(
+                dispute_id,
+                status,
+                initiator=initiator,
+                solver_pubkey=solver_pubkey,
+                created_at=created_at,
+                extra_tags=extra_tags,
+            )
+        )
+
+    def sign_status(
+        self,
+        dispute_id: str,
+        status: str,
+        *,
+        initiator: str | None = None,
+        solver_pubkey: str | None = None,
+        created_at: int | None = None,
+        extra_tags: Tags = (),
+    ) -> nostr_sdk.Event:
+        """A signed dispute event with Mostro's tags, in Mostro's order: d, expiration, s,
         initiator, y, z; then p when given; then `extra_tags`. `initiator` defaults to the
         one this dispute was opened with."""
         if initiator is None:
@@ -144,7 +193,7 @@ class MostroSim(ThreadedSdkPeer):
         if solver_pubkey is not None:
             tags.append(["p", solver_pubkey])
         tags.extend(list(tag) for tag in extra_tags)
-        return self._sign_and_publish(DISPUTE_KIND, tags, when)
+        return self._sign(DISPUTE_KIND, tags, when)
 
     # -- arbitrary events ----------------------------------------------------------------
 
@@ -160,7 +209,7 @@ class MostroSim(ThreadedSdkPeer):
         tag_list = [list(tag) for tag in tags]
         address = _first_d(tag_list) if nostr_sdk.Kind(kind).is_addressable() else None
         when = self._reserve_created_at(address, created_at)
-        return self._sign_and_publish(kind, tag_list, when, content)
+        return self._publish_event(self._sign(kind, tag_list, when, content))
 
     def publish_event_json(self, json_text: str) -> str:
         """Push a pre-built event as is, e.g. one with a bad signature or id: the relay, not
@@ -200,19 +249,21 @@ class MostroSim(ThreadedSdkPeer):
                 )
             return created_at
 
-    def _sign_and_publish(
+    def _sign(
         self, kind: int, tags: list[list[str]], created_at: int, content: str = ""
-    ) -> str:
-        event = (
+    ) -> nostr_sdk.Event:
+        return (
             nostr_sdk.EventBuilder(nostr_sdk.Kind(kind), content)
             .tags([nostr_sdk.Tag.parse(tag) for tag in tags])
             .custom_created_at(nostr_sdk.Timestamp.from_secs(created_at))
             .finalize(self.keys)
         )
-        return self._publish_event(event)
 
     def _publish_event(self, event: nostr_sdk.Event) -> str:
-        accepted = self._call(self._publish(event), self.timeout * 2)
+        return self._record(event, self._call(self._publish(event), self.timeout * 2))
+
+    def _record(self, event: nostr_sdk.Event, accepted: list[str]) -> str:
+        """Note a published event in the history; its id."""
         event_json = event.as_json()
         published = PublishedEvent(
             id=event.id().to_hex(),
