@@ -300,6 +300,9 @@ class RelayPool:
         now = wall_clock()
         self._states = {url: RelayState(url=url, connected=False, since=now) for url in self.urls}
         self._state_changed = trio.Event()
+        # Links established so far, over every relay: a count, so no reconnect goes unseen
+        # by a watcher that was busy when it happened.
+        self._links_opened = 0
         self._outage = False
         self._publish_slots = trio.Semaphore(MAX_PUBLISHES_IN_FLIGHT)
         self._rate_gates = {url: _RateGate() for url in self.urls}
@@ -339,8 +342,22 @@ class RelayPool:
         while self.connected_count() < count:
             await self._state_changed.wait()
 
+    def links_opened(self) -> int:
+        """How many relay links have been established since the pool started."""
+        return self._links_opened
+
+    async def wait_link_opened(self, seen: int) -> int:
+        """Return `links_opened()` once it is past `seen` (at once if it already is): a
+        relay came (back) since the caller last looked."""
+        while self._links_opened <= seen:
+            await self._state_changed.wait()
+        return self._links_opened
+
     async def _track_states(self, states: trio.MemoryReceiveChannel[RelayState]) -> None:
         async for state in states:
+            previous = self._states.get(state.url)
+            if state.connected and (previous is None or not previous.connected):
+                self._links_opened += 1
             self._states[state.url] = state
             self._log_outage_change()
             self._state_changed.set()

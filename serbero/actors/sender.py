@@ -146,8 +146,6 @@ COMPLETION_LINGER: Final = 0.005
 IDLE_RECHECK_SECONDS: Final = 30.0
 # A row that became due between the claim and the "when next?" query: look again soon.
 RACE_RECHECK_SECONDS: Final = 0.1
-# How often the sender looks whether the relays came back from a total outage.
-RELAY_WATCH_SECONDS: Final = 1.0
 # After the store failed to hand out rows (locked by another writer, ...), wait this long.
 STORE_RETRY_SECONDS: Final = 1.0
 # One-time wrap keys kept ready per configured solver, prepared while the sender is idle
@@ -385,22 +383,21 @@ class OutboxSender:
         return len(claim.rows)
 
     async def _watch_relays(self) -> None:
-        """When the relays come back after every one was down, whatever failed meanwhile is
-        tried again at once instead of after its (by then long) backoff."""
-        was_down = False
+        """Each time a relay link comes (back) up, whatever waits out a retry backoff is tried
+        again at once. Most of it failed for want of a relay, and would otherwise wait up to
+        its whole backoff after the relay came back, be the drop a second long or the
+        outage an hour; a DM a relay refused for another reason is just refused once more."""
+        seen = self._pool.links_opened()
         while True:
-            connected = self._pool.connected_count() > 0
-            if connected and was_down:
-                try:
-                    count = await self._tracker.ask(ExpediteRetries())
-                except StoreError as exc:
-                    log.warning("outbox_expedite_failed", error=str(exc))
-                else:
-                    if count:
-                        log.info("outbox_retries_expedited", count=count)
-                    self._doorbell.ring()
-            was_down = not connected
-            await trio.sleep(RELAY_WATCH_SECONDS)
+            seen = await self._pool.wait_link_opened(seen)
+            try:
+                count = await self._tracker.ask(ExpediteRetries())
+            except StoreError as exc:
+                log.warning("outbox_expedite_failed", error=str(exc))
+                continue
+            if count:
+                log.info("outbox_retries_expedited", count=count)
+                self._doorbell.ring()
 
     async def _prepare_spares(self) -> None:
         """Keep one-time wrap keys ready, one at a time and only while no DM is in flight:

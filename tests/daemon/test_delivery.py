@@ -28,6 +28,7 @@ from tests.daemon.support import (
     running_daemon,
     started,
 )
+from tests.relay.proxy import open_proxy
 from tests.relay.raw_relay import RawConnection, open_raw_relay
 from tests.support.relay_fixtures import LocalRelayFactory, LocalRelayProcess
 from tests.support.solver_inbox import SolverInbox
@@ -137,6 +138,22 @@ async def test_every_dm_reaches_its_solver_through_a_rate_limiting_relay(
     assert any(entry["event"] == "publish_rate_limited" for entry in logs), "never limited"
 
 
+def owe_notice_after_backoff(db_path: str, dispute_id: str, solver_hex: str, body: str) -> None:
+    """A closing notice that waits out a 600 s retry backoff, written by a second writer the
+    way a failed attempt leaves it."""
+    conn = apsw.Connection(db_path)
+    conn.set_busy_timeout(5000)
+    try:
+        conn.execute(
+            "INSERT INTO notification_outbox (dispute_id, solver_pubkey, notif_type,"
+            " body, cause, created_at, next_attempt_at) VALUES (?, ?, 'resolution', ?,"
+            " 'test', ?, ?)",
+            (dispute_id, solver_hex, body, int(time.time()), int(time.time()) + 600),
+        )
+    finally:
+        conn.close()
+
+
 async def test_retries_are_expedited_when_the_relays_come_back(
     local_relay: LocalRelayProcess, tmp_path: Path
 ) -> None:
@@ -152,20 +169,45 @@ async def test_retries_are_expedited_when_the_relays_come_back(
         await h.settled(context, 1)
         await local_relay.astop()
         await eventually(lambda: context.snapshot().relays_connected == 0)
-        conn = apsw.Connection(db_path)
-        conn.set_busy_timeout(5000)
-        try:
-            conn.execute(
-                "INSERT INTO notification_outbox (dispute_id, solver_pubkey, notif_type,"
-                " body, cause, created_at, next_attempt_at) VALUES ('d-outage', ?,"
-                " 'resolution', 'owed since the outage', 'test', ?, ?)",
-                (h.solver_keys[0].public_hex, int(time.time()), int(time.time()) + 600),
-            )
-        finally:
-            conn.close()
+        owe_notice_after_backoff(
+            db_path, "d-outage", h.solver_keys[0].public_hex, "owed since the outage"
+        )
         await trio.sleep(1.5)
         await local_relay.astart()
         await eventually(lambda: count_rows(db_path, "notification_outbox", owed) == 1)
         fresh = SolverInbox(h.solver_keys[0].secret.hex(), [local_relay.url])
         async with started(fresh):
             await in_thread(fresh.wait_for_count, 1, 10.0, "owed since the outage")
+
+
+async def test_retries_are_expedited_when_a_link_is_back_after_a_blink(
+    local_relay: LocalRelayProcess, tmp_path: Path
+) -> None:
+    """The same after a drop shorter than any polling interval: the daemon's only link is
+    cut and back within a reconnect (50 ms here), and the DM waiting out its backoff goes
+    out as soon as the link is up again. Looking for outages once a second missed drops
+    this short: this test failed six runs out of six that way."""
+    db_path = str(tmp_path / "serbero.db")
+    owed = "state = 'sent' AND notif_type = 'resolution'"
+    async with (
+        open_proxy(local_relay.port) as proxy,
+        Harness(proxy.url, db_path, valid_solvers=1) as h,
+    ):
+        with capture_logs() as logs:
+            async with running_daemon(h.config) as context:
+                await in_thread(h.sim.open_dispute, "d-blink", "buyer")
+                await h.settled(context, 1)
+                # Past the expedite that the first link of the run itself sets off.
+                await trio.sleep(1.5)
+                owe_notice_after_backoff(
+                    db_path, "d-blink", h.solver_keys[0].public_hex, "owed since the blink"
+                )
+                proxy.cut()
+                await proxy.restore()
+                await eventually(lambda: count_rows(db_path, "notification_outbox", owed) == 1, 5.0)
+                fresh = SolverInbox(h.solver_keys[0].secret.hex(), [local_relay.url])
+                async with started(fresh):
+                    await in_thread(fresh.wait_for_count, 1, 10.0, "owed since the blink")
+    events = [entry["event"] for entry in logs]
+    assert events.count("relay_disconnected") == 1
+    assert "outbox_retries_expedited" in events[events.index("relay_disconnected") :]

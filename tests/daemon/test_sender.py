@@ -40,10 +40,14 @@ class TrioWallClock:
 
 
 class StubPool:
-    """Only what the sender asks the pool itself: is any relay connected?"""
+    """Only what the sender asks the pool itself: has a relay link come up since? (Never,
+    here: the link is up from the start.)"""
 
-    def connected_count(self) -> int:
+    def links_opened(self) -> int:
         return 1
+
+    async def wait_link_opened(self, seen: int) -> int:
+        await trio.sleep_forever()
 
 
 class CountingTracker:
