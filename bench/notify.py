@@ -36,15 +36,16 @@ Figures, printed next to their targets (issue #5):
   delayed-ACK timers from the previous exchange never inflate the next sample. Median and
   p95 (nearest rank). Target: detect -> DM median <= 0.5x the baseline.
 - memory: a fresh daemon with ONE solver is given 10,000 disputes, published straight to the
-  relay as fast as it takes them (32 at a time over RSS_CONNECTIONS Mostro connections), and
-  we wait until that solver holds all 10,000 DMs; then VmHWM (peak) and VmRSS from
+  relay at RSS_PACE a second (32 at a time over RSS_CONNECTIONS Mostro connections), and we
+  wait until that solver holds all 10,000 DMs; then VmHWM (peak) and VmRSS from
   /proc/<pid>/status. Target: VmHWM <= 80 MB. LocalRelay drops the daemon's connection
-  after about 6,000 published DMs; if that happens while Mostro's flood goes on, the events
-  published while the daemon reconnects can outnumber what LocalRelay returns for one REQ
-  (500 stored events), and those disputes never reach the daemon. So the run does not wait
-  forever: when no DM arrived for RSS_STALL_SECONDS it reports memory as it is, says how
-  many dispute events the daemon received and how many DMs it sent, and counts the run as
-  incomplete (not all targets met).
+  after about 6,000 published DMs, and the daemon pages back what it missed meanwhile; a
+  REQ returns at most 500 stored events and `until` cannot split a second, so a flood of
+  more than 500 disputes in one second (as fast as the relay took them, ~600 a second) lost
+  the ones that fell in the gap: the pace keeps every second below that cap. Should
+  something still be lost, the run does not wait forever: when no DM arrived for
+  RSS_STALL_SECONDS it reports memory as it is, says how many dispute events the daemon
+  received and how many DMs it sent, and counts the run as incomplete (not all targets met).
 
 Under each burst and sequential figure, a CPU line (`CpuMeter`): CPU-seconds used by the
 notifier under test (and per DM), by the rest of this bench, and by other work on the
@@ -97,6 +98,9 @@ PUBLISHERS: Final = 32
 # rust-nostr's LocalRelay drops a client connection after about 6,000 published events, so
 # the 10,000 disputes go out over several Mostro connections (2,500 each).
 RSS_CONNECTIONS: Final = 4
+# Disputes a second in the memory run: below the 500 events one REQ returns, so the daemon
+# can page back every second of the gap when LocalRelay drops its connection.
+RSS_PACE: Final = 400
 
 TARGET_THROUGHPUT_RATIO: Final = 3.0
 TARGET_LATENCY_RATIO: Final = 0.5
@@ -445,11 +449,17 @@ def new_ids(count: int) -> list[str]:
     return [str(uuid.uuid4()) for _ in range(count)]
 
 
-def publish_all(mostros: Sequence[MostroSim], dispute_ids: Sequence[str]) -> None:
+def publish_all(
+    mostros: Sequence[MostroSim], dispute_ids: Sequence[str], per_second: float
+) -> None:
     """Open every dispute, PUBLISHERS at a time, spread over the given MostroSim peers (each
-    is thread-safe and has its own relay connection)."""
+    is thread-safe and has its own relay connection), none before its turn at `per_second`."""
+    start = time.monotonic()
 
     def open_one(index: int) -> None:
+        wait = start + index / per_second - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
         mostros[index % len(mostros)].open_dispute(dispute_ids[index])
 
     with concurrent.futures.ThreadPoolExecutor(PUBLISHERS) as pool:
@@ -705,7 +715,8 @@ class Bench:
 
         print(
             f"memory: a fresh daemon with 1 solver; {args.rss_disputes} disputes published "
-            f"{PUBLISHERS} at a time over {RSS_CONNECTIONS} Mostro connections;"
+            f"{RSS_PACE} a second, {PUBLISHERS} at a time over {RSS_CONNECTIONS} Mostro "
+            "connections;"
         )
         print(f"  read once the solver holds all {args.rss_disputes} DMs")
         rss_daemon = self._daemon(
@@ -720,6 +731,7 @@ class Bench:
         publish_all(
             [memory.mostro, *(self._mostro(mostro_c, url) for _ in range(RSS_CONNECTIONS - 1))],
             dispute_ids,
+            RSS_PACE,
         )
         published = time.monotonic() - start
         complete = deliveries.wait_arrivals(
