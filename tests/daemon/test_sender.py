@@ -6,6 +6,7 @@ test_deliver_dm.py)."""
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -18,6 +19,7 @@ from serbero.actors.relay_pool import RelayPool
 from serbero.actors.sender import (
     COMPLETION_LINGER,
     IDLE_RECHECK_SECONDS,
+    SENDER_CONCURRENCY,
     Delivery,
     Doorbell,
     OutboxSender,
@@ -62,6 +64,26 @@ class CountingTracker:
         return await self._tracker.ask(request, **kwargs)
 
 
+def stub_sender(
+    tracker: Tracker | CountingTracker,
+    solvers: Sequence[SolverConfig] = SOLVERS,
+    *,
+    doorbell: Doorbell | None = None,
+    concurrency: int = SENDER_CONCURRENCY,
+) -> OutboxSender:
+    """The sender on the stub pool and the Trio-driven wall clock; figures in `.stats`."""
+    return OutboxSender(
+        cast(Tracker, tracker),
+        cast(RelayPool, StubPool()),
+        Keys.generate(),
+        solvers,
+        doorbell=Doorbell() if doorbell is None else doorbell,
+        stats=SenderStats(),
+        wall_clock=TrioWallClock(),
+        concurrency=concurrency,
+    )
+
+
 def event(status: str) -> DisputeEvent:
     return DisputeEvent("d-1", f"ev-{status}", "ab" * 32, T0, status, "buyer")
 
@@ -86,15 +108,7 @@ async def test_the_sender_waits_without_spinning_and_survives_a_raising_delivery
     async with open_tracker(db, wall_clock=TrioWallClock(), offload=False) as tracker:
         counting = CountingTracker(tracker)
         doorbell = Doorbell()
-        sender = OutboxSender(
-            cast(Tracker, counting),
-            cast(RelayPool, StubPool()),
-            Keys.generate(),
-            SOLVERS,
-            doorbell=doorbell,
-            stats=SenderStats(),
-            wall_clock=TrioWallClock(),
-        )
+        sender = stub_sender(counting, doorbell=doorbell)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(sender.run)
             await trio.sleep(5 * IDLE_RECHECK_SECONDS + 7)
@@ -138,15 +152,7 @@ async def test_one_dm_per_dispute_and_solver_in_flight_in_decision_order(
     monkeypatch.setattr(sender_module, "deliver_dm", slow_deliver)
     async with open_tracker(db, wall_clock=TrioWallClock(), offload=False) as tracker:
         doorbell = Doorbell()
-        sender = OutboxSender(
-            tracker,
-            cast(RelayPool, StubPool()),
-            Keys.generate(),
-            SOLVERS,
-            doorbell=doorbell,
-            stats=SenderStats(),
-            wall_clock=TrioWallClock(),
-        )
+        sender = stub_sender(tracker, doorbell=doorbell)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(sender.run)
             messages = tuple(OutboxMessage(s.pubkey, "initial") for s in SOLVERS)
@@ -186,16 +192,8 @@ async def test_rows_a_decision_claimed_go_out_without_a_claim_and_complete_in_on
     monkeypatch.setattr(sender_module, "deliver_dm", fake_deliver)
     async with open_tracker(db, wall_clock=TrioWallClock(), offload=False) as tracker:
         counting = CountingTracker(tracker)
-        stats = SenderStats()
-        sender = OutboxSender(
-            cast(Tracker, counting),
-            cast(RelayPool, StubPool()),
-            Keys.generate(),
-            SOLVERS,
-            doorbell=Doorbell(),
-            stats=stats,
-            wall_clock=TrioWallClock(),
-        )
+        sender = stub_sender(counting)
+        stats = sender.stats
         assert sender.reserve(2) == 0, "no room before the sender runs"
         async with trio.open_nursery() as nursery:
             nursery.start_soon(sender.run)
@@ -244,16 +242,8 @@ async def test_outcomes_a_few_ms_apart_share_one_commit(
     monkeypatch.setattr(sender_module, "deliver_dm", fake_deliver)
     async with open_tracker(db, wall_clock=TrioWallClock(), offload=False) as tracker:
         counting = CountingTracker(tracker)
-        stats = SenderStats()
-        sender = OutboxSender(
-            cast(Tracker, counting),
-            cast(RelayPool, StubPool()),
-            Keys.generate(),
-            solvers,
-            doorbell=Doorbell(),
-            stats=stats,
-            wall_clock=TrioWallClock(),
-        )
+        sender = stub_sender(counting, solvers)
+        stats = sender.stats
         async with trio.open_nursery() as nursery:
             nursery.start_soon(sender.run)
             await trio.sleep(1)
@@ -292,16 +282,7 @@ async def test_room_is_refused_while_rows_wait_in_the_outbox_so_the_oldest_go_fi
     monkeypatch.setattr(sender_module, "deliver_dm", fake_deliver)
     solver = SOLVERS[:1]
     async with open_tracker(db, wall_clock=TrioWallClock(), offload=False) as tracker:
-        sender = OutboxSender(
-            tracker,
-            cast(RelayPool, StubPool()),
-            Keys.generate(),
-            solver,
-            doorbell=Doorbell(),
-            stats=SenderStats(),
-            wall_clock=TrioWallClock(),
-            concurrency=1,
-        )
+        sender = stub_sender(tracker, solver, concurrency=1)
 
         async def decide(dispute_id: str) -> None:
             reserved = sender.reserve(1)
@@ -344,15 +325,7 @@ async def test_a_claimed_assignment_waits_for_the_initial_in_flight_for_its_solv
 
     monkeypatch.setattr(sender_module, "deliver_dm", slow_deliver)
     async with open_tracker(db, wall_clock=TrioWallClock(), offload=False) as tracker:
-        sender = OutboxSender(
-            tracker,
-            cast(RelayPool, StubPool()),
-            Keys.generate(),
-            SOLVERS,
-            doorbell=Doorbell(),
-            stats=SenderStats(),
-            wall_clock=TrioWallClock(),
-        )
+        sender = stub_sender(tracker)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(sender.run)
             await trio.sleep(1)

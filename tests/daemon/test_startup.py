@@ -171,9 +171,8 @@ async def test_a_reference_database_with_history_is_used_as_is(
         event_ids = {}
         for offset, (dispute_id, (status, _)) in enumerate(history.items()):
             created_at = now - 40 + offset
-            event_ids[dispute_id] = await in_thread(
-                h.sim.publish_status, dispute_id, status, created_at=created_at
-            )
+            event = await in_thread(h.sim.sign_status, dispute_id, status, created_at=created_at)
+            [event_ids[dispute_id]] = await in_thread(h.sim.publish_signed, [event])
         build_reference_history(db_path, h, history, event_ids, now)
 
         with capture_logs() as logs:

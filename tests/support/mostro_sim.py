@@ -124,12 +124,14 @@ class MostroSim(ThreadedSdkPeer):
     ) -> str:
         """Publish `s=in-progress`, with `["p", solver_pubkey]` when given (Mostro itself
         never sets it; the daemon reads it if present)."""
-        return self.publish_status(
-            dispute_id,
-            "in-progress",
-            solver_pubkey=solver_pubkey,
-            created_at=created_at,
-            extra_tags=extra_tags,
+        return self._publish_event(
+            self.sign_status(
+                dispute_id,
+                "in-progress",
+                solver_pubkey=solver_pubkey,
+                created_at=created_at,
+                extra_tags=extra_tags,
+            )
         )
 
     def resolve(
@@ -141,28 +143,8 @@ class MostroSim(ThreadedSdkPeer):
     ) -> str:
         """Publish a resolution status (`settled`, `seller-refunded`, `released`). The
         status is not checked, so a test can send one Mostro never would."""
-        return self.publish_status(dispute_id, status, created_at=created_at, extra_tags=extra_tags)
-
-    def publish_status(
-        self,
-        dispute_id: str,
-        status: str,
-        *,
-        initiator: str | None = None,
-        solver_pubkey: str | None = None,
-        created_at: int | None = None,
-        extra_tags: Tags = (),
-    ) -> str:
-        """Publish `sign_status(...)`; returns the event id (hex)."""
         return self._publish_event(
-            self.sign_status(
-                dispute_id,
-                status,
-                initiator=initiator,
-                solver_pubkey=solver_pubkey,
-                created_at=created_at,
-                extra_tags=extra_tags,
-            )
+            self.sign_status(dispute_id, status, created_at=created_at, extra_tags=extra_tags)
         )
 
     def sign_status(
