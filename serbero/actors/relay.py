@@ -16,8 +16,8 @@ out to the pool's intake (which verifies and de-duplicates them once for all rel
 `RelayState` snapshots out whenever its link changes. Publishing is the one exception:
 `publish` writes the EVENT on the live link from the caller's own task, so a DM goes out the
 moment it is built instead of after a hand-off to the actor and a turn of the scheduler; the
-OK still comes back through the actor's reader. Bad frames from a relay
-are logged and skipped; they never end the actor.
+OK still comes back through the actor's reader. Bad frames from a relay are logged and
+skipped; they never end the actor.
 """
 
 from __future__ import annotations
@@ -779,10 +779,10 @@ class RelayConnection:
         """PROTO-20: send the EVENT on the live link now, from the caller's task, and wait for
         its answer: the relay's OK, `timed_out` after `ok_timeout`, or `not_connected` when
         there is no link or it ends first."""
-        reply = PublishReply()
         link = self._link
         if link is None:
             return RelayPublishOutcome(self.url, PublishStatus.NOT_CONNECTED, NOT_CONNECTED_REASON)
+        reply = PublishReply()
         frame = encode_event_message(event)
         deadline = trio.current_time() + self._timing.ok_timeout
         # Tracked before the first await: a link that ends from here on answers it.
