@@ -84,6 +84,23 @@ def stub_sender(
     )
 
 
+def deliver_slowly(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str, float, float]]:
+    """Every DM takes 3 s and succeeds; returns where each one's (solver, body, began, ended)
+    is noted as it finishes."""
+    spans: list[tuple[str, str, float, float]] = []
+
+    async def slow_deliver(
+        pool: object, identity: object, solver: SolverConfig, body: str, **kwargs: object
+    ) -> Delivery:
+        began = trio.current_time()
+        await trio.sleep(3)
+        spans.append((solver.pubkey, body, began, trio.current_time()))
+        return Delivery(ok=True, error=None, retryable=True)
+
+    monkeypatch.setattr(sender_module, "deliver_dm", slow_deliver)
+    return spans
+
+
 def event(status: str) -> DisputeEvent:
     return DisputeEvent("d-1", f"ev-{status}", "ab" * 32, T0, status, "buyer")
 
@@ -139,17 +156,7 @@ async def test_one_dm_per_dispute_and_solver_in_flight_in_decision_order(
     """BEY-22: an assignment decided while the initial notices are on their way waits for
     them; both solvers are served concurrently."""
     db = str(tmp_path / "serbero.db")
-    spans: list[tuple[str, str, float, float]] = []
-
-    async def slow_deliver(
-        pool: object, identity: object, solver: SolverConfig, body: str, **kwargs: object
-    ) -> Delivery:
-        began = trio.current_time()
-        await trio.sleep(3)
-        spans.append((solver.pubkey, body, began, trio.current_time()))
-        return Delivery(ok=True, error=None, retryable=True)
-
-    monkeypatch.setattr(sender_module, "deliver_dm", slow_deliver)
+    spans = deliver_slowly(monkeypatch)
     async with open_tracker(db, wall_clock=TrioWallClock(), offload=False) as tracker:
         doorbell = Doorbell()
         sender = stub_sender(tracker, doorbell=doorbell)
@@ -313,17 +320,7 @@ async def test_a_claimed_assignment_waits_for_the_initial_in_flight_for_its_solv
     """BEY-22 on the hot path: the assignment cannot be claimed behind its pair's initial;
     it goes out as soon as the initial's outcome is recorded."""
     db = str(tmp_path / "serbero.db")
-    spans: list[tuple[str, str, float, float]] = []
-
-    async def slow_deliver(
-        pool: object, identity: object, solver: SolverConfig, body: str, **kwargs: object
-    ) -> Delivery:
-        began = trio.current_time()
-        await trio.sleep(3)
-        spans.append((solver.pubkey, body, began, trio.current_time()))
-        return Delivery(ok=True, error=None, retryable=True)
-
-    monkeypatch.setattr(sender_module, "deliver_dm", slow_deliver)
+    spans = deliver_slowly(monkeypatch)
     async with open_tracker(db, wall_clock=TrioWallClock(), offload=False) as tracker:
         sender = stub_sender(tracker)
         async with trio.open_nursery() as nursery:
