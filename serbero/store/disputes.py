@@ -211,15 +211,7 @@ def record_detected(
     with transaction(conn):
         if not _insert_dispute(conn, event, LifecycleState.NEW, now, dedup=True):
             return DetectionResult(inserted=False, outbox_ids=())
-        ids = enqueue(
-            conn,
-            dispute_id=event.dispute_id,
-            notif_type=NotifType.INITIAL,
-            cause=event.event_id,
-            messages=messages,
-            now=now,
-        )
-        claimed = claim_new(conn, ids, now, claim)
+        ids, claimed = _enqueue_and_claim(conn, event, NotifType.INITIAL, messages, now, claim)
     return DetectionResult(inserted=True, outbox_ids=ids, claimed=claimed)
 
 
@@ -266,15 +258,7 @@ def record_assignment(
                 (assigned_solver, event.dispute_id),
             )
         abandoned = abandon_obsolete(conn, now, event.dispute_id)
-        ids = enqueue(
-            conn,
-            dispute_id=event.dispute_id,
-            notif_type=NotifType.ASSIGNMENT,
-            cause=event.event_id,
-            messages=messages,
-            now=now,
-        )
-        claimed = claim_new(conn, ids, now, claim)
+        ids, claimed = _enqueue_and_claim(conn, event, NotifType.ASSIGNMENT, messages, now, claim)
     return AssignmentResult(
         outcome="taken",
         from_state=current.lifecycle_state,
@@ -330,15 +314,7 @@ def record_resolution(
             conn, event.dispute_id, event.event_id, event.status, now
         )
         abandoned = abandon_obsolete(conn, now, event.dispute_id)
-        ids = enqueue(
-            conn,
-            dispute_id=event.dispute_id,
-            notif_type=NotifType.RESOLUTION,
-            cause=event.event_id,
-            messages=messages,
-            now=now,
-        )
-        claimed = claim_new(conn, ids, now, claim)
+        ids, claimed = _enqueue_and_claim(conn, event, NotifType.RESOLUTION, messages, now, claim)
         context = has_mediation_context(conn, event.dispute_id)
     return ResolutionResult(
         outcome="resolved",
@@ -417,3 +393,24 @@ def compute_since(conn: apsw.Connection, now: int) -> Since:
         return Since(since=now, last_seen_event_ts=None)
     last = int(row[0])
     return Since(since=max(0, last - SINCE_SKEW_SECONDS), last_seen_event_ts=last)
+
+
+def _enqueue_and_claim(
+    conn: apsw.Connection,
+    event: DisputeEvent,
+    notif_type: NotifType,
+    messages: Sequence[OutboxMessage],
+    now: int,
+    claim: int,
+) -> tuple[tuple[int, ...], tuple[OutboxRow, ...]]:
+    """The DMs `event` caused, queued, and up to `claim` of them claimed for the sender's
+    hot path (`claim_new`); the queued ids and the claimed rows. Caller owns the tx."""
+    ids = enqueue(
+        conn,
+        dispute_id=event.dispute_id,
+        notif_type=notif_type,
+        cause=event.event_id,
+        messages=messages,
+        now=now,
+    )
+    return ids, claim_new(conn, ids, now, claim)
