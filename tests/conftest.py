@@ -1,4 +1,4 @@
-"""Shared fixtures. Test vectors load from the steering repo's shared/vectors, never retyped."""
+"""Shared fixtures. Test vectors load from tests/vectors (see its README), never retyped."""
 
 from __future__ import annotations
 
@@ -20,20 +20,13 @@ pytest_plugins = ["tests.support.relay_fixtures"]
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-def _vectors_dir() -> Path:
-    override = os.environ.get("SERBERO_VECTORS_DIR")
-    if override:
-        return Path(override)
-    return REPO_ROOT.parent / "shared" / "vectors"
-
-
-VECTORS_DIR = _vectors_dir()
+VECTORS_DIR = REPO_ROOT / "tests" / "vectors"
 
 
 @pytest.fixture(scope="session")
 def vectors_dir() -> Path:
     if not VECTORS_DIR.is_dir():
-        pytest.fail(f"test vectors not found at {VECTORS_DIR} (set SERBERO_VECTORS_DIR)")
+        pytest.fail(f"test vectors not found at {VECTORS_DIR}")
     return VECTORS_DIR
 
 

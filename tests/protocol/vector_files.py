@@ -1,7 +1,7 @@
-"""Collection-time access to shared/vectors so cases can be parametrized one by one.
+"""Collection-time access to tests/vectors so cases can be parametrized one by one.
 
 Tests still take the ``vectors_dir`` fixture for runtime reads; this module only exists because
-pytest needs the case list before fixtures run. Same location rules as tests/conftest.py.
+pytest needs the case list before fixtures run. Same directory as tests/conftest.py's fixture.
 """
 
 from __future__ import annotations
