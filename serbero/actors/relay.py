@@ -38,6 +38,7 @@ from trio_websocket import (
     open_websocket_url,
 )
 
+from serbero.actors.oneshot import OneShot
 from serbero.clock import WallClock
 from serbero.log import get_logger
 from serbero.protocol.event import Event, EventError
@@ -82,7 +83,6 @@ __all__ = [
     "InboundEnd",
     "InboundEvent",
     "InboundItem",
-    "PublishReply",
     "PublishStatus",
     "RelayConnection",
     "RelayPublishOutcome",
@@ -213,30 +213,6 @@ class RelayPublishOutcome(msgspec.Struct, frozen=True):
     def accepted(self) -> bool:
         """BEY-1: `OK true` and `duplicate:` both mean the relay holds the event."""
         return self.status in (PublishStatus.ACCEPTED, PublishStatus.DUPLICATE)
-
-
-class PublishReply:
-    """A one-shot answer slot: the connection fills it, the publishing task awaits it."""
-
-    __slots__ = ("_done", "_outcome")
-
-    def __init__(self) -> None:
-        self._done = trio.Event()
-        self._outcome: RelayPublishOutcome | None = None
-
-    @property
-    def done(self) -> bool:
-        return self._outcome is not None
-
-    def set(self, outcome: RelayPublishOutcome) -> None:
-        if self._outcome is None:
-            self._outcome = outcome
-            self._done.set()
-
-    async def wait(self) -> RelayPublishOutcome:
-        await self._done.wait()
-        assert self._outcome is not None
-        return self._outcome
 
 
 class SubscribeCommand(msgspec.Struct, frozen=True, tag=True):
@@ -438,14 +414,6 @@ class _Sub:
             self.saw(catchup.newest)
 
 
-class _OkWaiter:
-    __slots__ = ("answer", "done")
-
-    def __init__(self) -> None:
-        self.done = trio.Event()
-        self.answer: RelayOk | None = None
-
-
 class _Publish:
     """One EVENT sent on a link and waiting for its OK. Answered by the reader when the OK
     comes, by the link's expiry task after `ok_timeout`, or with `LINK_LOST_REASON` when
@@ -454,7 +422,9 @@ class _Publish:
 
     __slots__ = ("deadline", "event_id", "frame", "reply", "resent")
 
-    def __init__(self, event_id: str, reply: PublishReply, frame: bytes, deadline: float) -> None:
+    def __init__(
+        self, event_id: str, reply: OneShot[RelayPublishOutcome], frame: bytes, deadline: float
+    ) -> None:
         self.event_id = event_id
         self.reply = reply
         self.frame = frame
@@ -470,7 +440,7 @@ class _Link:
         self.ws = ws
         self.nursery = nursery
         self.drop_reason: str | None = None
-        self.ok_waiters: dict[str, list[_OkWaiter]] = {}
+        self.ok_waiters: dict[str, list[OneShot[RelayOk]]] = {}
         # Publishes awaiting their OK, by event id, and in send order for the expiry task
         # (one timeout for all, so send order is deadline order).
         self.publishes: dict[str, list[_Publish]] = {}
@@ -505,12 +475,12 @@ class _Link:
             return False
         return True
 
-    def watch_ok(self, event_id: str) -> _OkWaiter:
-        waiter = _OkWaiter()
+    def watch_ok(self, event_id: str) -> OneShot[RelayOk]:
+        waiter: OneShot[RelayOk] = OneShot()
         self.ok_waiters.setdefault(event_id, []).append(waiter)
         return waiter
 
-    def unwatch_ok(self, event_id: str, waiter: _OkWaiter) -> None:
+    def unwatch_ok(self, event_id: str, waiter: OneShot[RelayOk]) -> None:
         waiters = self.ok_waiters.get(event_id)
         if waiters is not None and waiter in waiters:
             waiters.remove(waiter)
@@ -522,8 +492,7 @@ class _Link:
         if waiters is None:
             return False
         for waiter in waiters:
-            waiter.answer = ok
-            waiter.done.set()
+            waiter.set(ok)
         return True
 
     def track(self, publish: _Publish) -> None:
@@ -557,8 +526,8 @@ class _Link:
         try:
             if await self.send(frame):
                 with trio.move_on_after(timeout):
-                    await waiter.done.wait()
-            return waiter.answer
+                    return await waiter.wait()
+            return None
         finally:
             self.unwatch_ok(event_id, waiter)
 
@@ -782,7 +751,7 @@ class RelayConnection:
         link = self._link
         if link is None:
             return RelayPublishOutcome(self.url, PublishStatus.NOT_CONNECTED, NOT_CONNECTED_REASON)
-        reply = PublishReply()
+        reply: OneShot[RelayPublishOutcome] = OneShot()
         frame = encode_event_message(event)
         deadline = trio.current_time() + self._timing.ok_timeout
         # Tracked before the first await: a link that ends from here on answers it.
