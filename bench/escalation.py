@@ -1,6 +1,6 @@
 """Escalation dispatcher latency: handoff written -> escalation DM opened by every write solver.
 
-    .venv/bin/python bench/escalation.py [--handoffs 200] [--interval 1] [--rate 20]
+    .venv/bin/python -m bench.escalation [--handoffs 200] [--interval 1] [--rate 20]
 
 One LocalRelay (rust-nostr, its own process) and the real `serbero` daemon as a subprocess,
 exactly as an operator starts it, with `[escalation] enabled = true`, two write solvers and
@@ -37,15 +37,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Final
 
-REPO_ROOT: Final = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))  # tests.support is not an installed package
-
-from bench.daemon_process import DATABASE_FILE, DaemonProcess  # noqa: E402
-from serbero.protocol.handoff import parse_handoff_dm  # noqa: E402
-from serbero.protocol.keys import Keys  # noqa: E402
-from tests.escalation.helpers import RECIPE_RECONCILIATION, package  # noqa: E402
-from tests.support.relay_fixtures import LocalRelayProcess, free_loopback_port  # noqa: E402
-from tests.support.solver_inbox import ReceivedDm, SolverInbox  # noqa: E402
+from bench.daemon_process import DATABASE_FILE, DaemonProcess
+from serbero.protocol.handoff import parse_handoff_dm
+from serbero.protocol.keys import Keys
+from tests.escalation.helpers import RECIPE_RECONCILIATION, package
+from tests.support.relay_fixtures import LocalRelayProcess, free_loopback_port
+from tests.support.solver_inbox import ReceivedDm, SolverInbox
 
 HANDOFFS: Final = 200
 INTERVAL: Final = 1

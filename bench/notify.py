@@ -1,6 +1,6 @@
 """Notification throughput, latency and memory: the serbero daemon next to a baseline notifier.
 
-    .venv/bin/python bench/notify.py [--burst 300] [--sequential 20] [--rss-disputes 10000]
+    .venv/bin/python -m bench.notify [--burst 300] [--sequential 20] [--rss-disputes 10000]
 
 One run, one LocalRelay (rust-nostr, its own process), five solvers. The two notifiers are
 (a) the real `serbero` daemon as a subprocess, exactly as an operator starts it, and (b)
@@ -79,15 +79,12 @@ from typing import IO, Final
 import msgspec
 import nostr_sdk
 
-REPO_ROOT: Final = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))  # tests.support is not an installed package
-
-from bench.daemon_process import DATABASE_FILE, DaemonProcess  # noqa: E402
-from serbero.protocol.keys import Keys  # noqa: E402
-from tests.support.baseline_notifier import BaselineNotifier  # noqa: E402
-from tests.support.mostro_sim import MostroSim  # noqa: E402
-from tests.support.relay_fixtures import LocalRelayProcess, free_loopback_port  # noqa: E402
-from tests.support.solver_inbox import ReceivedDm, SolverInbox  # noqa: E402
+from bench.daemon_process import DATABASE_FILE, DaemonProcess
+from serbero.protocol.keys import Keys
+from tests.support.baseline_notifier import BaselineNotifier
+from tests.support.mostro_sim import MostroSim
+from tests.support.relay_fixtures import LocalRelayProcess, free_loopback_port
+from tests.support.solver_inbox import ReceivedDm, SolverInbox
 
 SOLVERS: Final = 5
 BURST: Final = 300
@@ -213,7 +210,7 @@ class Child:
 
     def __init__(self, role: str, *args: str) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, str(Path(__file__).resolve()), "--role", role, *args],
+            [sys.executable, "-m", "bench.notify", "--role", role, *args],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,

@@ -1,6 +1,6 @@
 """Protocol hot paths: event verify, NIP-17 gift-wrap build and unwrap, next to nostr-sdk.
 
-Plain script: ``python bench/protocol.py``. Each figure is the best of several rounds of the
+Plain script: ``python -m bench.protocol``. Each figure is the best of several rounds of the
 mean time per call, in microseconds, so a noisy neighbour on a small box inflates nothing.
 """
 

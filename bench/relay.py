@@ -1,29 +1,24 @@
 """Relay pool throughput: pipelined publishing to a real relay, inbound verify + dedup, and the
 reconnect time after a relay restart.
 
-Plain script: ``.venv/bin/python bench/relay.py``. Relays are rust-nostr's LocalRelay in
+Plain script: ``.venv/bin/python -m bench.relay``. Relays are rust-nostr's LocalRelay in
 subprocesses (tests/support/local_relay.py) on loopback ports. Each throughput figure is the
 best of a few rounds.
 """
 
 from __future__ import annotations
 
-import sys
 import time
-from pathlib import Path
 
 import trio
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))  # tests.support is not an installed package
-
-from serbero.actors.relay import InboundEvent  # noqa: E402
-from serbero.actors.relay_pool import EventIntake, open_relay_pool  # noqa: E402
-from serbero.log import configure_logging  # noqa: E402
-from serbero.protocol.event import Event, encode_event, sign_event  # noqa: E402
-from serbero.protocol.keys import Keys  # noqa: E402
-from serbero.protocol.messages import Filter, RelayEvent, decode_relay_frame  # noqa: E402
-from tests.support.relay_fixtures import LocalRelayProcess, free_loopback_port  # noqa: E402
+from serbero.actors.relay import InboundEvent
+from serbero.actors.relay_pool import EventIntake, open_relay_pool
+from serbero.log import configure_logging
+from serbero.protocol.event import Event, encode_event, sign_event
+from serbero.protocol.keys import Keys
+from serbero.protocol.messages import Filter, RelayEvent, decode_relay_frame
+from tests.support.relay_fixtures import LocalRelayProcess, free_loopback_port
 
 ROUNDS = 3
 PUBLISH_EVENTS = 4000

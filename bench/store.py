@@ -1,6 +1,6 @@
 """Store benchmark: logical transactions through the tracker, and the timer's query at scale.
 
-    .venv/bin/python bench/store.py [--disputes 3000] [--rows 100000]
+    .venv/bin/python -m bench.store [--disputes 3000] [--rows 100000]
 
 Figures printed next to their targets (issue #3):
 - detection steps (one dispute + its 5 outbox rows, one transaction each) per second
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from collections import deque
@@ -25,8 +24,6 @@ from pathlib import Path
 
 import trio
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 import serbero.actors.tracker as tracker_module
 from serbero.actors.tracker import (
     ListUnattended,
@@ -34,7 +31,6 @@ from serbero.actors.tracker import (
     RecordDetected,
     open_tracker,
 )
-from serbero.clock import FakeWallClock
 from serbero.store.connection import open_database
 from serbero.store.disputes import (
     DetectionResult,
@@ -43,6 +39,7 @@ from serbero.store.disputes import (
     record_detected,
 )
 from serbero.store.outbox import OutboxMessage
+from tests.support.clocks import FakeWallClock
 
 TARGET_TX_PER_S = 2000
 TARGET_QUERY_MS = 20.0

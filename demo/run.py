@@ -1,7 +1,7 @@
 """Serbero demo: a local relay, the real daemon, a simulated Mostro and three solvers.
 
     python3 dev.py demo                           # what the README's Quick start runs
-    .venv/bin/python demo/run.py --duration 30    # stop on its own after 30 s
+    .venv/bin/python -m demo.run --duration 30    # stop on its own after 30 s
 
 Everything runs on this machine. rust-nostr's LocalRelay serves a free loopback port; the
 `serbero` daemon runs as a subprocess on a throw-away config and database, exactly as an
@@ -40,14 +40,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any, Final, TextIO
 
-REPO_ROOT: Final = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))  # tests.support is not an installed package
-
-from serbero.protocol.keys import Keys  # noqa: E402
-from tests.support.mostro_sim import MostroSim  # noqa: E402
-from tests.support.relay_fixtures import LocalRelayProcess, free_loopback_port  # noqa: E402
-from tests.support.sdk_thread import PublishError  # noqa: E402
-from tests.support.solver_inbox import ReceivedDm, SolverInbox  # noqa: E402
+from serbero.protocol.keys import Keys
+from tests.support.mostro_sim import MostroSim
+from tests.support.relay_fixtures import LocalRelayProcess, free_loopback_port
+from tests.support.sdk_thread import PublishError
+from tests.support.solver_inbox import ReceivedDm, SolverInbox
 
 # Scenario timing, in seconds. A dispute opens every OPEN_EVERY; of every three, one is taken
 # and settled, one is taken and refunded to the seller, and one waits unattended (so Serbero

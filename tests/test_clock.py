@@ -1,4 +1,5 @@
-from serbero.clock import FakeWallClock, system_wall_clock
+from serbero.clock import system_wall_clock
+from tests.support.clocks import FakeWallClock
 
 
 def test_fake_wall_clock_advances() -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
@@ -149,20 +148,6 @@ async def eventually(
     with trio.fail_after(timeout):
         while not check():
             await trio.sleep(interval)
-
-
-class OffsetClock:
-    """Real wall-clock time plus an offset the test moves forward: the timer sees hours
-    pass in a second, while everything else keeps running in real time."""
-
-    def __init__(self) -> None:
-        self.offset = 0
-
-    def __call__(self) -> int:
-        return int(time.time()) + self.offset
-
-    def advance(self, seconds: int) -> None:
-        self.offset += seconds
 
 
 class Harness:

@@ -16,12 +16,12 @@ import trio
 from serbero.config import SolverConfig
 from tests.daemon.support import (
     Harness,
-    OffsetClock,
     in_thread,
     query,
     running_daemon,
     scalar,
 )
+from tests.support.clocks import OffsetClock
 from tests.support.relay_fixtures import LocalRelayProcess
 
 # "Nothing more arrives" windows: AS-6 says 2 s, AS-8 says 3 s.

@@ -19,7 +19,6 @@ from serbero.store.outbox import RETRY_INITIAL_SECONDS
 from tests.daemon.support import (
     REJECTION,
     Harness,
-    OffsetClock,
     count_rows,
     eventually,
     in_thread,
@@ -30,6 +29,7 @@ from tests.daemon.support import (
 )
 from tests.relay.proxy import open_proxy
 from tests.relay.raw_relay import RawConnection, open_raw_relay
+from tests.support.clocks import OffsetClock
 from tests.support.relay_fixtures import LocalRelayFactory, LocalRelayProcess
 from tests.support.solver_inbox import SolverInbox
 

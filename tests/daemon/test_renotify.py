@@ -25,18 +25,12 @@ from serbero.protocol.keys import Keys
 from serbero.store.disputes import DisputeEvent
 from serbero.store.outbox import OutboxMessage, OutboxOutcome
 from tests.daemon.support import count_rows, query
+from tests.support.clocks import START as T0
+from tests.support.clocks import TrioWallClock
 
-T0 = 1_700_000_000
 PERIOD = 60
 RENOTIFY_AFTER = 300
 SOLVER = SolverConfig.from_text(Keys.generate().public_hex)
-
-
-class TrioWallClock:
-    """Unix seconds that advance with Trio's (autojump) clock."""
-
-    def __call__(self) -> int:
-        return T0 + int(trio.current_time())
 
 
 class Rings:

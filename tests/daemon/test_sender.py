@@ -31,14 +31,10 @@ from serbero.protocol.keys import Keys
 from serbero.store.disputes import DisputeEvent
 from serbero.store.outbox import RETRY_INITIAL_SECONDS, OutboxMessage
 from tests.daemon.support import count_rows, query
+from tests.support.clocks import START as T0
+from tests.support.clocks import TrioWallClock
 
-T0 = 1_700_000_000
 SOLVERS = [SolverConfig.from_text(Keys.generate().public_hex) for _ in range(2)]
-
-
-class TrioWallClock:
-    def __call__(self) -> int:
-        return T0 + int(trio.current_time())
 
 
 class StubPool:

@@ -17,9 +17,9 @@ from serbero.actors.supervisor import (
     Supervisor,
     restart_delay,
 )
-from serbero.clock import FakeWallClock
 from serbero.config import Config, MostroConfig, SerberoConfig
 from serbero.protocol.keys import Keys
+from tests.support.clocks import FakeWallClock
 
 
 def supervisor() -> Supervisor:

@@ -1,6 +1,6 @@
 """The Quick-start demo end to end: relay, the real daemon, simulated Mostro and solvers.
 
-Runs `demo/run.py --duration` as a subprocess (as `python3 dev.py demo` does, minus Ctrl-C)
+Runs `python -m demo.run --duration` as a subprocess (as `python3 dev.py demo` does, minus Ctrl-C)
 and reads what it printed: a solver must have decrypted Serbero's DM about a dispute the
 simulated Mostro opened, the daemon must stop cleanly on SIGTERM and the temporary directory
 must be gone.
@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
-DEMO = REPO_ROOT / "demo" / "run.py"
 # Long enough for the first dispute's DMs (they arrive well within a second), short enough to
 # keep the suite quick.
 DURATION_S = 8
@@ -30,7 +29,7 @@ WORKDIR = re.compile(r"^  workdir +(\S+)", re.MULTILINE)
 
 def test_demo_solvers_receive_dms_for_disputes_mostro_opened() -> None:
     result = subprocess.run(
-        [sys.executable, str(DEMO), "--duration", str(DURATION_S)],
+        [sys.executable, "-m", "demo.run", "--duration", str(DURATION_S)],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,

@@ -13,10 +13,11 @@ import trio
 from serbero.actors.escalation import pool_deliver
 from serbero.actors.relay_pool import RelayPool, open_relay_pool
 from serbero.actors.tracker import Tracker, open_tracker
-from serbero.clock import FakeWallClock, WallClock, system_wall_clock
+from serbero.clock import WallClock, system_wall_clock
 from serbero.config import SolverConfig
 from serbero.protocol.keys import Keys
 from tests.escalation.helpers import Cycle, SecondWriter, SpyDeliver, dispatcher_cycles, solver
+from tests.support.clocks import FakeWallClock
 from tests.support.relay_fixtures import LocalRelayProcess
 from tests.support.solver_inbox import ReceivedDm, SolverInbox
 

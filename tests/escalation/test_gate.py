@@ -17,7 +17,6 @@ from serbero.actors.tracker import (
     ScanPendingHandoffs,
     Tracker,
 )
-from serbero.clock import FakeWallClock
 from serbero.config import SolverConfig
 from serbero.store.errors import StoreFailure
 from tests.escalation.helpers import (
@@ -31,6 +30,7 @@ from tests.escalation.helpers import (
     package,
     solver,
 )
+from tests.support.clocks import FakeWallClock
 
 A, _ = solver()
 B, _ = solver()

@@ -3,7 +3,6 @@ over a real relay, return the documented shapes (and reconciliation returns noth
 
 from __future__ import annotations
 
-from serbero.clock import FakeWallClock
 from tests.escalation.conftest import RelayEnv
 from tests.escalation.helpers import (
     RECIPE_ADMIN_ACTIONS,
@@ -18,6 +17,7 @@ from tests.escalation.helpers import (
     RECIPE_STRANDED,
     package,
 )
+from tests.support.clocks import FakeWallClock
 
 ESCALATION_COLUMNS = 9
 

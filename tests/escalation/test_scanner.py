@@ -15,7 +15,6 @@ from serbero.actors.gate import HandoffOutcome
 from serbero.actors.scanner import next_deadline
 from serbero.actors.sender import Delivery
 from serbero.actors.tracker import Request, ScanPendingHandoffs, Tracker, open_tracker
-from serbero.clock import FakeWallClock
 from serbero.config import ConfigError, EscalationConfig, SolverConfig, config_from_toml
 from serbero.protocol.keys import Keys
 from serbero.store.errors import StoreFailure
@@ -27,6 +26,7 @@ from tests.escalation.helpers import (
     package,
     solver,
 )
+from tests.support.clocks import FakeWallClock
 
 INTERVAL = 10
 W, _ = solver()

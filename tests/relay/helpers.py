@@ -11,9 +11,9 @@ import trio
 
 from serbero.actors.relay import RelayState, RelayTiming
 from serbero.actors.relay_pool import RelayPool, open_relay_pool
-from serbero.clock import FakeWallClock
 from serbero.protocol.event import Event, sign_event
 from serbero.protocol.keys import Keys
+from tests.support.clocks import FakeWallClock
 
 # Real-time tests against local relays: reconnect in a blink so the suite stays quick. The
 # rate-limit pause stays above one second: LocalRelay refills its tokens in whole seconds.

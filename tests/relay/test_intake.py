@@ -11,11 +11,11 @@ from structlog.testing import capture_logs
 import serbero.actors.relay_pool as relay_pool
 from serbero.actors.relay import InboundEnd, InboundEvent
 from serbero.actors.relay_pool import EventIntake, ReceivedEvent
-from serbero.clock import FakeWallClock
 from serbero.protocol.event import Event, verify_event
 from serbero.protocol.keys import Keys
 from serbero.protocol.messages import Filter
 from tests.relay.helpers import BASE_TIME, note
+from tests.support.clocks import FakeWallClock
 
 RELAY_A = "ws://127.0.0.1:1"
 RELAY_B = "ws://127.0.0.1:2"

@@ -26,12 +26,12 @@ from serbero.actors.relay import (
     SubscribeCommand,
 )
 from serbero.actors.relay_pool import NoRelayConnectedError
-from serbero.clock import FakeWallClock
 from serbero.protocol.event import decode_event, verify_event
 from serbero.protocol.keys import Keys
 from serbero.protocol.messages import AUTH_KIND, Filter
 from tests.relay.helpers import BASE_TIME, neutral_jitter, note, pool_for, refused_port
 from tests.relay.raw_relay import RawConnection, open_raw_relay
+from tests.support.clocks import FakeWallClock
 
 
 async def answer_events(conn: RawConnection, answers: dict[str, list[Any]]) -> None:

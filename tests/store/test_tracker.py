@@ -31,7 +31,6 @@ from serbero.actors.tracker import (
     open_tracker,
     run_batch,
 )
-from serbero.clock import FakeWallClock
 from serbero.store.connection import open_database
 from serbero.store.disputes import Since
 from serbero.store.errors import InvalidTransition, StoreFailure, UnknownDispute
@@ -39,6 +38,7 @@ from serbero.store.escalation import RecipientOutcome
 from serbero.store.health import RelayHealth, read_health
 from serbero.store.outbox import OutboxCompletion, OutboxOutcome
 from tests.store.helpers import T0, count, event, messages
+from tests.support.clocks import FakeWallClock
 from tests.support.sqlite_process import SqliteProcess
 
 

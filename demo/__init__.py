@@ -1,0 +1,1 @@
+"""The Quick-start demo: `python -m demo.run` from the repository root."""
