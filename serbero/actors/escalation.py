@@ -8,8 +8,7 @@ its report, so nothing is ever queued between them (ESC-15).
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from functools import partial
 from typing import Final
 
@@ -17,20 +16,17 @@ import trio
 
 from serbero.actors import gate as gate_actor
 from serbero.actors import scanner as scanner_actor
-from serbero.actors.gate import Deliver, Gate, HandoffDone
-from serbero.actors.relay_pool import RelayPool
-from serbero.actors.sender import Delivery, deliver_dm
+from serbero.actors.delivery import Deliver
+from serbero.actors.gate import Gate, HandoffDone
 from serbero.actors.tracker import Tracker
 from serbero.clock import WallClock
 from serbero.config import EscalationConfig, SolverConfig
 from serbero.log import get_logger
-from serbero.protocol.keys import Keys
 from serbero.store.escalation import HandoffRow
 
 __all__ = [
     "HANDOFF_CHANNEL_SIZE",
     "log_dispatcher_settings",
-    "pool_deliver",
     "run_dispatcher",
 ]
 
@@ -38,17 +34,6 @@ log = get_logger("serbero.escalation")
 
 # Rendezvous: the scanner gives the gate one handoff, then waits for its report.
 HANDOFF_CHANNEL_SIZE: Final = 0
-
-
-def pool_deliver(
-    pool: RelayPool, identity: Keys, *, rand: Callable[[int], bytes] = os.urandom
-) -> Deliver:
-    """The daemon's `Deliver`: the shared one-DM delivery over the relay pool (ESC-26)."""
-
-    async def deliver(solver: SolverConfig, body: str, now: int) -> Delivery:
-        return await deliver_dm(pool, identity, solver, body, now=now, rand=rand)
-
-    return deliver
 
 
 def log_dispatcher_settings(settings: EscalationConfig, solvers: Sequence[SolverConfig]) -> None:

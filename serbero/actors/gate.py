@@ -14,13 +14,13 @@ a dispatch that cannot be committed after sending is re-sent then (at-least-once
 from __future__ import annotations
 
 import enum
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from typing import Final
 
 import msgspec
 import trio
 
-from serbero.actors.sender import SEND_FAILED_PREFIX, Delivery
+from serbero.actors.delivery import SEND_FAILED_PREFIX, Deliver, Delivery
 from serbero.actors.tracker import (
     GetDispute,
     Pending,
@@ -58,7 +58,6 @@ from serbero.store.notifications import (
 
 __all__ = [
     "ORPHAN_DETAIL",
-    "Deliver",
     "Gate",
     "HandoffDone",
     "HandoffOutcome",
@@ -79,10 +78,6 @@ UNROUTABLE_HINT: Final = (
     ' permission = "write", or set [escalation].fallback_to_all_solvers = true with at'
     " least one solver configured, and restart"
 )
-
-# One DM to one solver: (solver, body, now) -> outcome. In the daemon this is `deliver_dm`
-# over the relay pool; tests script it.
-Deliver = Callable[[SolverConfig, str, int], Awaitable[Delivery]]
 
 
 class RouteKind(enum.StrEnum):

@@ -1,16 +1,11 @@
-"""The sender: turns decided notifications into NIP-17 DMs and reports each outcome.
-
-`deliver_dm` is the one way any actor sends one DM to one solver (core notifications here,
-escalation DMs elsewhere). It never raises for a bad recipient or a refused publish: the
-outcome comes back as a `Delivery` carrying the exact CORE-37 error text the caller records.
-A DM counts as delivered only when at least one relay accepted it (BEY-1); each relay's
-answer goes to the log, the body never does.
+"""The sender: works the notification outbox, delivering decided DMs and recording outcomes.
 
 `OutboxSender` is the actor that works the notification outbox (BEY-2, BEY-22): decisions
 are recorded by ingest and the timer, it delivers them concurrently (at most
-`SENDER_CONCURRENCY` at once) and completes each row, which writes the `notifications`
-attempt row and the lifecycle bookkeeping. Failed publishes are retried by the store's
-backoff (BEY-3); an unparsable key fails once, for good (CORE-37).
+`SENDER_CONCURRENCY` at once) through the `Courier` it is given, and completes each row,
+which writes the `notifications` attempt row and the lifecycle bookkeeping. Failed
+publishes are retried by the store's backoff (BEY-3); an unparsable key fails once, for
+good (CORE-37).
 
 Two ways in. The hot path: before ingest submits a decision it `reserve`s room, the
 decision's transaction claims that many of its own rows, and ingest `hand_over`s them once
@@ -24,14 +19,14 @@ finished meanwhile.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Final
 
 import msgspec
 import trio
 
-from serbero.actors.relay_pool import PublishResult, RelayPool
+from serbero.actors.delivery import SEND_FAILED_PREFIX, Courier, Delivery
+from serbero.actors.relay_pool import RelayPool
 from serbero.actors.tracker import (
     ClaimOutbox,
     CompleteOutboxes,
@@ -42,8 +37,6 @@ from serbero.actors.tracker import (
 from serbero.clock import WallClock
 from serbero.config import SolverConfig
 from serbero.log import get_logger
-from serbero.protocol.keys import Keys
-from serbero.protocol.nip59 import GiftWrapper, build_private_dm
 from serbero.store.errors import StoreError
 from serbero.store.notifications import NotifType
 from serbero.store.outbox import OutboxCompletion, OutboxOutcome, OutboxRow
@@ -52,81 +45,12 @@ __all__ = [
     "COMPLETION_LINGER",
     "IDLE_RECHECK_SECONDS",
     "SENDER_CONCURRENCY",
-    "SEND_FAILED_PREFIX",
-    "Delivery",
     "Doorbell",
     "OutboxSender",
     "SenderStats",
-    "deliver_dm",
 ]
 
 log = get_logger("serbero.sender")
-
-# CORE-37: the error text of a publish that no relay accepted.
-SEND_FAILED_PREFIX: Final = "notification error: gift-wrap send failed: "
-INVALID_PUBKEY_PREFIX: Final = "invalid pubkey: "
-
-
-class Delivery(msgspec.Struct, frozen=True):
-    """One DM attempt's outcome.
-
-    `error` is None when `ok`; otherwise the CORE-37 text: `invalid pubkey: <reason>` (no
-    network attempt was made) or `notification error: gift-wrap send failed: <reason>`.
-    `retryable` says whether trying again later can help: False for an unparsable key,
-    True for publish failures (relays down, rate-limited, refusing).
-    """
-
-    ok: bool
-    error: str | None
-    retryable: bool
-
-
-def _refusal_reason(result: PublishResult) -> str:
-    """Every relay's answer in one line, e.g. `ws://a: rejected (blocked: spam)`."""
-    if not result.outcomes:
-        return "no relay configured"
-    parts = []
-    for outcome in result.outcomes:
-        detail = f" ({outcome.message})" if outcome.message else ""
-        parts.append(f"{outcome.relay}: {outcome.status.value}{detail}")
-    return "; ".join(parts)
-
-
-async def deliver_dm(
-    pool: RelayPool,
-    identity: Keys,
-    solver: SolverConfig,
-    body: str,
-    *,
-    now: int,
-    rand: Callable[[int], bytes] = os.urandom,
-    wrapper: GiftWrapper | None = None,
-) -> Delivery:
-    """Gift-wrap `body` to `solver` (CORE-35) and publish it to every relay (CORE-36).
-
-    `now` is the rumor's `created_at` (seal and wrap are back-dated from it, PROTO-5).
-    `wrapper`, when given, is `identity`'s `GiftWrapper` (keys prepared ahead) and draws its
-    own randomness.
-    """
-    if solver.pubkey_hex is None:
-        error = solver.pubkey_error or f"{INVALID_PUBKEY_PREFIX}unparsable public key"
-        log.debug("dm_not_attempted", solver=solver.pubkey, error=error)
-        return Delivery(ok=False, error=error, retryable=False)
-    if wrapper is not None:
-        wrap = wrapper.private_dm(solver.pubkey_hex, body, now=now)
-    else:
-        wrap = build_private_dm(identity, solver.pubkey_hex, body, now=now, rand=rand)
-    result = await pool.publish(wrap)
-    outcomes = {outcome.relay: outcome.status.value for outcome in result.outcomes}
-    if result.sent:
-        log.debug("dm_published", solver=solver.pubkey, wrap_id=wrap.id, outcomes=outcomes)
-        return Delivery(ok=True, error=None, retryable=True)
-    reason = _refusal_reason(result)
-    log.info("dm_refused", solver=solver.pubkey, wrap_id=wrap.id, outcomes=outcomes)
-    return Delivery(ok=False, error=SEND_FAILED_PREFIX + reason, retryable=True)
-
-
-# --- the outbox worker ------------------------------------------------------------------------
 
 # DMs being published at once. Each one is a wrap built and sent to every relay; the store
 # hands out at most one row per (dispute, solver) pair at a time, so per-pair order holds
@@ -148,14 +72,6 @@ IDLE_RECHECK_SECONDS: Final = 30.0
 RACE_RECHECK_SECONDS: Final = 0.1
 # After the store failed to hand out rows (locked by another writer, ...), wait this long.
 STORE_RETRY_SECONDS: Final = 1.0
-# One-time wrap keys kept ready per configured solver, prepared while the sender is idle
-# (each ~90 us of work off a DM's path), and the cap over all solvers (~0.5 KB a key: the
-# full set for five solvers is ~1.2 MB and 0.24 s of CPU, spent after start-up and after
-# each burst). Enough that a burst of 512 disputes pays for no key on its path: in a
-# 300-dispute burst, 512 a solver against 64 took the daemon from 0.61-0.63 to 0.55-0.59
-# ms of CPU a DM.
-SPARE_KEYS_PER_SOLVER: Final = 512
-SPARE_KEYS_TOTAL: Final = 4096
 
 
 class Doorbell:
@@ -260,33 +176,25 @@ class OutboxSender:
         self,
         tracker: Tracker,
         pool: RelayPool,
-        identity: Keys,
+        courier: Courier,
         solvers: Sequence[SolverConfig],
         *,
         doorbell: Doorbell,
         stats: SenderStats,
         wall_clock: WallClock,
-        rand: Callable[[int], bytes] = os.urandom,
         concurrency: int = SENDER_CONCURRENCY,
     ) -> None:
         self._tracker = tracker
+        # Asked only when relay links come up (`_watch_relays`); DMs go through the courier.
         self._pool = pool
-        self._identity = identity
+        self._courier = courier
         self._solvers: dict[str, SolverConfig] = {}
         for solver in solvers:
             self._solvers.setdefault(solver.pubkey, solver)
         self._doorbell = doorbell
         self.stats = stats
         self._wall_clock = wall_clock
-        self._rand = rand
         self._concurrency = max(1, concurrency)
-        receivers = {s.pubkey_hex for s in self._solvers.values() if s.pubkey_hex is not None}
-        self._wrapper = GiftWrapper(
-            identity,
-            spares_for=sorted(receivers),
-            spares=min(SPARE_KEYS_PER_SOLVER, SPARE_KEYS_TOTAL // max(1, len(receivers))),
-            rand=rand,
-        )
         self._idle = Doorbell()
         # Slots promised to decisions not answered yet, and to the claim being made.
         self._reserved = 0
@@ -405,7 +313,7 @@ class OutboxSender:
         before it (each key still wraps one DM only, PROTO-31)."""
         while True:
             self._idle.reset()
-            if self.stats.in_flight == 0 and self._wrapper.prepare_spare():
+            if self.stats.in_flight == 0 and self._courier.prepare_spare():
                 await trio.lowlevel.checkpoint()
                 continue
             await self._idle.wait(IDLE_RECHECK_SECONDS)
@@ -433,14 +341,8 @@ class OutboxSender:
 
     async def _deliver(self, row: OutboxRow, outcomes: trio.MemorySendChannel[_Outcome]) -> None:
         try:
-            delivery = await deliver_dm(
-                self._pool,
-                self._identity,
-                self._solver(row.solver_pubkey),
-                row.body,
-                now=self._wall_clock(),
-                rand=self._rand,
-                wrapper=self._wrapper,
+            delivery = await self._courier.deliver(
+                self._solver(row.solver_pubkey), row.body, self._wall_clock()
             )
         except Exception as exc:
             # One row must never take the sender down (and with it every other DM):

@@ -43,7 +43,8 @@ import msgspec
 import trio
 
 from serbero import __version__
-from serbero.actors.escalation import log_dispatcher_settings, pool_deliver, run_dispatcher
+from serbero.actors.delivery import PoolCourier
+from serbero.actors.escalation import log_dispatcher_settings, run_dispatcher
 from serbero.actors.health import run_health_endpoint
 from serbero.actors.health_record import HealthRecorder, HealthStats
 from serbero.actors.ingest import Ingest, IngestStats
@@ -195,7 +196,7 @@ async def _escalation_dispatcher(context: DaemonContext) -> None:
     state lives in the database (ESC-30)."""
     await run_dispatcher(
         context.tracker,
-        pool_deliver(context.pool, context.identity, rand=context.rand),
+        PoolCourier(context.pool, context.identity, rand=context.rand).deliver,
         settings=context.config.escalation,
         solvers=context.config.solvers,
         wall_clock=context.wall_clock,
@@ -442,15 +443,18 @@ class Supervisor:
 
     def _core_actors(self, context: DaemonContext, subscription: Subscription) -> list[ActorSpec]:
         config, tracker = context.config, context.tracker
+        receivers = {s.pubkey_hex for s in config.solvers if s.pubkey_hex is not None}
+        courier = PoolCourier(
+            context.pool, context.identity, spares_for=sorted(receivers), rand=self._rand
+        )
         sender = OutboxSender(
             tracker,
             context.pool,
-            context.identity,
+            courier,
             config.solvers,
             doorbell=self.doorbell,
             stats=self.sender_stats,
             wall_clock=self._wall_clock,
-            rand=self._rand,
         )
         # Ingest hands the DMs its decisions claimed straight to the sender (its hot path).
         ingest = Ingest(

@@ -1,12 +1,12 @@
 """The outbox sender's loop on Trio's autojump clock: it wakes on rings and on the earliest
 retry, never busy-loops, keeps one DM per (dispute, solver) in flight, and survives a
-delivery that raises (the relay pool is replaced by a stub; delivery itself is tested in
-test_deliver_dm.py)."""
+delivery that raises (the courier is scripted; the real one is tested in
+test_courier.py)."""
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -14,13 +14,12 @@ import pytest
 import trio
 import trio.testing
 
-import serbero.actors.sender as sender_module
+from serbero.actors.delivery import Delivery
 from serbero.actors.relay_pool import RelayPool
 from serbero.actors.sender import (
     COMPLETION_LINGER,
     IDLE_RECHECK_SECONDS,
     SENDER_CONCURRENCY,
-    Delivery,
     Doorbell,
     OutboxSender,
     SenderStats,
@@ -48,6 +47,20 @@ class StubPool:
         await trio.sleep_forever()
 
 
+# One scripted DM: (solver, body, now) -> outcome.
+DeliverFn = Callable[[SolverConfig, str, int], Awaitable[Delivery]]
+
+
+class ScriptedCourier:
+    """A courier whose deliveries are the test's function; it has no keys to prepare."""
+
+    def __init__(self, deliver: DeliverFn) -> None:
+        self.deliver = deliver
+
+    def prepare_spare(self) -> bool:
+        return False
+
+
 class CountingTracker:
     """The real tracker, counting the requests the sender makes."""
 
@@ -62,16 +75,18 @@ class CountingTracker:
 
 def stub_sender(
     tracker: Tracker | CountingTracker,
+    deliver: DeliverFn,
     solvers: Sequence[SolverConfig] = SOLVERS,
     *,
     doorbell: Doorbell | None = None,
     concurrency: int = SENDER_CONCURRENCY,
 ) -> OutboxSender:
-    """The sender on the stub pool and the Trio-driven wall clock; figures in `.stats`."""
+    """The sender on the stub pool, the scripted `deliver` and the Trio-driven wall clock;
+    figures in `.stats`."""
     return OutboxSender(
         cast(Tracker, tracker),
         cast(RelayPool, StubPool()),
-        Keys.generate(),
+        ScriptedCourier(deliver),
         solvers,
         doorbell=Doorbell() if doorbell is None else doorbell,
         stats=SenderStats(),
@@ -80,21 +95,18 @@ def stub_sender(
     )
 
 
-def deliver_slowly(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str, float, float]]:
-    """Every DM takes 3 s and succeeds; returns where each one's (solver, body, began, ended)
-    is noted as it finishes."""
+def deliver_slowly() -> tuple[DeliverFn, list[tuple[str, str, float, float]]]:
+    """A delivery where every DM takes 3 s and succeeds, and where each one's (solver, body,
+    began, ended) is noted as it finishes."""
     spans: list[tuple[str, str, float, float]] = []
 
-    async def slow_deliver(
-        pool: object, identity: object, solver: SolverConfig, body: str, **kwargs: object
-    ) -> Delivery:
+    async def slow_deliver(solver: SolverConfig, body: str, now: int) -> Delivery:
         began = trio.current_time()
         await trio.sleep(3)
         spans.append((solver.pubkey, body, began, trio.current_time()))
         return Delivery(ok=True, error=None, retryable=True)
 
-    monkeypatch.setattr(sender_module, "deliver_dm", slow_deliver)
-    return spans
+    return slow_deliver, spans
 
 
 def event(status: str) -> DisputeEvent:
@@ -102,14 +114,13 @@ def event(status: str) -> DisputeEvent:
 
 
 async def test_the_sender_waits_without_spinning_and_survives_a_raising_delivery(
-    autojump_clock: trio.testing.MockClock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    autojump_clock: trio.testing.MockClock,
+    tmp_path: Path,
 ) -> None:
     db = str(tmp_path / "serbero.db")
     calls: list[tuple[float, str]] = []
 
-    async def fake_deliver(
-        pool: object, identity: object, solver: SolverConfig, body: str, **kwargs: object
-    ) -> Delivery:
+    async def fake_deliver(solver: SolverConfig, body: str, now: int) -> Delivery:
         calls.append((trio.current_time(), body))
         first = len(calls) == 1
         await trio.sleep(1)
@@ -117,11 +128,10 @@ async def test_the_sender_waits_without_spinning_and_survives_a_raising_delivery
             raise RuntimeError("a bug in one delivery")
         return Delivery(ok=True, error=None, retryable=True)
 
-    monkeypatch.setattr(sender_module, "deliver_dm", fake_deliver)
     async with open_tracker(db, wall_clock=TrioWallClock(), offload=False) as tracker:
         counting = CountingTracker(tracker)
         doorbell = Doorbell()
-        sender = stub_sender(counting, doorbell=doorbell)
+        sender = stub_sender(counting, fake_deliver, doorbell=doorbell)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(sender.run)
             await trio.sleep(5 * IDLE_RECHECK_SECONDS + 7)
@@ -147,15 +157,16 @@ async def test_the_sender_waits_without_spinning_and_survives_a_raising_delivery
 
 
 async def test_one_dm_per_dispute_and_solver_in_flight_in_decision_order(
-    autojump_clock: trio.testing.MockClock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    autojump_clock: trio.testing.MockClock,
+    tmp_path: Path,
 ) -> None:
     """BEY-22: an assignment decided while the initial notices are on their way waits for
     them; both solvers are served concurrently."""
     db = str(tmp_path / "serbero.db")
-    spans = deliver_slowly(monkeypatch)
+    slow_deliver, spans = deliver_slowly()
     async with open_tracker(db, wall_clock=TrioWallClock(), offload=False) as tracker:
         doorbell = Doorbell()
-        sender = stub_sender(tracker, doorbell=doorbell)
+        sender = stub_sender(tracker, slow_deliver, doorbell=doorbell)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(sender.run)
             messages = tuple(OutboxMessage(s.pubkey, "initial") for s in SOLVERS)
@@ -180,22 +191,20 @@ async def test_one_dm_per_dispute_and_solver_in_flight_in_decision_order(
 
 
 async def test_rows_a_decision_claimed_go_out_without_a_claim_and_complete_in_one_batch(
-    autojump_clock: trio.testing.MockClock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    autojump_clock: trio.testing.MockClock,
+    tmp_path: Path,
 ) -> None:
     db = str(tmp_path / "serbero.db")
     delivered: list[tuple[str, float]] = []
 
-    async def fake_deliver(
-        pool: object, identity: object, solver: SolverConfig, body: str, **kwargs: object
-    ) -> Delivery:
+    async def fake_deliver(solver: SolverConfig, body: str, now: int) -> Delivery:
         delivered.append((solver.pubkey, trio.current_time()))
         await trio.sleep(1)
         return Delivery(ok=True, error=None, retryable=True)
 
-    monkeypatch.setattr(sender_module, "deliver_dm", fake_deliver)
     async with open_tracker(db, wall_clock=TrioWallClock(), offload=False) as tracker:
         counting = CountingTracker(tracker)
-        sender = stub_sender(counting)
+        sender = stub_sender(counting, fake_deliver)
         stats = sender.stats
         assert sender.reserve(2) == 0, "no room before the sender runs"
         async with trio.open_nursery() as nursery:
@@ -222,7 +231,8 @@ async def test_rows_a_decision_claimed_go_out_without_a_claim_and_complete_in_on
 
 
 async def test_outcomes_a_few_ms_apart_share_one_commit(
-    autojump_clock: trio.testing.MockClock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    autojump_clock: trio.testing.MockClock,
+    tmp_path: Path,
 ) -> None:
     """A fan-out's OKs come back a few ms apart: they are recorded together, after
     COMPLETION_LINGER; an outcome that comes later than that gets a commit of its own."""
@@ -236,16 +246,13 @@ async def test_outcomes_a_few_ms_apart_share_one_commit(
         )
     )
 
-    async def fake_deliver(
-        pool: object, identity: object, solver: SolverConfig, body: str, **kwargs: object
-    ) -> Delivery:
+    async def fake_deliver(solver: SolverConfig, body: str, now: int) -> Delivery:
         await trio.sleep(1 + finish_after[solver.pubkey])
         return Delivery(ok=True, error=None, retryable=True)
 
-    monkeypatch.setattr(sender_module, "deliver_dm", fake_deliver)
     async with open_tracker(db, wall_clock=TrioWallClock(), offload=False) as tracker:
         counting = CountingTracker(tracker)
-        sender = stub_sender(counting, solvers)
+        sender = stub_sender(counting, fake_deliver, solvers)
         stats = sender.stats
         async with trio.open_nursery() as nursery:
             nursery.start_soon(sender.run)
@@ -268,24 +275,22 @@ async def test_outcomes_a_few_ms_apart_share_one_commit(
 
 
 async def test_room_is_refused_while_rows_wait_in_the_outbox_so_the_oldest_go_first(
-    autojump_clock: trio.testing.MockClock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    autojump_clock: trio.testing.MockClock,
+    tmp_path: Path,
 ) -> None:
     """A sender with one slot: the second dispute's rows are left in the outbox, and the
     third dispute gets no room until they went out, oldest first."""
     db = str(tmp_path / "serbero.db")
     order: list[str] = []
 
-    async def fake_deliver(
-        pool: object, identity: object, solver: SolverConfig, body: str, **kwargs: object
-    ) -> Delivery:
+    async def fake_deliver(solver: SolverConfig, body: str, now: int) -> Delivery:
         order.append(body)
         await trio.sleep(1)
         return Delivery(ok=True, error=None, retryable=True)
 
-    monkeypatch.setattr(sender_module, "deliver_dm", fake_deliver)
     solver = SOLVERS[:1]
     async with open_tracker(db, wall_clock=TrioWallClock(), offload=False) as tracker:
-        sender = stub_sender(tracker, solver, concurrency=1)
+        sender = stub_sender(tracker, fake_deliver, solver, concurrency=1)
 
         async def decide(dispute_id: str) -> None:
             reserved = sender.reserve(1)
@@ -311,14 +316,15 @@ async def test_room_is_refused_while_rows_wait_in_the_outbox_so_the_oldest_go_fi
 
 
 async def test_a_claimed_assignment_waits_for_the_initial_in_flight_for_its_solver(
-    autojump_clock: trio.testing.MockClock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    autojump_clock: trio.testing.MockClock,
+    tmp_path: Path,
 ) -> None:
     """BEY-22 on the hot path: the assignment cannot be claimed behind its pair's initial;
     it goes out as soon as the initial's outcome is recorded."""
     db = str(tmp_path / "serbero.db")
-    spans = deliver_slowly(monkeypatch)
+    slow_deliver, spans = deliver_slowly()
     async with open_tracker(db, wall_clock=TrioWallClock(), offload=False) as tracker:
-        sender = stub_sender(tracker)
+        sender = stub_sender(tracker, slow_deliver)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(sender.run)
             await trio.sleep(1)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from serbero.actors.escalation import pool_deliver
+from serbero.actors.delivery import PoolCourier
 from serbero.actors.relay_pool import RelayPool, open_relay_pool
 from serbero.actors.tracker import Tracker, open_tracker
 from serbero.clock import WallClock, system_wall_clock
@@ -84,7 +84,7 @@ class RelayEnv:
         self.pool = pool
         self.writer = writer
         self.identity = identity
-        self.deliver = SpyDeliver(pool_deliver(pool, self.identity))
+        self.deliver = SpyDeliver(PoolCourier(pool, self.identity).deliver)
         self._inboxes = ExitStack()
 
     def solver(self, permission: str = "write") -> Solver:

@@ -15,9 +15,9 @@ from typing import Any, Final
 import trio
 
 from serbero.actors import gate as gate_actor
-from serbero.actors.gate import Deliver, Gate, HandoffDone
+from serbero.actors.delivery import SEND_FAILED_PREFIX, Deliver, Delivery
+from serbero.actors.gate import Gate, HandoffDone
 from serbero.actors.scanner import CycleReport, scan_cycle
-from serbero.actors.sender import SEND_FAILED_PREFIX, Delivery
 from serbero.actors.tracker import Request, Tracker
 from serbero.clock import WallClock
 from serbero.config import SolverConfig

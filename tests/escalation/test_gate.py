@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
+from serbero.actors.delivery import Delivery
 from serbero.actors.gate import HandoffOutcome
-from serbero.actors.sender import Delivery
 from serbero.actors.tracker import (
     GetDispute,
     RecordDispatch,

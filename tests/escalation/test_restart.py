@@ -10,7 +10,8 @@ from functools import partial
 
 import trio
 
-from serbero.actors.escalation import pool_deliver, run_dispatcher
+from serbero.actors.delivery import PoolCourier
+from serbero.actors.escalation import run_dispatcher
 from serbero.actors.relay_pool import open_relay_pool
 from serbero.actors.tracker import ScanPendingHandoffs, open_tracker
 from serbero.clock import system_wall_clock
@@ -41,7 +42,7 @@ async def running_dispatcher(
     ):
         with trio.fail_after(DM_TIMEOUT):
             await pool.wait_connected()
-        deliver = SpyDeliver(pool_deliver(pool, identity), after=after_send)
+        deliver = SpyDeliver(PoolCourier(pool, identity).deliver, after=after_send)
         async with trio.open_nursery() as nursery:
             await nursery.start(
                 partial(

@@ -15,7 +15,7 @@ from typing import Any, Final
 
 import msgspec
 
-from serbero.actors.sender import SEND_FAILED_PREFIX
+from serbero.actors.delivery import SEND_FAILED_PREFIX
 from tests.stress.outages import OutageRecord
 from tests.stress.probes import Sample, median_fds, median_rss, window
 

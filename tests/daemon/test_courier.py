@@ -1,4 +1,4 @@
-"""`deliver_dm`: the one-DM delivery shared by every sender (CORE-35..37, BEY-1)."""
+"""`PoolCourier`: the one-DM delivery shared by every sender (CORE-35..37, BEY-1)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import time
 
 import trio
 
+from serbero.actors.delivery import SEND_FAILED_PREFIX, PoolCourier
 from serbero.actors.relay_pool import open_relay_pool
-from serbero.actors.sender import SEND_FAILED_PREFIX, deliver_dm
 from serbero.config import SolverConfig
 from serbero.protocol.keys import Keys
 from tests.daemon.support import FAST, open_rejecting_relay
@@ -25,7 +25,7 @@ async def test_delivered_dm_opens_in_an_independent_inbox(local_relay: LocalRela
         async with open_relay_pool([local_relay.url], serbero, timing=FAST) as pool:
             await pool.wait_connected()
             now = int(time.time())
-            delivery = await deliver_dm(pool, serbero, solver, "hello\nsolver", now=now)
+            delivery = await PoolCourier(pool, serbero).deliver(solver, "hello\nsolver", now)
         assert delivery.ok and delivery.error is None
         dms = await trio.to_thread.run_sync(inbox.wait_for_count, 1, 10.0)
     finally:
@@ -39,7 +39,7 @@ async def test_invalid_pubkey_makes_no_network_attempt(local_relay: LocalRelayPr
     serbero = Keys.generate()
     solver = SolverConfig.from_text("not-a-real-hex-pubkey")
     async with open_relay_pool([local_relay.url], serbero, timing=FAST) as pool:
-        delivery = await deliver_dm(pool, serbero, solver, "body", now=int(time.time()))
+        delivery = await PoolCourier(pool, serbero).deliver(solver, "body", int(time.time()))
     assert not delivery.ok and not delivery.retryable
     assert delivery.error is not None and delivery.error.startswith("invalid pubkey: ")
 
@@ -53,7 +53,7 @@ async def test_no_relay_accepting_is_a_retryable_failure() -> None:
         open_relay_pool([relay.url], serbero, timing=FAST) as pool,
     ):
         await pool.wait_connected()
-        delivery = await deliver_dm(pool, serbero, solver, "body", now=int(time.time()))
+        delivery = await PoolCourier(pool, serbero).deliver(solver, "body", int(time.time()))
     assert not delivery.ok and delivery.retryable
     assert delivery.error is not None
     assert delivery.error.startswith(SEND_FAILED_PREFIX)
