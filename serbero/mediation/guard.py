@@ -122,7 +122,8 @@ _MODAL: Final = (
 )
 _PHRASES: Final = re.compile(
     r"\b(?:"
-    rf"(?:release|releasing|disburse|unlock|unfreeze|refund|return|reimburse) {_TO_WHOM}{_DET}{_ANY_MONEY}"
+    r"(?:release|releasing|disburse|unlock|unfreeze|refund|return|reimburse) "
+    rf"{_TO_WHOM}{_DET}{_ANY_MONEY}"
     rf"|(?:send|transfer|move|pay|pay out|settle) {_TO_WHOM}{_DET}{_CRYPTO}"
     rf"|(?:release|refund|transfer|return|disbursement) of {_DET}{_ANY_MONEY}"
     r"|refund (?:you|him|her|them|both|the buyer|the seller|the other party)"
@@ -221,4 +222,6 @@ def check_summary(summary: Summary) -> GuardViolation | None:
 def check_clarification(text: str) -> GuardViolation | None:
     """BEY-19: a question for a party, scanned with the same list as summaries."""
     matched = _find(text)
-    return None if matched is None else GuardViolation(reason=CLARIFICATION_ATTEMPT, matched=matched)
+    return (
+        None if matched is None else GuardViolation(reason=CLARIFICATION_ATTEMPT, matched=matched)
+    )
