@@ -24,6 +24,7 @@ from serbero.config import (
     ConfigError,
     LoadedConfig,
     load_config,
+    masked,
     render_toml,
     validate_for_daemon,
 )
@@ -144,7 +145,7 @@ def _check_config(args: argparse.Namespace) -> int:
         _print_json(
             {
                 "path": loaded.path,
-                "config": loaded.config.masked(),
+                "config": masked(loaded.config),
                 "warnings": [msgspec.to_builtins(w) for w in loaded.warnings],
             }
         )

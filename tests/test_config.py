@@ -22,11 +22,13 @@ from serbero.config import (
     NotificationsConfig,
     PromptsConfig,
     ReasoningConfig,
+    Secret,
     SerberoConfig,
     SolverConfig,
     TimeoutsConfig,
     config_from_toml,
     load_config,
+    masked,
     render_toml,
     resolve_config_path,
     validate_for_daemon,
@@ -155,7 +157,7 @@ def test_as9_full_file_parses(tmp_path: Path) -> None:
     assert loaded.path == str(tmp_path / "config.toml")
     assert loaded.warnings == ()
     assert cfg.serbero == SerberoConfig(
-        private_key=SK_HEX, db_path="/var/lib/serbero/serbero.db", log_level="serbero=debug"
+        private_key=Secret(SK_HEX), db_path="/var/lib/serbero/serbero.db", log_level="serbero=debug"
     )
     assert cfg.mostro.pubkey == MOSTRO
     assert [r.url for r in cfg.relays] == ["wss://relay.one", "ws://127.0.0.1:7777"]
@@ -183,7 +185,7 @@ def test_as9_full_file_parses(tmp_path: Path) -> None:
         api_key_env="MY_KEY",
         request_timeout_seconds=9,
         followup_retry_count=4,
-        api_key="k-123",
+        api_key=Secret("k-123"),
     )
     assert cfg.prompts == PromptsConfig(
         system_instructions_path="p/system.md",
@@ -208,10 +210,10 @@ def test_as9_env_overrides_win_and_are_trimmed(tmp_path: Path) -> None:
         "MY_KEY": "  k-123 \n",
     }
     cfg = load_config(str(write(tmp_path, FULL)), env).config
-    assert cfg.serbero.private_key == OTHER.secret.hex()
+    assert cfg.serbero.private_key.reveal() == OTHER.secret.hex()
     assert cfg.serbero.db_path == "/tmp/env.db"
     assert cfg.serbero.log_level == "debug"
-    assert cfg.reasoning.api_key == "k-123"
+    assert cfg.reasoning.api_key.reveal() == "k-123"
     assert cfg.identity().public_hex == OTHER.public_hex
 
 
@@ -220,7 +222,7 @@ def test_as9_blank_env_keeps_file_values(tmp_path: Path, blank: str) -> None:
     env = {"SERBERO_PRIVATE_KEY": blank, "SERBERO_DB_PATH": blank, "SERBERO_LOG": blank}
     cfg = load_config(str(write(tmp_path, FULL)), {**env, "MY_KEY": "k"}).config
     assert cfg.serbero == SerberoConfig(
-        private_key=SK_HEX, db_path="/var/lib/serbero/serbero.db", log_level="serbero=debug"
+        private_key=Secret(SK_HEX), db_path="/var/lib/serbero/serbero.db", log_level="serbero=debug"
     )
 
 
@@ -254,7 +256,7 @@ def test_as9_zero_dispatch_interval_names_the_key(enabled: str) -> None:
 def test_as9_toml_api_key_ignored() -> None:
     text = MINIMAL + '\n[reasoning]\nenabled = false\napi_key = "SECRET_FROM_TOML"\n'
     loaded = config_from_toml(text)
-    assert loaded.config.reasoning.api_key == ""
+    assert loaded.config.reasoning.api_key.reveal() == ""
     assert events(loaded) == [
         (
             "config_api_key_ignored",
@@ -264,7 +266,7 @@ def test_as9_toml_api_key_ignored() -> None:
     assert "SECRET_FROM_TOML" not in repr(loaded)
     # With the variable set, the variable (not the file) provides the credential.
     from_env = config_from_toml(text, env={"SERBERO_REASONING_API_KEY": "from-env"})
-    assert from_env.config.reasoning.api_key == "from-env"
+    assert from_env.config.reasoning.api_key.reveal() == "from-env"
 
 
 def test_as9_omitted_sections_give_defaults() -> None:
@@ -285,7 +287,7 @@ def test_as9_omitted_sections_give_defaults() -> None:
         "solver_auth_retry_max_total_seconds": 86400,
         "solver_auth_retry_max_attempts": 24,
     }
-    assert msgspec.to_builtins(cfg.reasoning) == {
+    assert masked(cfg)["reasoning"] == {
         "enabled": False,
         "provider": "openai",
         "model": "gpt-4o-mini",
@@ -405,7 +407,7 @@ def test_missing_required_section_or_key(text: str, reason: str) -> None:
 def test_private_key_may_come_only_from_the_environment() -> None:
     text = f'[mostro]\npubkey = "{MOSTRO}"\n[[relays]]\nurl = "wss://r"\n'
     cfg = config_from_toml(text, env={"SERBERO_PRIVATE_KEY": encode_nsec(OTHER.secret)}).config
-    assert cfg.serbero.private_key == OTHER.secret.hex()
+    assert cfg.serbero.private_key.reveal() == OTHER.secret.hex()
     assert cfg.serbero.db_path == "serbero.db"
 
 
@@ -508,12 +510,12 @@ def test_reasoning_credential_rules() -> None:
     named = MINIMAL + '\n[reasoning]\nenabled = true\napi_key_env = " OTHER_VAR "\n'
     assert "OTHER_VAR" in reason_of(named, {"SERBERO_REASONING_API_KEY": "wrong-var"})
     cfg = config_from_toml(named, env={"OTHER_VAR": " tok "}).config
-    assert (cfg.reasoning.api_key_env, cfg.reasoning.api_key) == ("OTHER_VAR", "tok")
+    assert (cfg.reasoning.api_key_env, cfg.reasoning.api_key.reveal()) == ("OTHER_VAR", "tok")
     # Disabled: read when present, never required.
     disabled = MINIMAL + "\n[reasoning]\nenabled = false\n"
-    assert config_from_toml(disabled).config.reasoning.api_key == ""
+    assert config_from_toml(disabled).config.reasoning.api_key.reveal() == ""
     present = config_from_toml(disabled, env={"SERBERO_REASONING_API_KEY": "x"})
-    assert present.config.reasoning.api_key == "x"
+    assert present.config.reasoning.api_key.reveal() == "x"
 
 
 @pytest.mark.parametrize(
@@ -627,14 +629,14 @@ pubkey = "{SOLVER_A.upper()}"
 pubkey = "nostr:{encode_npub(SOLVER_B)}"
 """
     cfg = config_from_toml(text).config
-    assert cfg.serbero.private_key == SK_HEX
+    assert cfg.serbero.private_key.reveal() == SK_HEX
     assert cfg.mostro.pubkey == MOSTRO
     assert [s.pubkey_hex for s in cfg.solvers] == [SOLVER_A, SOLVER_B]
     assert [s.pubkey for s in cfg.solvers] == [SOLVER_A.upper(), f"nostr:{encode_npub(SOLVER_B)}"]
     upper = config_from_toml(
         MINIMAL.replace(SK_HEX, SK_HEX.upper()).replace(MOSTRO, MOSTRO.upper())
     )
-    assert upper.config.serbero.private_key == SK_HEX
+    assert upper.config.serbero.private_key.reveal() == SK_HEX
     assert upper.config.mostro.pubkey == MOSTRO
 
 
@@ -764,7 +766,7 @@ def assert_no_secret(text: str) -> None:
 
 def test_masked_hides_every_secret() -> None:
     cfg = secrets_config()
-    data = cfg.masked()
+    data = masked(cfg)
     assert data["serbero"]["private_key"] == MASK
     assert data["reasoning"]["api_key"] == MASK
     assert data["solvers"][2]["pubkey"] == MASK
@@ -772,7 +774,7 @@ def test_masked_hides_every_secret() -> None:
     assert_no_secret(repr(data))
     assert_no_secret(repr(cfg))
     assert_no_secret(str(cfg.serbero))
-    assert cfg.reasoning.api_key == "api-secret-value"
+    assert cfg.reasoning.api_key.reveal() == "api-secret-value"
 
 
 def test_render_toml_is_masked_and_parses_back() -> None:
@@ -794,7 +796,7 @@ def test_render_toml_is_masked_and_parses_back() -> None:
         {"pubkey": MASK, "permission": "read"},
     ]
     assert parsed["health"] == {"listen": "127.0.0.1:9797"}
-    assert set(parsed) == set(cfg.masked())
+    assert set(parsed) == set(masked(cfg))
 
 
 # --- direct construction (CORE-12) and our sections ---------------------------------------
@@ -802,7 +804,7 @@ def test_render_toml_is_masked_and_parses_back() -> None:
 
 def test_config_can_be_built_directly() -> None:
     cfg = Config(
-        serbero=SerberoConfig(private_key=SK_HEX),
+        serbero=SerberoConfig(private_key=Secret(SK_HEX)),
         mostro=MostroConfig(pubkey=MOSTRO),
         solvers=(SolverConfig.from_text(SOLVER_A),),
     )
@@ -866,3 +868,25 @@ def test_load_config_reads_os_environ_by_default(
     cfg = load_config(str(write(tmp_path, MINIMAL))).config
     assert cfg.serbero.db_path == "from-environ.db"
     assert os.environ["SERBERO_DB_PATH"] == " from-environ.db "
+
+
+# --- Secret -------------------------------------------------------------------------------
+
+
+def test_secret_never_shows_its_value() -> None:
+    secret = Secret("s3cr3t-value")
+    shown = [repr(secret), str(secret), f"{secret}", format(secret), repr([secret])]
+    assert all("s3cr3t" not in text for text in shown)
+    assert str(secret) == MASK
+    assert secret.reveal() == "s3cr3t-value"
+    assert secret and not Secret("")
+    assert str(Secret("")) == ""
+    assert secret == Secret("s3cr3t-value") != Secret("other")
+    assert len({secret, Secret("s3cr3t-value")}) == 1
+
+
+def test_config_structs_print_without_secrets() -> None:
+    cfg = secrets_config()
+    for shown in (repr(cfg), str(cfg.serbero), repr(cfg.reasoning), f"{cfg.serbero.private_key}"):
+        assert_no_secret(shown)
+    assert f"private_key=Secret({MASK!r})" in repr(cfg.serbero)

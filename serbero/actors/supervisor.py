@@ -54,7 +54,7 @@ from serbero.actors.renotify import Renotifier, RenotifyStats
 from serbero.actors.sender import Doorbell, OutboxSender, SenderStats
 from serbero.actors.tracker import ComputeSince, RequeueInFlight, Tracker, open_tracker
 from serbero.clock import WallClock
-from serbero.config import MASK, Config
+from serbero.config import Config, shown_pubkey
 from serbero.log import get_logger
 from serbero.protocol.keys import KeyFormatError, Keys, parse_public_key
 from serbero.protocol.messages import Filter
@@ -273,8 +273,12 @@ def _log_startup(config: Config, config_path: str) -> None:
     for relay in config.relays:
         log.info("configured_relay", url=relay.url)
     for index, solver in enumerate(config.solvers):
-        shown = MASK if solver.pubkey.strip().lower().startswith("nsec") else solver.pubkey
-        log.info("configured_solver", idx=index, pubkey=shown, permission=solver.permission)
+        log.info(
+            "configured_solver",
+            idx=index,
+            pubkey=shown_pubkey(solver.pubkey),
+            permission=solver.permission,
+        )
 
 
 def _log_since(since: Since) -> None:

@@ -17,6 +17,7 @@ from serbero.config import (
     NotificationsConfig,
     Permission,
     RelayConfig,
+    Secret,
     SerberoConfig,
     SolverConfig,
     TimeoutsConfig,
@@ -79,7 +80,7 @@ def make_config(
 ) -> Config:
     """A daemon config as the loader would produce it (timer settings 3600 s, core.md §15)."""
     return Config(
-        serbero=SerberoConfig(private_key=serbero.secret.hex(), db_path=db_path),
+        serbero=SerberoConfig(private_key=Secret(serbero.secret.hex()), db_path=db_path),
         mostro=MostroConfig(pubkey=mostro.public_hex),
         relays=tuple(RelayConfig(url=url) for url in relay_urls),
         solvers=tuple(solvers),

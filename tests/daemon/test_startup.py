@@ -20,6 +20,7 @@ from serbero.config import (
     MediationConfig,
     ReasoningConfig,
     RelayConfig,
+    Secret,
     SolverConfig,
 )
 from serbero.daemon import DaemonContext, DaemonFatal, serve
@@ -101,7 +102,7 @@ async def test_optional_features_are_reported(tmp_path: Path) -> None:
             tmp_path,
             port,
             mediation=MediationConfig(enabled=True),
-            reasoning=ReasoningConfig(enabled=True, api_key="k"),
+            reasoning=ReasoningConfig(enabled=True, api_key=Secret("k")),
         )
         both_logs = await start_and_stop(both)
     (enabled,) = [entry for entry in logs if entry["event"] == "phase4_dispatcher_enabled"]
@@ -119,7 +120,7 @@ async def test_optional_features_are_reported(tmp_path: Path) -> None:
     [
         ({"mostro_pubkey": "not-a-key"}, "invalid [mostro].pubkey"),
         ({"db_path": "/nonexistent/dir/serbero.db"}, "database"),
-        ({"private_key": "00" * 32}, "invalid [serbero].private_key"),
+        ({"private_key": Secret("00" * 32)}, "invalid [serbero].private_key"),
         ({"relays": ()}, "no relays configured"),
         ({"relays": (RelayConfig(url="http://example.com"),)}, "invalid relay configuration"),
     ],

@@ -17,14 +17,14 @@ from serbero.actors.supervisor import (
     Supervisor,
     restart_delay,
 )
-from serbero.config import Config, MostroConfig, SerberoConfig
+from serbero.config import Config, MostroConfig, Secret, SerberoConfig
 from serbero.protocol.keys import Keys
 from tests.support.clocks import FakeWallClock
 
 
 def supervisor() -> Supervisor:
     config = Config(
-        serbero=SerberoConfig(private_key=Keys.generate().secret.hex()),
+        serbero=SerberoConfig(private_key=Secret(Keys.generate().secret.hex())),
         mostro=MostroConfig(pubkey=Keys.generate().public_hex),
     )
     return Supervisor(config, wall_clock=FakeWallClock())

@@ -1,4 +1,4 @@
-"""`config.toml` + environment overrides + validation (core.md §4, BEY-12, BEY-23).
+"""Reading `config.toml`: environment overrides and validation (core.md §4, BEY-12, BEY-23).
 
 The file is decoded leniently (msgspec's TOML decoder into plain values), diffed against the
 known key set so unknown keys become warnings instead of errors, type-checked with messages an
@@ -11,288 +11,52 @@ logging is configured from the very config being loaded.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 import stat
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Final, Literal
+from typing import Any, Final
 from urllib.parse import urlsplit
 
 import msgspec
 
-from serbero.protocol.keys import (
-    KeyFormatError,
-    Keys,
-    parse_public_key,
-    parse_secret_key,
+from serbero.config.schema import (
+    DEFAULT_API_KEY_ENV,
+    DEFAULT_CONFIG_PATH,
+    ENV_CONFIG,
+    ENV_DB_PATH,
+    ENV_LOG,
+    ENV_PRIVATE_KEY,
+    PERMISSIONS,
+    SECTIONS,
+    U32_MAX,
+    Config,
+    ConfigError,
+    ConfigWarning,
+    LoadedConfig,
+    MostroConfig,
+    ReasoningConfig,
+    SolverConfig,
+    UInt,
+    UInt32,
+    file_fields,
+    key_name,
+    split_listen,
 )
+from serbero.config.secret import Secret
+from serbero.protocol.keys import KeyFormatError, parse_public_key, parse_secret_key
 
 __all__ = [
-    "DEFAULT_CONFIG_PATH",
-    "ENV_CONFIG",
-    "ENV_DB_PATH",
-    "ENV_LOG",
-    "ENV_PRIVATE_KEY",
-    "MASK",
-    "ChatConfig",
-    "Config",
-    "ConfigError",
-    "ConfigWarning",
-    "EscalationConfig",
-    "HealthConfig",
-    "LoadedConfig",
-    "MediationConfig",
-    "MostroConfig",
-    "NotificationsConfig",
-    "Permission",
-    "PromptsConfig",
-    "ReasoningConfig",
-    "RelayConfig",
-    "SerberoConfig",
-    "SolverConfig",
-    "TimeoutsConfig",
     "config_from_toml",
     "load_config",
-    "render_toml",
     "resolve_config_path",
     "validate_for_daemon",
 ]
 
-ENV_CONFIG: Final = "SERBERO_CONFIG"
-ENV_PRIVATE_KEY: Final = "SERBERO_PRIVATE_KEY"
-ENV_DB_PATH: Final = "SERBERO_DB_PATH"
-ENV_LOG: Final = "SERBERO_LOG"
-DEFAULT_CONFIG_PATH: Final = "./config.toml"
-DEFAULT_API_KEY_ENV: Final = "SERBERO_REASONING_API_KEY"
-MASK: Final = "<redacted>"
 RELAY_SCHEMES: Final = frozenset({"ws", "wss"})
-PERMISSIONS: Final = ("read", "write")
-U32_MAX: Final = 2**32 - 1
 # Group/other permission bits: a key file readable by anyone but its owner (BEY-23).
 _SHARED_MODE_BITS: Final = stat.S_IRWXG | stat.S_IRWXO
-
-# Integers are TOML integers >= 0; the reference stores a few of them in u32.
-UInt = Annotated[int, msgspec.Meta(ge=0)]
-UInt32 = Annotated[int, msgspec.Meta(ge=0, le=U32_MAX)]
-Permission = Literal["read", "write"]
-
-
-class ConfigError(ValueError):
-    """A config that stops start-up; `str()` is the one line the operator sees."""
-
-    def __init__(self, path: str, reason: str) -> None:
-        super().__init__(path, reason)
-        self.path = path
-        self.reason = reason
-
-    def __str__(self) -> str:
-        return f"failed to load config from {self.path}: {self.reason}"
-
-
-class ConfigWarning(msgspec.Struct, frozen=True, kw_only=True):
-    """A non-fatal finding; log it as `log.warning(w.event, **w.fields)` once logging is up."""
-
-    event: str
-    message: str
-    fields: dict[str, str | int] = msgspec.field(default_factory=dict)
-
-
-def _shown_pubkey(text: str) -> str:
-    """A secret key pasted where a public key belongs must not be echoed anywhere."""
-    return MASK if text.strip().lower().startswith("nsec") else text
-
-
-# --- sections -----------------------------------------------------------------------------
-
-
-class SerberoConfig(msgspec.Struct, frozen=True, kw_only=True):
-    # 64 lowercase hex after loading (hex of any case and nsec1… are accepted in the file).
-    private_key: str
-    db_path: str = "serbero.db"
-    log_level: str = "info"
-
-    def __repr__(self) -> str:
-        return (
-            f"SerberoConfig(private_key={MASK!r}, db_path={self.db_path!r}, "
-            f"log_level={self.log_level!r})"
-        )
-
-
-class MostroConfig(msgspec.Struct, frozen=True, kw_only=True):
-    # 64 lowercase hex after loading (hex of any case, npub1… and nostr:npub1… accepted).
-    pubkey: str
-
-
-class RelayConfig(msgspec.Struct, frozen=True, kw_only=True):
-    url: str
-
-
-class SolverConfig(msgspec.Struct, frozen=True, kw_only=True):
-    """One `[[solvers]]` entry.
-
-    A malformed key is not fatal (core AS-3): `pubkey` keeps the text as written,
-    `pubkey_hex` is None and `pubkey_error` is the `invalid pubkey: …` text the sender records
-    in its `failed` row. A valid key has `pubkey_hex` (lowercase hex) and no error.
-    """
-
-    pubkey: str
-    permission: Permission = "read"
-    pubkey_hex: str | None = None
-    pubkey_error: str | None = None
-
-    @classmethod
-    def from_text(cls, pubkey: str, permission: Permission = "read") -> SolverConfig:
-        """Parse `pubkey` once; tests and the loader build solvers the same way."""
-        try:
-            pubkey_hex = parse_public_key(pubkey)
-        except KeyFormatError as exc:
-            return cls(pubkey=pubkey, permission=permission, pubkey_error=f"invalid pubkey: {exc}")
-        return cls(pubkey=pubkey, permission=permission, pubkey_hex=pubkey_hex)
-
-    @property
-    def can_write(self) -> bool:
-        return self.permission == "write"
-
-    def __repr__(self) -> str:
-        return (
-            f"SolverConfig(pubkey={_shown_pubkey(self.pubkey)!r}, permission={self.permission!r}, "
-            f"pubkey_hex={self.pubkey_hex!r}, pubkey_error={self.pubkey_error!r})"
-        )
-
-
-class TimeoutsConfig(msgspec.Struct, frozen=True, kw_only=True):
-    renotification_seconds: UInt = 300
-    # 0 is accepted and means 1 (CORE-13 table); the timer applies that.
-    renotification_check_interval_seconds: UInt = 60
-
-
-class MediationConfig(msgspec.Struct, frozen=True, kw_only=True):
-    enabled: bool = False
-    max_rounds: UInt32 = 2
-    party_response_timeout_seconds: UInt = 1800
-    solver_auth_retry_initial_seconds: UInt = 60
-    solver_auth_retry_max_interval_seconds: UInt = 3600
-    solver_auth_retry_max_total_seconds: UInt = 86400
-    solver_auth_retry_max_attempts: UInt32 = 24
-
-
-class ReasoningConfig(msgspec.Struct, frozen=True, kw_only=True):
-    enabled: bool = False
-    provider: str = "openai"
-    model: str = "gpt-4o-mini"
-    api_base: str = "https://api.openai.com/v1"
-    api_key_env: str = DEFAULT_API_KEY_ENV
-    request_timeout_seconds: UInt = 30
-    followup_retry_count: UInt32 = 1
-    # Read from the variable named by api_key_env, trimmed; never from the file.
-    api_key: str = ""
-
-    def __repr__(self) -> str:
-        shown = MASK if self.api_key else ""
-        return (
-            f"ReasoningConfig(enabled={self.enabled!r}, provider={self.provider!r}, "
-            f"model={self.model!r}, api_base={self.api_base!r}, "
-            f"api_key_env={self.api_key_env!r}, "
-            f"request_timeout_seconds={self.request_timeout_seconds!r}, "
-            f"followup_retry_count={self.followup_retry_count!r}, api_key={shown!r})"
-        )
-
-
-class PromptsConfig(msgspec.Struct, frozen=True, kw_only=True):
-    system_instructions_path: str = "./prompts/phase3-system.md"
-    classification_policy_path: str = "./prompts/phase3-classification.md"
-    escalation_policy_path: str = "./prompts/phase3-escalation-policy.md"
-    mediation_style_path: str = "./prompts/phase3-mediation-style.md"
-    message_templates_path: str = "./prompts/phase3-message-templates.md"
-
-
-class ChatConfig(msgspec.Struct, frozen=True, kw_only=True):
-    # BEY-24: the mediation engine's tick period.
-    inbound_fetch_interval_seconds: UInt = 10
-
-
-class EscalationConfig(msgspec.Struct, frozen=True, kw_only=True):
-    enabled: bool = False
-    dispatch_interval_seconds: UInt = 30  # must be > 0, checked at load (ESC-5)
-    fallback_to_all_solvers: bool = False
-
-
-class NotificationsConfig(msgspec.Struct, frozen=True, kw_only=True):
-    # BEY-5: one closing notice per solver when a dispute reaches a terminal status.
-    resolution: bool = True
-
-
-class HealthConfig(msgspec.Struct, frozen=True, kw_only=True):
-    # BEY-11: `host:port` on a loopback address; empty = no endpoint.
-    listen: str = ""
-
-    def address(self) -> tuple[str, int] | None:
-        """(host, port) to bind, or None when the endpoint is off. Validated at load."""
-        if not self.listen:
-            return None
-        return _split_listen(self.listen)
-
-
-class Config(msgspec.Struct, frozen=True, kw_only=True):
-    """The whole configuration; build it directly in tests (CORE-12) or via `load_config`."""
-
-    serbero: SerberoConfig
-    mostro: MostroConfig
-    relays: tuple[RelayConfig, ...] = ()
-    solvers: tuple[SolverConfig, ...] = ()
-    timeouts: TimeoutsConfig = msgspec.field(default_factory=TimeoutsConfig)
-    mediation: MediationConfig = msgspec.field(default_factory=MediationConfig)
-    reasoning: ReasoningConfig = msgspec.field(default_factory=ReasoningConfig)
-    prompts: PromptsConfig = msgspec.field(default_factory=PromptsConfig)
-    chat: ChatConfig = msgspec.field(default_factory=ChatConfig)
-    escalation: EscalationConfig = msgspec.field(default_factory=EscalationConfig)
-    notifications: NotificationsConfig = msgspec.field(default_factory=NotificationsConfig)
-    health: HealthConfig = msgspec.field(default_factory=HealthConfig)
-
-    def identity(self) -> Keys:
-        """Serbero's own key pair (raises KeyFormatError for a hand-built bad key)."""
-        return Keys.from_secret(parse_secret_key(self.serbero.private_key))
-
-    def masked(self) -> dict[str, Any]:
-        """Plain data for printing: secrets replaced by MASK (set) or "" (unset)."""
-        data: dict[str, Any] = msgspec.to_builtins(self)
-        data["serbero"]["private_key"] = MASK if self.serbero.private_key else ""
-        data["reasoning"]["api_key"] = MASK if self.reasoning.api_key else ""
-        for solver in data["solvers"]:
-            solver["pubkey"] = _shown_pubkey(solver["pubkey"])
-        return data
-
-
-class LoadedConfig(msgspec.Struct, frozen=True, kw_only=True):
-    config: Config
-    path: str
-    warnings: tuple[ConfigWarning, ...] = ()
-
-
-# --- the known key set --------------------------------------------------------------------
-
-# Section name -> (struct, is array of tables). Order = rendering order.
-_SECTIONS: Final[Mapping[str, tuple[type[msgspec.Struct], bool]]] = {
-    "serbero": (SerberoConfig, False),
-    "mostro": (MostroConfig, False),
-    "relays": (RelayConfig, True),
-    "solvers": (SolverConfig, True),
-    "timeouts": (TimeoutsConfig, False),
-    "mediation": (MediationConfig, False),
-    "reasoning": (ReasoningConfig, False),
-    "prompts": (PromptsConfig, False),
-    "chat": (ChatConfig, False),
-    "escalation": (EscalationConfig, False),
-    "notifications": (NotificationsConfig, False),
-    "health": (HealthConfig, False),
-}
-# Struct fields the loader derives; the file cannot set them.
-_DERIVED: Final[Mapping[str, frozenset[str]]] = {
-    "solvers": frozenset({"pubkey_hex", "pubkey_error"}),
-    "reasoning": frozenset({"api_key"}),
-}
 _REQUIRED_SECTIONS: Final = ("serbero", "mostro")
 _REQUIRED_KEYS: Final[Mapping[str, tuple[str, ...]]] = {
     "serbero": ("private_key",),
@@ -300,26 +64,21 @@ _REQUIRED_KEYS: Final[Mapping[str, tuple[str, ...]]] = {
     "relays": ("url",),
     "solvers": ("pubkey",),
 }
-_SECRET_KEYS: Final = frozenset({("serbero", "private_key")})
 
 
-def _file_fields(section: str) -> dict[str, Any]:
-    """Field name -> annotation for the keys a file may set in `section`."""
-    struct, _ = _SECTIONS[section]
-    derived = _DERIVED.get(section, frozenset())
-    return {f.name: f.type for f in msgspec.structs.fields(struct) if f.name not in derived}
+def _is_secret(section: str, key: str) -> bool:
+    """A key whose value an error message must not echo."""
+    return file_fields(section).get(key) is Secret
+
+
+def _decode_secret(kind: type, value: Any) -> Any:
+    """msgspec's hook: a TOML string becomes a `Secret` where the schema says so."""
+    if kind is Secret and isinstance(value, str):
+        return Secret(value)
+    raise NotImplementedError
 
 
 # --- key naming and value description -----------------------------------------------------
-
-
-def _key_name(section: str, key: str | None = None, index: int | None = None) -> str:
-    """`[escalation].dispatch_interval_seconds`, `[[solvers]][1].pubkey` (0-based index)."""
-    is_array = section in _SECTIONS and _SECTIONS[section][1]
-    head = f"[[{section}]]" if is_array else f"[{section}]"
-    if index is not None:
-        head = f"{head}[{index}]"
-    return head if key is None else f"{head}.{key}"
 
 
 def _dotted(section: str, key: str | None = None, index: int | None = None) -> str:
@@ -410,7 +169,7 @@ def _decode_document(data: bytes | str, path: str) -> dict[str, Any]:
 
 def _iter_tables(document: dict[str, Any]) -> Iterator[tuple[str, int | None, dict[str, Any]]]:
     """(section, index, table) for every known section that has the right shape."""
-    for section, (_, is_array) in _SECTIONS.items():
+    for section, (_, is_array) in SECTIONS.items():
         value = document.get(section)
         if is_array and isinstance(value, list):
             for index, entry in enumerate(value):
@@ -424,11 +183,11 @@ def _strip_unknown(document: dict[str, Any]) -> list[ConfigWarning]:
     """Remove keys the daemon does not know, returning one warning per key (CORE-13, BEY-12)."""
     warnings: list[ConfigWarning] = []
     for name in list(document):
-        if name not in _SECTIONS:
+        if name not in SECTIONS:
             del document[name]
             warnings.append(_unknown_key_warning(name))
     for section, index, table in _iter_tables(document):
-        known = _file_fields(section)
+        known = file_fields(section)
         for key in list(table):
             if key in known:
                 continue
@@ -468,7 +227,7 @@ def _check_required(document: dict[str, Any], env: _Env, path: str) -> None:
         document.setdefault("serbero", {})
     for section in _REQUIRED_SECTIONS:
         if section not in document:
-            raise ConfigError(path, f"missing required section {_key_name(section)}")
+            raise ConfigError(path, f"missing required section {key_name(section)}")
     for section, index, table in _iter_tables(document):
         for key in _REQUIRED_KEYS.get(section, ()):
             if key in table:
@@ -476,7 +235,7 @@ def _check_required(document: dict[str, Any], env: _Env, path: str) -> None:
             if (section, key) == ("serbero", "private_key") and env.private_key is not None:
                 continue
             hint = f" (or set {ENV_PRIVATE_KEY})" if section == "serbero" else ""
-            raise ConfigError(path, f"missing required key {_key_name(section, key, index)}{hint}")
+            raise ConfigError(path, f"missing required key {key_name(section, key, index)}{hint}")
 
 
 def _type_problem(annotation: Any, value: Any, *, secret: bool) -> str | None:
@@ -496,26 +255,26 @@ def _type_problem(annotation: Any, value: Any, *, secret: bool) -> str | None:
 
 
 def _check_types(document: dict[str, Any], path: str) -> None:
-    for section, (_, is_array) in _SECTIONS.items():
+    for section, (_, is_array) in SECTIONS.items():
         value = document.get(section)
         if value is None:
             continue
         if is_array and not (isinstance(value, list) and all(isinstance(e, dict) for e in value)):
             raise ConfigError(
                 path,
-                f"{_key_name(section)} must be an array of tables "
+                f"{key_name(section)} must be an array of tables "
                 f"(got {_describe(value, secret=True)})",
             )
         if not is_array and not isinstance(value, dict):
             raise ConfigError(
-                path, f"{_key_name(section)} must be a table (got {_describe(value, secret=True)})"
+                path, f"{key_name(section)} must be a table (got {_describe(value, secret=True)})"
             )
     for section, index, table in _iter_tables(document):
-        fields = _file_fields(section)
+        fields = file_fields(section)
         for key, value in table.items():
-            problem = _type_problem(fields[key], value, secret=(section, key) in _SECRET_KEYS)
+            problem = _type_problem(fields[key], value, secret=_is_secret(section, key))
             if problem is not None:
-                raise ConfigError(path, f"{_key_name(section, key, index)} {problem}")
+                raise ConfigError(path, f"{key_name(section, key, index)} {problem}")
 
 
 def _normalise_permissions(document: dict[str, Any], path: str) -> None:
@@ -527,7 +286,7 @@ def _normalise_permissions(document: dict[str, Any], path: str) -> None:
         if lowered not in PERMISSIONS:
             raise ConfigError(
                 path,
-                f'{_key_name("solvers", "permission", index)} must be "read" or "write" '
+                f'{key_name("solvers", "permission", index)} must be "read" or "write" '
                 f"(got {json.dumps(written)})",
             )
         solver["permission"] = lowered
@@ -547,7 +306,7 @@ def _apply_env(config: Config, env: _Env) -> Config:
     )
     reasoning = config.reasoning
     api_key_env = reasoning.api_key_env.strip()
-    api_key = (_env_value(env.source, api_key_env) or "") if api_key_env else ""
+    api_key = Secret((_env_value(env.source, api_key_env) or "") if api_key_env else "")
     reasoning = msgspec.structs.replace(reasoning, api_key_env=api_key_env, api_key=api_key)
     return msgspec.structs.replace(config, serbero=serbero, reasoning=reasoning)
 
@@ -577,14 +336,14 @@ def _normalise_keys(config: Config, path: str, *, key_from_env: bool) -> Config:
     except KeyFormatError as exc:
         raise ConfigError(path, f"[mostro].pubkey is not a valid public key: {exc}") from None
     try:
-        secret = parse_secret_key(config.serbero.private_key)
+        secret = parse_secret_key(config.serbero.private_key.reveal())
     except KeyFormatError as exc:
         source = ENV_PRIVATE_KEY if key_from_env else "[serbero].private_key"
         raise ConfigError(path, f"{source} is not a valid secret key: {exc}") from None
     return msgspec.structs.replace(
         config,
         mostro=MostroConfig(pubkey=mostro_hex),
-        serbero=msgspec.structs.replace(config.serbero, private_key=secret.hex()),
+        serbero=msgspec.structs.replace(config.serbero, private_key=Secret(secret.hex())),
     )
 
 
@@ -607,7 +366,7 @@ def _check_relays(config: Config, path: str) -> None:
     for index, relay in enumerate(config.relays):
         problem = _relay_problem(relay.url)
         if problem is not None:
-            raise ConfigError(path, f"{_key_name('relays', 'url', index)} {problem}")
+            raise ConfigError(path, f"{key_name('relays', 'url', index)} {problem}")
 
 
 def _parse_solvers(config: Config, path: str) -> tuple[Config, list[ConfigWarning]]:
@@ -621,8 +380,8 @@ def _parse_solvers(config: Config, path: str) -> tuple[Config, list[ConfigWarnin
         if identity in seen:
             raise ConfigError(
                 path,
-                f"{_key_name('solvers', 'pubkey', index)} duplicates "
-                f"{_key_name('solvers', 'pubkey', seen[identity])} (the same key once normalised)",
+                f"{key_name('solvers', 'pubkey', index)} duplicates "
+                f"{key_name('solvers', 'pubkey', seen[identity])} (the same key once normalised)",
             )
         seen[identity] = index
         if solver.pubkey_error is not None:
@@ -630,7 +389,7 @@ def _parse_solvers(config: Config, path: str) -> tuple[Config, list[ConfigWarnin
                 ConfigWarning(
                     event="solver_pubkey_invalid",
                     message=(
-                        f"{_key_name('solvers', 'pubkey', index)}: {solver.pubkey_error}; every "
+                        f"{key_name('solvers', 'pubkey', index)}: {solver.pubkey_error}; every "
                         "notification to this solver will be recorded as failed"
                     ),
                     fields={"idx": index, "error": solver.pubkey_error},
@@ -640,31 +399,11 @@ def _parse_solvers(config: Config, path: str) -> tuple[Config, list[ConfigWarnin
     return msgspec.structs.replace(config, solvers=tuple(solvers)), warnings
 
 
-def _split_listen(listen: str) -> tuple[str, int]:
-    """`127.0.0.1:9797` / `[::1]:9797` / `localhost:9797` -> (host, port); ValueError if bad."""
-    host, sep, port_text = listen.rpartition(":")
-    if not sep or not port_text.isdigit():
-        raise ValueError("expected host:port")
-    port = int(port_text)
-    if port > 65535:
-        raise ValueError("port must be at most 65535")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    if host != "localhost":
-        try:
-            address = ipaddress.ip_address(host)
-        except ValueError:
-            raise ValueError(f"{host!r} is not an IP address or localhost") from None
-        if not address.is_loopback:
-            raise ValueError("the health endpoint listens on loopback addresses only")
-    return host, port
-
-
 def _check_health(config: Config, path: str) -> None:
     if not config.health.listen:
         return
     try:
-        _split_listen(config.health.listen)
+        split_listen(config.health.listen)
     except ValueError as exc:
         raise ConfigError(
             path, f"[health].listen {exc} (got {json.dumps(config.health.listen)})"
@@ -704,7 +443,7 @@ def _build(document: dict[str, Any], env: Mapping[str, str], path: str) -> Loade
     _normalise_permissions(document, path)
     if env_values.private_key is not None:
         document["serbero"]["private_key"] = env_values.private_key
-    config = msgspec.convert(document, Config)
+    config = msgspec.convert(document, Config, dec_hook=_decode_secret)
     config = _apply_env(config, env_values)
     _check_credential(config.reasoning, path)
     _check_intervals(config, path)
@@ -744,50 +483,3 @@ def validate_for_daemon(loaded: LoadedConfig) -> None:
         raise ConfigError(
             loaded.path, "no relays configured: add at least one [[relays]] entry with a url"
         )
-
-
-# --- rendering ----------------------------------------------------------------------------
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    return json.dumps(str(value), ensure_ascii=False)
-
-
-def _render_table(
-    lines: list[str], header: str, table: Mapping[str, Any], comments: tuple[str, ...] = ()
-) -> None:
-    lines.append(header)
-    lines.extend(f"# {comment}" for comment in comments)
-    lines.extend(f"{key} = {_toml_value(value)}" for key, value in table.items())
-    lines.append("")
-
-
-def render_toml(config: Config) -> str:
-    """The effective config as TOML with secrets masked (check-config's output)."""
-    data = config.masked()
-    lines: list[str] = []
-    for section, (_, is_array) in _SECTIONS.items():
-        value = data[section]
-        derived = _DERIVED.get(section, frozenset())
-        if not is_array:
-            comments: tuple[str, ...] = ()
-            if section == "reasoning":
-                state = "set (masked)" if config.reasoning.api_key else "not set"
-                comments = (f"credential from {config.reasoning.api_key_env or '(none)'}: {state}",)
-            table = {k: v for k, v in value.items() if k not in derived}
-            _render_table(lines, f"[{section}]", table, comments)
-            continue
-        for entry in value:
-            entry_comments: tuple[str, ...] = ()
-            if section == "solvers":
-                if entry["pubkey_error"]:
-                    entry_comments = (entry["pubkey_error"],)
-                elif entry["pubkey"] != MASK:
-                    entry["pubkey"] = entry["pubkey_hex"]
-            table = {k: v for k, v in entry.items() if k not in derived}
-            _render_table(lines, f"[[{section}]]", table, entry_comments)
-    return "\n".join(lines).rstrip("\n") + "\n"
