@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,8 +17,8 @@ from serbero.cli import SUBCOMMANDS, main
 from serbero.config import MASK
 from serbero.protocol.keys import Keys, encode_npub, encode_nsec
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-SERBERO_SCRIPT = REPO_ROOT / ".venv" / "bin" / "serbero"
+# The console script installed beside the interpreter running the tests (the project venv).
+SERBERO_SCRIPT = Path(sys.executable).with_name("serbero")
 
 SERBERO = Keys.from_secret(bytes.fromhex("11" * 32))
 STRAY = Keys.from_secret(bytes.fromhex("33" * 32))
