@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from serbero.actors.health import HealthAnswer, serve_health
+from serbero.actors.health_http import HealthAnswer, serve_health
 from serbero.cli import main
 from serbero.ops.healthcheck import ProbeError, health_url, probe
 from tests.deploy.chpst import CHECK, PASSTHROUGH_CHPST, fake_chpst_env
