@@ -39,7 +39,7 @@ from serbero.actors.tracker import (
 from serbero.clock import WallClock
 from serbero.config import SolverConfig
 from serbero.log import get_logger
-from serbero.protocol.mostro import (
+from serbero.protocol.dispute_event import (
     Dispute,
     DisputeError,
     DisputeRoute,

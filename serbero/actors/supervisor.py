@@ -56,9 +56,9 @@ from serbero.actors.tracker import ComputeSince, RequeueInFlight, Tracker, open_
 from serbero.clock import WallClock
 from serbero.config import Config, shown_pubkey
 from serbero.log import get_logger
+from serbero.protocol.dispute_event import DISPUTE_EVENT_KIND
 from serbero.protocol.keys import KeyFormatError, Keys, parse_public_key
 from serbero.protocol.messages import Filter
-from serbero.protocol.mostro import DISPUTE_EVENT_KIND
 from serbero.store.disputes import SINCE_SKEW_SECONDS, Since
 from serbero.store.errors import StoreError
 

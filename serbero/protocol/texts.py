@@ -17,7 +17,7 @@ from typing import Final, Literal
 
 import msgspec
 
-from serbero.protocol.mostro import (
+from serbero.protocol.dispute_event import (
     RESOLUTION_STATUSES,
     Dispute,
     DisputeStatus,

@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from serbero.protocol.dispute_event import Dispute, DisputeStatus, parse_dispute_event
 from serbero.protocol.event import Event
-from serbero.protocol.mostro import Dispute, DisputeStatus, parse_dispute_event
 from serbero.protocol.texts import (
     NO_CLASSIFICATION_MARKER,
     NO_SESSION_MARKER,
