@@ -25,12 +25,8 @@ from pathlib import Path
 import trio
 
 import serbero.actors.tracker as tracker_module
-from serbero.actors.tracker import (
-    ListUnattended,
-    Pending,
-    RecordDetected,
-    open_tracker,
-)
+from serbero.actors.tracker import Pending, open_tracker
+from serbero.actors.tracker_requests import ListUnattended, RecordDetected
 from serbero.store.connection import open_database
 from serbero.store.disputes import (
     DetectionResult,

@@ -21,15 +21,14 @@ import msgspec
 import trio
 
 from serbero.actors.delivery import SEND_FAILED_PREFIX, Deliver, Delivery
-from serbero.actors.tracker import (
+from serbero.actors.tracker import Pending, Tracker
+from serbero.actors.tracker_requests import (
     GetDispute,
-    Pending,
     RecordDispatch,
     RecordNotifications,
     RecordParseFailed,
     RecordSuperseded,
     RecordUnroutable,
-    Tracker,
 )
 from serbero.clock import WallClock
 from serbero.config import SolverConfig

@@ -18,7 +18,8 @@ import trio
 
 from serbero.actors.ingest import IngestStats
 from serbero.actors.relay import RelayState
-from serbero.actors.tracker import CountOutboxPending, Tracker, WriteHealth
+from serbero.actors.tracker import Tracker
+from serbero.actors.tracker_requests import CountOutboxPending, WriteHealth
 from serbero.clock import WallClock
 from serbero.log import get_logger
 from serbero.store.errors import StoreError

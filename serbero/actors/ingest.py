@@ -28,13 +28,11 @@ import msgspec
 import trio
 
 from serbero.actors.relay_pool import ReceivedEvent
-from serbero.actors.tracker import (
-    Pending,
+from serbero.actors.tracker import Pending, Tracker
+from serbero.actors.tracker_requests import (
     RecordAssignment,
     RecordDetected,
-    ResolutionOutcome,
     ResolveDispute,
-    Tracker,
 )
 from serbero.clock import WallClock
 from serbero.config import SolverConfig
@@ -61,6 +59,7 @@ from serbero.store.disputes import (
 )
 from serbero.store.errors import StoreError
 from serbero.store.outbox import OutboxMessage, OutboxRow
+from serbero.store.resolution import ResolutionOutcome
 
 __all__ = [
     "DECISION_PIPELINE",

@@ -19,7 +19,8 @@ from typing import Final
 
 import trio
 
-from serbero.actors.tracker import EnqueueRenotification, ListUnattended, Pending, Tracker
+from serbero.actors.tracker import Pending, Tracker
+from serbero.actors.tracker_requests import EnqueueRenotification, ListUnattended
 from serbero.clock import WallClock
 from serbero.config import SolverConfig, TimeoutsConfig
 from serbero.log import get_logger

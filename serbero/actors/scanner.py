@@ -16,7 +16,8 @@ import msgspec
 import trio
 
 from serbero.actors.gate import HandoffDone, HandoffOutcome
-from serbero.actors.tracker import ScanPendingHandoffs, Tracker
+from serbero.actors.tracker import Tracker
+from serbero.actors.tracker_requests import ScanPendingHandoffs
 from serbero.log import get_logger
 from serbero.store.errors import StoreError
 from serbero.store.escalation import HANDOFF_PAGE_SIZE, HandoffRow

@@ -27,12 +27,12 @@ import trio
 
 from serbero.actors.delivery import SEND_FAILED_PREFIX, Courier, Delivery
 from serbero.actors.relay_pool import RelayPool
-from serbero.actors.tracker import (
+from serbero.actors.tracker import Tracker
+from serbero.actors.tracker_requests import (
     ClaimOutbox,
     CompleteOutboxes,
     ExpediteRetries,
     NextOutboxDue,
-    Tracker,
 )
 from serbero.clock import WallClock
 from serbero.config import SolverConfig

@@ -52,7 +52,8 @@ from serbero.actors.relay import RelayState, RelayTiming
 from serbero.actors.relay_pool import RelayPool, Subscription, open_relay_pool
 from serbero.actors.renotify import Renotifier, RenotifyStats
 from serbero.actors.sender import Doorbell, OutboxSender, SenderStats
-from serbero.actors.tracker import ComputeSince, RequeueInFlight, Tracker, open_tracker
+from serbero.actors.tracker import Tracker, open_tracker
+from serbero.actors.tracker_requests import ComputeSince, RequeueInFlight
 from serbero.clock import WallClock
 from serbero.config import Config, shown_pubkey
 from serbero.log import get_logger

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Final, Literal
+from typing import Final
 
 import apsw
 import msgspec
 
+from serbero.protocol.texts import NoSessionReason, ReportClassification, ReportSession
 from serbero.store.audit import insert_event, payload_field
 
 NOT_LIVE_SESSION_STATES: Final = (
@@ -19,8 +20,6 @@ SESSION_CLOSED: Final = "closed"
 SUPERSEDE_REASON: Final = "dispute_resolved_externally"
 # A dispute-scoped event (no session) whose payload names the dispute `?` (MED-2).
 _DISPUTE_SCOPED: Final = f"session_id IS NULL AND {payload_field('dispute_id')} = ?"
-
-NoSessionReason = Literal["take_failed", "escalated_before_take", "none"]
 
 
 def supersede_live_session(
@@ -84,22 +83,20 @@ def has_mediation_context(conn: apsw.Connection, dispute_id: str) -> bool:
 class ReportFacts(msgspec.Struct, frozen=True):
     """What a `mediation_resolution_report` says about a dispute (MED-142/143).
 
-    `session_id`/`session_state`: the most recent session by `started_at` (any state, read
-    after the resolution closed it), or None. `classification`/`confidence`: its latest
-    `classification_produced`, else the latest dispute-scoped `reasoning_verdict` carrying
-    both, else None. `outbound_party_messages`: distinct parties messaged in that session,
-    0..2. `no_session_reason` picks the narrative's clause when there is no session.
+    `session`: the most recent session by `started_at` (any state, read after the
+    resolution closed it), or None. `classification`: its latest `classification_produced`,
+    else the latest dispute-scoped `reasoning_verdict` carrying label and confidence, else
+    None. `outbound_party_messages`: distinct parties messaged in that session, 0..2.
+    `no_session_reason` picks the narrative's clause when there is no session.
     """
 
-    session_id: str | None
-    session_state: str | None
-    classification: str | None
-    confidence: float | None
+    session: ReportSession | None
+    classification: ReportClassification | None
     outbound_party_messages: int
     no_session_reason: NoSessionReason
 
 
-def _classification(payload: object) -> tuple[str, float] | None:
+def _classification(payload: object) -> ReportClassification | None:
     if not isinstance(payload, dict):
         return None
     label, confidence = payload.get("classification"), payload.get("confidence")
@@ -107,12 +104,12 @@ def _classification(payload: object) -> tuple[str, float] | None:
         return None
     if not isinstance(confidence, int | float):
         return None
-    return label, float(confidence)
+    return ReportClassification(label=label, confidence=float(confidence))
 
 
 def _latest_classification(
     conn: apsw.Connection, where: str, args: tuple[object, ...]
-) -> tuple[str, float] | None:
+) -> ReportClassification | None:
     for (payload_json,) in conn.execute(
         f"SELECT payload_json FROM mediation_events WHERE {where}"
         " ORDER BY occurred_at DESC, id DESC",
@@ -139,19 +136,19 @@ def resolution_report_facts(conn: apsw.Connection, dispute_id: str) -> ReportFac
         " ORDER BY started_at DESC, rowid DESC LIMIT 1",
         (dispute_id,),
     ).fetchone()
-    found: tuple[str, float] | None = None
+    found: ReportClassification | None = None
     outbound = 0
     reason: NoSessionReason = "none"
-    session_id = session_state = None
+    latest: ReportSession | None = None
     if session is not None:
-        session_id, session_state = str(session[0]), str(session[1])
+        latest = ReportSession(session_id=str(session[0]), state=str(session[1]))
         found = _latest_classification(
-            conn, "session_id = ? AND kind = 'classification_produced'", (session_id,)
+            conn, "session_id = ? AND kind = 'classification_produced'", (latest.session_id,)
         )
         row = conn.execute(
             "SELECT COUNT(DISTINCT party) FROM mediation_messages"
             " WHERE session_id = ? AND direction = 'outbound'",
-            (session_id,),
+            (latest.session_id,),
         ).fetchone()
         outbound = min(2, int(row[0])) if row is not None else 0
     elif _exists(
@@ -174,10 +171,8 @@ def resolution_report_facts(conn: apsw.Connection, dispute_id: str) -> ReportFac
             conn, f"kind = 'reasoning_verdict' AND {_DISPUTE_SCOPED}", (dispute_id,)
         )
     return ReportFacts(
-        session_id=session_id,
-        session_state=session_state,
-        classification=None if found is None else found[0],
-        confidence=None if found is None else found[1],
+        session=latest,
+        classification=found,
         outbound_party_messages=outbound,
         no_session_reason=reason,
     )
@@ -193,15 +188,17 @@ def record_resolution_reported(
     now: int,
 ) -> int:
     """MED-145: the `resolved_externally_reported` audit event; caller owns the transaction."""
+    session_id = None if facts.session is None else facts.session.session_id
+    classification = facts.classification
     return insert_event(
         conn,
-        session_id=facts.session_id,
+        session_id=session_id,
         kind="resolved_externally_reported",
         payload={
             "dispute_id": dispute_id,
-            "session_id": facts.session_id,
-            "classification": facts.classification,
-            "confidence": facts.confidence,
+            "session_id": session_id,
+            "classification": None if classification is None else classification.label,
+            "confidence": None if classification is None else classification.confidence,
             "outbound_party_messages_count": facts.outbound_party_messages,
             "final_dispute_status": final_status,
             "narrative": narrative,

@@ -12,13 +12,12 @@ import trio.testing
 from structlog.testing import capture_logs
 
 from serbero.actors.renotify import Renotifier, RenotifyStats, timer_period
-from serbero.actors.tracker import (
+from serbero.actors.tracker import Tracker, open_tracker
+from serbero.actors.tracker_requests import (
     ClaimOutbox,
     CompleteOutboxes,
     RecordAssignment,
     RecordDetected,
-    Tracker,
-    open_tracker,
 )
 from serbero.config import SolverConfig, TimeoutsConfig
 from serbero.protocol.keys import Keys

@@ -24,7 +24,8 @@ from serbero.actors.sender import (
     OutboxSender,
     SenderStats,
 )
-from serbero.actors.tracker import RecordAssignment, RecordDetected, Request, Tracker, open_tracker
+from serbero.actors.tracker import Request, Tracker, open_tracker
+from serbero.actors.tracker_requests import RecordAssignment, RecordDetected
 from serbero.config import SolverConfig
 from serbero.protocol.keys import Keys
 from serbero.store.disputes import DisputeEvent

@@ -10,7 +10,8 @@ from pathlib import Path
 import apsw
 import pytest
 
-from serbero.actors.tracker import Context, ResolutionOutcome, ResolveDispute, run_batch
+from serbero.actors.tracker import Context, run_batch
+from serbero.actors.tracker_requests import ResolveDispute
 from serbero.store.connection import open_database
 from serbero.store.disputes import DisputeEvent, record_detected
 from serbero.store.mediation import resolution_report_facts
@@ -21,6 +22,7 @@ from serbero.store.outbox import (
     count_pending,
     next_due_at,
 )
+from serbero.store.resolution import ResolutionOutcome
 
 MOSTRO = "79be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798"
 SOLVERS = ("a" * 64, "b" * 64)
@@ -159,7 +161,7 @@ def test_dispute_scoped_context_without_a_session(conn: apsw.Connection) -> None
         (T0,),
     )
     facts = resolution_report_facts(conn, "d-2")
-    assert facts.session_id is None and facts.no_session_reason == "take_failed"
+    assert facts.session is None and facts.no_session_reason == "take_failed"
     resolve(conn, "d-2")
     body = conn.execute(
         "SELECT body FROM notification_outbox WHERE notif_type = 'mediation_resolution_report'"

@@ -10,13 +10,8 @@ from structlog.testing import capture_logs
 
 from serbero.actors.delivery import Delivery
 from serbero.actors.gate import HandoffOutcome
-from serbero.actors.tracker import (
-    GetDispute,
-    RecordDispatch,
-    Request,
-    ScanPendingHandoffs,
-    Tracker,
-)
+from serbero.actors.tracker import Request, Tracker
+from serbero.actors.tracker_requests import GetDispute, RecordDispatch, ScanPendingHandoffs
 from serbero.config import SolverConfig
 from serbero.store.errors import StoreFailure
 from tests.escalation.helpers import (

@@ -13,7 +13,8 @@ import trio
 from serbero.actors.delivery import PoolCourier
 from serbero.actors.escalation import run_dispatcher
 from serbero.actors.relay_pool import open_relay_pool
-from serbero.actors.tracker import ScanPendingHandoffs, open_tracker
+from serbero.actors.tracker import open_tracker
+from serbero.actors.tracker_requests import ScanPendingHandoffs
 from serbero.clock import system_wall_clock
 from serbero.config import EscalationConfig, SolverConfig
 from serbero.protocol.handoff import parse_handoff_dm

@@ -14,7 +14,8 @@ from serbero.actors.delivery import Delivery
 from serbero.actors.escalation import log_dispatcher_settings, run_dispatcher
 from serbero.actors.gate import HandoffOutcome
 from serbero.actors.scanner import next_deadline
-from serbero.actors.tracker import Request, ScanPendingHandoffs, Tracker, open_tracker
+from serbero.actors.tracker import Request, Tracker, open_tracker
+from serbero.actors.tracker_requests import ScanPendingHandoffs
 from serbero.config import ConfigError, EscalationConfig, SolverConfig, config_from_toml
 from serbero.protocol.keys import Keys
 from serbero.store.errors import StoreFailure

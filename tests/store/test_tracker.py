@@ -12,30 +12,33 @@ import trio
 import trio.testing
 
 import serbero.actors.tracker as tracker_module
+import serbero.actors.tracker_requests as requests_module
 from serbero.actors.tracker import (
     Answer,
-    ApplyTransition,
+    Context,
+    Request,
+    TrackerClosed,
+    TrackerTimeout,
+    open_tracker,
+    run_batch,
+)
+from serbero.actors.tracker_requests import (
     ClaimOutbox,
     CompleteOutboxes,
     ComputeSince,
-    Context,
     GetDispute,
     ListUnattended,
     RecordDetected,
     RecordDispatch,
-    Request,
     ScanPendingHandoffs,
-    TrackerClosed,
-    TrackerTimeout,
     WriteHealth,
-    open_tracker,
-    run_batch,
 )
 from serbero.store.connection import open_database
 from serbero.store.disputes import Since
 from serbero.store.errors import InvalidTransition, StoreFailure, UnknownDispute
 from serbero.store.escalation import RecipientOutcome
 from serbero.store.health import RelayHealth, read_health
+from serbero.store.lifecycle import TransitionResult, apply_transition
 from serbero.store.outbox import OutboxCompletion, OutboxOutcome
 from tests.store.helpers import T0, count, event, messages
 from tests.support.clocks import FakeWallClock
@@ -70,6 +73,17 @@ class _RollbackEverything(Request[None], frozen=True):
         conn.execute("ROLLBACK")
 
 
+class _Transition(Request[TransitionResult], frozen=True):
+    """One lifecycle change: a step that fails with typed errors, depending on order."""
+
+    dispute_id: str
+    to_state: str
+    trigger: str
+
+    def apply(self, conn: apsw.Connection, ctx: Context) -> TransitionResult:
+        return apply_transition(conn, self.dispute_id, self.to_state, self.trigger, ctx.now)
+
+
 class _Unimplemented(Request[None], frozen=True):
     """Forgets to name its store step."""
 
@@ -101,9 +115,9 @@ async def test_typed_errors_come_back_and_the_tracker_keeps_answering(db_path: s
     async with open_tracker(db_path, wall_clock=FakeWallClock(T0)) as tracker:
         await tracker.ask(RecordDetected(event("d-1")))
         with pytest.raises(InvalidTransition):
-            await tracker.ask(ApplyTransition("d-1", "waiting", "x"))
+            await tracker.ask(_Transition("d-1", "waiting", "x"))
         with pytest.raises(UnknownDispute):
-            await tracker.ask(ApplyTransition("missing", "notified", "x"))
+            await tracker.ask(_Transition("missing", "notified", "x"))
         with pytest.raises(StoreFailure, match="UNIQUE"):
             await tracker.ask(RecordDetected(event("d-2", event_id="ev-d-1-initiated")))
         with pytest.raises(StoreFailure, match="bug in a store step"):
@@ -118,10 +132,10 @@ async def test_typed_errors_come_back_and_the_tracker_keeps_answering(db_path: s
 def test_every_request_names_a_store_step() -> None:
     requests = [
         obj
-        for obj in vars(tracker_module).values()
+        for obj in vars(requests_module).values()
         if isinstance(obj, type) and issubclass(obj, Request) and obj is not Request
     ]
-    assert len(requests) == 23
+    assert len(requests) == 20
     for request in requests:
         assert request.apply is not Request.apply, request.__name__
 
@@ -162,9 +176,9 @@ def test_a_batch_commits_once_and_isolates_failures(conn: apsw.Connection) -> No
         conn,
         [
             RecordDetected(event("d-1"), messages("initial")),
-            ApplyTransition("d-1", "escalated", "x"),
+            _Transition("d-1", "escalated", "x"),
             RecordDetected(event("d-2"), messages("initial")),
-            ApplyTransition("d-2", "notified", "initial_notification"),
+            _Transition("d-2", "notified", "initial_notification"),
         ],
         ctx,
     )
@@ -194,7 +208,7 @@ async def test_concurrent_callers_share_commits_and_get_their_own_answers(
         async def one(i: int) -> None:
             try:
                 if i % 10 == 9:
-                    await tracker.ask(ApplyTransition("base", "waiting", "x"))
+                    await tracker.ask(_Transition("base", "waiting", "x"))
                 else:
                     await tracker.ask(RecordDetected(event(f"d-{i}"), messages("initial")))
                 outcomes[i] = "ok"
@@ -231,7 +245,7 @@ async def test_submitted_requests_run_in_inbox_order(
             # Each transition is only valid if the detection before it already ran.
             pending.append(await tracker.submit(RecordDetected(event(f"d-{i}"))))
             pending.append(
-                await tracker.submit(ApplyTransition(f"d-{i}", "notified", "initial_notification"))
+                await tracker.submit(_Transition(f"d-{i}", "notified", "initial_notification"))
             )
         results = [await p.result() for p in pending]
     assert all(r.inserted for r in results[0::2])

@@ -1,0 +1,292 @@
+"""The tracker's request catalogue: every store step another actor may ask for.
+
+Each request is a frozen struct naming one logical store step, run by the tracker as one
+transaction (see `serbero.actors.tracker`). The steps themselves live in `serbero.store`;
+a request only carries the caller's arguments and adds the batch's clock and randomness.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import apsw
+import msgspec
+
+from serbero.actors.tracker import Context, Request
+from serbero.store.disputes import (
+    AssignmentResult,
+    DetectionResult,
+    Dispute,
+    DisputeEvent,
+    RenotificationResult,
+    Since,
+    UnattendedDispute,
+    compute_since,
+    enqueue_renotification,
+    get_dispute,
+    list_unattended,
+    record_assignment,
+    record_detected,
+)
+from serbero.store.errors import UnknownOutboxRow
+from serbero.store.escalation import (
+    HANDOFF_PAGE_SIZE,
+    DispatchRecord,
+    HandoffRow,
+    ParseFailure,
+    RecipientOutcome,
+    pending_handoffs_page,
+    record_dispatch,
+    record_parse_failed,
+    record_superseded,
+    record_unroutable,
+)
+from serbero.store.health import RelayHealth, write_health
+from serbero.store.notifications import NotificationRecord, record_notifications
+from serbero.store.outbox import (
+    OutboxClaim,
+    OutboxCompletion,
+    OutboxMessage,
+    OutboxOutcome,
+    claim_due,
+    complete_many,
+    count_pending,
+    expedite_retries,
+    next_due_at,
+    requeue_in_flight,
+)
+from serbero.store.resolution import ResolutionOutcome, resolve_dispute
+
+
+class GetDispute(Request[Dispute | None], frozen=True):
+    """The dispute's row, or None (ESC-3 lookup, CORE-47/49 loads)."""
+
+    dispute_id: str
+
+    def apply(self, conn: apsw.Connection, ctx: Context) -> Dispute | None:
+        return get_dispute(conn, self.dispute_id)
+
+
+class ComputeSince(Request[Since], frozen=True):
+    """The dispute subscription's `since` (CORE-20/21), against the tracker's wall clock."""
+
+    def apply(self, conn: apsw.Connection, ctx: Context) -> Since:
+        return compute_since(conn, ctx.now)
+
+
+class RecordDetected(Request[DetectionResult], frozen=True):
+    """A new `initiated` dispute and its initial DMs (one message per solver), or a duplicate.
+
+    `claim`: how many of the DMs the sender has room for right now; that many are claimed
+    in the deciding transaction and come back in `claimed` (the outbox's hot path).
+    """
+
+    event: DisputeEvent
+    messages: tuple[OutboxMessage, ...] = ()
+    claim: int = 0
+
+    def apply(self, conn: apsw.Connection, ctx: Context) -> DetectionResult:
+        return record_detected(conn, self.event, self.messages, ctx.now, claim=self.claim)
+
+
+class RecordAssignment(Request[AssignmentResult], frozen=True):
+    """An `in-progress` event: take the dispute and queue the assignment DMs (CORE-47);
+    `claim` as for `RecordDetected`."""
+
+    event: DisputeEvent
+    assigned_solver: str | None
+    messages: tuple[OutboxMessage, ...] = ()
+    claim: int = 0
+
+    def apply(self, conn: apsw.Connection, ctx: Context) -> AssignmentResult:
+        return record_assignment(
+            conn, self.event, self.assigned_solver, self.messages, ctx.now, claim=self.claim
+        )
+
+
+class ResolveDispute(Request[ResolutionOutcome], frozen=True):
+    """A terminal event: resolve, supersede live mediation, queue closing notices and, when
+    mediation was involved, the resolution report, as one transaction (CORE-49 steps 3-5)."""
+
+    event: DisputeEvent
+    notices: tuple[OutboxMessage, ...] = ()
+    report_recipients: tuple[str, ...] = ()
+    claim: int = 0
+
+    def apply(self, conn: apsw.Connection, ctx: Context) -> ResolutionOutcome:
+        return resolve_dispute(
+            conn, self.event, self.notices, self.report_recipients, ctx.now, claim=self.claim
+        )
+
+
+class ListUnattended(Request[tuple[UnattendedDispute, ...]], frozen=True):
+    """The timer cycle's query (CORE-52); `now` is the cycle's single `now`."""
+
+    now: int
+    renotification_seconds: int
+
+    def apply(self, conn: apsw.Connection, ctx: Context) -> tuple[UnattendedDispute, ...]:
+        return list_unattended(conn, self.now, self.renotification_seconds)
+
+
+class EnqueueRenotification(Request[RenotificationResult], frozen=True):
+    """Re-check and queue one dispute's re-notifications (CORE-53, BEY-6)."""
+
+    dispute_id: str
+    cycle_now: int
+    renotification_seconds: int
+    messages: tuple[OutboxMessage, ...] = ()
+
+    def apply(self, conn: apsw.Connection, ctx: Context) -> RenotificationResult:
+        return enqueue_renotification(
+            conn,
+            self.dispute_id,
+            cycle_now=self.cycle_now,
+            renotification_seconds=self.renotification_seconds,
+            messages=self.messages,
+            now=ctx.now,
+        )
+
+
+class ClaimOutbox(Request[OutboxClaim], frozen=True):
+    """Hand up to `limit` due outbox rows to the sender, oldest first, pair order kept."""
+
+    limit: int
+
+    def apply(self, conn: apsw.Connection, ctx: Context) -> OutboxClaim:
+        return claim_due(conn, ctx.now, self.limit)
+
+
+class CompleteOutboxes(Request[tuple[OutboxCompletion | UnknownOutboxRow, ...]], frozen=True):
+    """Several claimed rows' outcomes under one commit, each row atomic on its own; an
+    unknown row answers `UnknownOutboxRow` in its place."""
+
+    outcomes: tuple[OutboxOutcome, ...]
+
+    def apply(
+        self, conn: apsw.Connection, ctx: Context
+    ) -> tuple[OutboxCompletion | UnknownOutboxRow, ...]:
+        return complete_many(conn, self.outcomes, now=ctx.now)
+
+
+class NextOutboxDue(Request[int | None], frozen=True):
+    """When the sender should claim again (wall-clock second), or None: nothing waits."""
+
+    def apply(self, conn: apsw.Connection, ctx: Context) -> int | None:
+        return next_due_at(conn)
+
+
+class ExpediteRetries(Request[int], frozen=True):
+    """Make rows waiting out a retry backoff due now (a relay is back); returns how many."""
+
+    def apply(self, conn: apsw.Connection, ctx: Context) -> int:
+        return expedite_retries(conn, ctx.now)
+
+
+class CountOutboxPending(Request[int], frozen=True):
+    """How many decided DMs are still owed (the health snapshot's queue depth)."""
+
+    def apply(self, conn: apsw.Connection, ctx: Context) -> int:
+        return count_pending(conn)
+
+
+class RequeueInFlight(Request[int], frozen=True):
+    """Release every outbox claim; run once at start-up before the sender starts."""
+
+    def apply(self, conn: apsw.Connection, ctx: Context) -> int:
+        return requeue_in_flight(conn)
+
+
+class RecordNotifications(Request[tuple[int, ...]], frozen=True):
+    """Attempt rows for sends made outside the outbox (ESC-26 step 3), in one transaction."""
+
+    records: tuple[NotificationRecord, ...]
+
+    def apply(self, conn: apsw.Connection, ctx: Context) -> tuple[int, ...]:
+        return record_notifications(conn, self.records)
+
+
+class ScanPendingHandoffs(Request[tuple[HandoffRow, ...]], frozen=True):
+    """One page of pending handoffs after `after_id` (ESC-12, ESC-14)."""
+
+    after_id: int = 0
+    limit: int = HANDOFF_PAGE_SIZE
+
+    def apply(self, conn: apsw.Connection, ctx: Context) -> tuple[HandoffRow, ...]:
+        return pending_handoffs_page(conn, after_id=self.after_id, limit=self.limit)
+
+
+class RecordDispatch(Request[DispatchRecord], frozen=True):
+    """ESC-28: dispatch row + `escalation_dispatched`, one transaction; the tracker makes the
+    `dispatch_id` (UUID v4 from the injected randomness)."""
+
+    handoff: HandoffRow
+    dispute_id: str
+    outcomes: tuple[RecipientOutcome, ...]
+    via_fallback: bool
+    dispatched_at: int
+
+    def apply(self, conn: apsw.Connection, ctx: Context) -> DispatchRecord:
+        return record_dispatch(
+            conn,
+            dispatch_id=str(uuid.UUID(bytes=ctx.rand(16), version=4)),
+            handoff=self.handoff,
+            dispute_id=self.dispute_id,
+            outcomes=self.outcomes,
+            via_fallback=self.via_fallback,
+            dispatched_at=self.dispatched_at,
+        )
+
+
+class RecordSuperseded(Request[bool], frozen=True):
+    """ESC-18: `escalation_superseded` unless already written for this handoff."""
+
+    handoff: HandoffRow
+    dispute_id: str
+
+    def apply(self, conn: apsw.Connection, ctx: Context) -> bool:
+        return record_superseded(conn, self.handoff, self.dispute_id, ctx.now)
+
+
+class RecordUnroutable(Request[bool], frozen=True):
+    """ESC-21: `escalation_dispatch_unroutable` unless already written for this handoff."""
+
+    handoff: HandoffRow
+    dispute_id: str
+    configured_solver_count: int
+
+    def apply(self, conn: apsw.Connection, ctx: Context) -> bool:
+        return record_unroutable(
+            conn, self.handoff, self.dispute_id, self.configured_solver_count, ctx.now
+        )
+
+
+class RecordParseFailed(Request[bool], frozen=True):
+    """ESC-16/17: the `escalation_dispatch_parse_failed` event that consumes the handoff."""
+
+    handoff: HandoffRow
+    dispute_id: str
+    reason: ParseFailure
+    detail: str
+
+    def apply(self, conn: apsw.Connection, ctx: Context) -> bool:
+        return record_parse_failed(
+            conn, self.handoff, self.dispute_id, self.reason, self.detail, ctx.now
+        )
+
+
+class WriteHealth(Request[None], frozen=True):
+    """Flush the daemon's health snapshot for `serbero status`."""
+
+    relays: tuple[RelayHealth, ...] = ()
+    values: dict[str, str] = msgspec.field(default_factory=dict)
+    prune_relays: bool = False
+
+    def apply(self, conn: apsw.Connection, ctx: Context) -> None:
+        write_health(
+            conn,
+            relays=self.relays,
+            values=self.values,
+            now=ctx.now,
+            prune_relays=self.prune_relays,
+        )
