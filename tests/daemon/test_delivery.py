@@ -12,9 +12,9 @@ import trio
 from structlog.testing import capture_logs
 
 from serbero.config import SolverConfig
+from serbero.protocol.dispute_event import DISPUTE_EVENT_KIND
 from serbero.protocol.event import Event, encode_event, sign_event
 from serbero.protocol.keys import Keys
-from serbero.protocol.dispute_event import DISPUTE_EVENT_KIND
 from serbero.store.outbox import RETRY_INITIAL_SECONDS
 from tests.daemon.support import (
     REJECTION,

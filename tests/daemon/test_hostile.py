@@ -11,9 +11,9 @@ import pytest
 import trio
 from structlog.testing import capture_logs
 
+from serbero.protocol.dispute_event import DISPUTE_EVENT_KIND
 from serbero.protocol.event import Event, encode_event, sign_event
 from serbero.protocol.keys import Keys
-from serbero.protocol.dispute_event import DISPUTE_EVENT_KIND
 from tests.daemon.support import (
     Harness,
     count_rows,
