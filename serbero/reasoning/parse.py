@@ -151,7 +151,6 @@ def _flags(document: dict[str, Any]) -> frozenset[Flag]:
     return frozenset(cast(list[Flag], value))
 
 
-
 def _is_one_of(value: object, allowed: frozenset[str]) -> bool:
     # The type check first: a list or an object is unhashable and cannot be looked up.
     return isinstance(value, str) and value in allowed
