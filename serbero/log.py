@@ -1,7 +1,7 @@
 """Structured logging: one record per decision point, keyed by a stable event name.
 
 Every call site passes the event name as the first positional argument
-(`log.info("relay_connected", relay=url)`); the README's catalogue is checked against them.
+(`log.info("relay_connected", relay=url)`); docs/log-events.md is checked against them.
 
 `configure_logging` turns the operator's filter (CORE-56: `info`, `serbero=debug,nostr_sdk=info`)
 into a structlog pipeline that writes one line per record (CORE-57): JSON when the stream is not

@@ -1,6 +1,6 @@
-"""The structured-log catalogue: log events found in `serbero/` versus README's `## Log events`.
+"""The structured-log catalogue: log events found in `serbero/` versus `docs/log-events.md`.
 
-The code is the authority on names, levels and fields; the README adds when each event is
+The code is the authority on names, levels and fields; the catalogue adds when each event is
 logged. `scan_events` reads the source with `ast` (no import, no execution): a log call is
 `<logger>.<level>("event_name", field=..., ...)` where `<logger>` was bound from
 `get_logger(...)` (or its `.bind(...)`) or is named like a logger (`log`, `logger`,
@@ -8,7 +8,7 @@ logged. `scan_events` reads the source with `ast` (no import, no execution): a l
 **w.fields)` in the CLI); their names come from the `ConfigWarning(event=..., fields={...})`
 constructors, at level warn.
 
-Run `python -m tests.ops.log_catalogue --write` to rewrite the README section from the code,
+Run `python -m tests.ops.log_catalogue --write` to rewrite the catalogue's table from the code,
 keeping every existing "when" text; new rows get an empty one to fill in.
 """
 
@@ -26,8 +26,8 @@ import msgspec
 
 REPO_ROOT: Final = Path(__file__).resolve().parent.parent.parent
 PACKAGE: Final = REPO_ROOT / "serbero"
-README: Final = REPO_ROOT / "README.md"
-SECTION_TITLE: Final = "## Log events"
+CATALOGUE: Final = REPO_ROOT / "docs" / "log-events.md"
+SECTION_TITLE: Final = "# Log events"
 TABLE_HEADER: Final = "| event | level | fields | when |"
 TABLE_RULE: Final = "|---|---|---|---|"
 NO_FIELDS: Final = "—"
@@ -38,8 +38,8 @@ it), `key=value` text on a terminal. Each carries `timestamp` (UTC), `level`, `t
 (`serbero.<area>`) and `event`, plus the fields below. Event names are stable: grep and
 alert on them. Secrets, DM bodies, chat content, rationale text and party trade keys are
 never logged. `tests/ops/test_log_catalogue.py` fails when this table and the code
-disagree; `.venv/bin/python -m tests.ops.log_catalogue --write` rewrites it from the code
-and keeps the "when" texts."""
+disagree; `python -m tests.ops.log_catalogue --write` (in the project's `.venv`) rewrites it
+from the code and keeps the "when" texts."""
 
 # structlog method -> the level written into the record (serbero.log's names).
 LEVEL_OF_METHOD: Final = {
@@ -82,7 +82,7 @@ class LoggedEvent(msgspec.Struct, frozen=True):
 
 
 class Row(msgspec.Struct, frozen=True):
-    """One README table row, as written."""
+    """One catalogue table row, as written."""
 
     name: str
     levels: tuple[str, ...]
@@ -271,18 +271,18 @@ def scan_events(package: Path = PACKAGE) -> Scan:
     return Scan(events=events, dynamic=tuple(dynamic))
 
 
-# --- the README table ---------------------------------------------------------------------
+# --- the catalogue table -------------------------------------------------------------------
 
 
 class CatalogueError(ValueError):
-    """The README section is missing or not shaped as the catalogue table."""
+    """The catalogue file is missing its section or not shaped as the catalogue table."""
 
 
 def section_bounds(text: str) -> tuple[int, int]:
     """Character offsets of the section (its title line through the end of the file)."""
     match = re.search(rf"^{re.escape(SECTION_TITLE)}\s*$", text, flags=re.MULTILINE)
     if match is None:
-        raise CatalogueError(f'README.md has no "{SECTION_TITLE}" section')
+        raise CatalogueError(f'{CATALOGUE.name} has no "{SECTION_TITLE}" section')
     return match.start(), len(text)
 
 
@@ -297,7 +297,7 @@ def _names(cell: str) -> tuple[str, ...]:
 
 
 def parse_rows(section: str) -> list[Row]:
-    """The table's rows, in README order; CatalogueError for a malformed row."""
+    """The table's rows, in file order; CatalogueError for a malformed row."""
     rows = []
     for line in section.splitlines():
         if not line.startswith("|") or line.strip() in (TABLE_HEADER, TABLE_RULE):
@@ -391,10 +391,10 @@ def compare(scan: Scan, rows: list[Row]) -> Diff:
 def explain(diff: Diff) -> str:
     """The fix, row by row, for the failure message."""
     parts = [
-        f'README.md "{SECTION_TITLE}" disagrees with the log calls in serbero/. Fix the table '
+        f"docs/{CATALOGUE.name} disagrees with the log calls in serbero/. Fix the table "
         "(rows sorted by event name), or run\n"
         "    .venv/bin/python -m tests.ops.log_catalogue --write\n"
-        'which rewrites the section from the code and keeps every "when" text.'
+        'which rewrites the table from the code and keeps every "when" text.'
     ]
     if diff.add:
         parts.append("ADD these rows (then say in the last cell when the event is logged):")
@@ -417,9 +417,9 @@ def explain(diff: Diff) -> str:
     return "\n".join(parts)
 
 
-def rewrite_readme(readme: Path = README, scan: Scan | None = None) -> None:
+def rewrite_catalogue(catalogue: Path = CATALOGUE, scan: Scan | None = None) -> None:
     """Replace (or append) the section with one generated from the code."""
-    text = readme.read_text(encoding="utf-8")
+    text = catalogue.read_text(encoding="utf-8")
     current = scan if scan is not None else scan_events()
     try:
         start, _ = section_bounds(text)
@@ -429,21 +429,21 @@ def rewrite_readme(readme: Path = README, scan: Scan | None = None) -> None:
         whens = {}
         head = text if text.endswith("\n") else text + "\n"
         head += "\n"
-    readme.write_text(head + render_section(current, whens), encoding="utf-8")
+    catalogue.write_text(head + render_section(current, whens), encoding="utf-8")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--write", action="store_true", help="rewrite README.md's section")
+    parser.add_argument("--write", action="store_true", help="rewrite the catalogue from the code")
     args = parser.parse_args(argv)
     if args.write:
-        rewrite_readme()
+        rewrite_catalogue()
         return 0
-    text = README.read_text(encoding="utf-8")
+    text = CATALOGUE.read_text(encoding="utf-8")
     start, _ = section_bounds(text)
     diff = compare(scan_events(), parse_rows(text[start:]))
     if diff.empty():
-        print("README log catalogue matches the code")
+        print("docs/log-events.md matches the code")
         return 0
     print(explain(diff))
     return 1

@@ -1,4 +1,4 @@
-"""README's `## Log events` table agrees with the log calls in `serbero/` (issue #7 item 4).
+"""The `docs/log-events.md` table agrees with the log calls in `serbero/` (issue #7 item 4).
 
 On failure the message lists the exact rows to add, remove or replace.
 """
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.ops.log_catalogue import (
-    README,
+    CATALOGUE,
     SECTION_TITLE,
     TABLE_HEADER,
     CatalogueError,
@@ -18,7 +18,7 @@ from tests.ops.log_catalogue import (
     explain,
     parse_rows,
     render_section,
-    rewrite_readme,
+    rewrite_catalogue,
     scan_events,
     scan_source,
     section_bounds,
@@ -83,15 +83,15 @@ def test_compare_says_which_rows_to_add_remove_and_replace(tmp_path: Path) -> No
         'log.error("new_one", c=3)\n'
     )
     scan = scan_events(source)
-    readme = tmp_path / "README.md"
-    readme.write_text(
+    catalogue = tmp_path / "log-events.md"
+    catalogue.write_text(
         "# Title\n\ntext\n\n"
         f"{SECTION_TITLE}\n\nintro\n\n{TABLE_HEADER}\n|---|---|---|---|\n"
         "| `changed` | info | `b` | when it changes |\n"
         "| `gone` | info | — | never |\n"
         "| `kept` | info | `a` | always |\n"
     )
-    text = readme.read_text()
+    text = catalogue.read_text()
     diff = compare(scan, parse_rows(text[section_bounds(text)[0] :]))
     assert diff.add == ("| `new_one` | error | `c` |  |",)
     assert diff.remove == ("| `gone` | info | — | never |",)
@@ -100,8 +100,8 @@ def test_compare_says_which_rows_to_add_remove_and_replace(tmp_path: Path) -> No
     assert "ADD these rows" in message and "| `new_one` | error | `c` |  |" in message
     assert "REMOVE these rows" in message and "`gone`" in message
     assert "level in code: warn (serbero/mod.py:3)" in message
-    rewrite_readme(readme, scan)
-    rewritten = readme.read_text()
+    rewrite_catalogue(catalogue, scan)
+    rewritten = catalogue.read_text()
     assert rewritten.startswith("# Title\n\ntext\n\n")
     rows = parse_rows(rewritten[section_bounds(rewritten)[0] :])
     assert [(r.name, r.levels, r.fields, r.when) for r in rows] == [
@@ -121,8 +121,8 @@ def test_a_malformed_row_or_a_missing_section_is_reported() -> None:
         parse_rows(f"{SECTION_TITLE}\n| event_without_backticks | info | — | x |\n")
 
 
-def test_readme_log_catalogue_matches_the_code() -> None:
-    text = README.read_text(encoding="utf-8")
+def test_log_catalogue_matches_the_code() -> None:
+    text = CATALOGUE.read_text(encoding="utf-8")
     start, _ = section_bounds(text)
     assert "\n## " not in text[start + 1 :], f'"{SECTION_TITLE}" must be the last section'
     scan = scan_events()
