@@ -20,7 +20,7 @@ from typing import Final
 import msgspec
 import trio
 
-from serbero.actors.delivery import SEND_FAILED_PREFIX, Deliver, Delivery
+from serbero.actors.delivery import SEND_FAILED_PREFIX, Deliver, Delivery, DmIdentity
 from serbero.actors.tracker import Pending, Tracker
 from serbero.actors.tracker_requests import (
     GetDispute,
@@ -262,10 +262,10 @@ class Gate:
             )
         return HandoffOutcome.UNROUTABLE
 
-    async def _attempt(self, solver: SolverConfig, body: str, now: int) -> Delivery:
+    async def _attempt(self, solver: SolverConfig, body: str, dm: DmIdentity) -> Delivery:
         """One recipient; whatever goes wrong is that recipient's failure (ESC-26 step 4)."""
         try:
-            return await self._deliver(solver, body, now)
+            return await self._deliver(solver, body, dm)
         except Exception as exc:
             log.error("phase4_recipient_crashed", solver=solver.pubkey, error=repr(exc))
             return Delivery(ok=False, error=f"{SEND_FAILED_PREFIX}{exc!r}", retryable=True)
@@ -278,7 +278,8 @@ class Gate:
         outcomes: list[RecipientOutcome] = []
         records: list[tuple[NotificationRecord, Pending[tuple[int, ...]]]] = []
         for solver in route.recipients:
-            delivery = await self._attempt(solver, body, sent_at)
+            # The handoff names the DM: a retry of it builds the same wrap (BEY-26).
+            delivery = await self._attempt(solver, body, DmIdentity("handoff", handoff.id, sent_at))
             if delivery.ok:
                 log.debug("phase4_recipient_sent", dispute_id=dispute_id, solver=solver.pubkey)
             else:

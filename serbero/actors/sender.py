@@ -25,7 +25,7 @@ from typing import Final
 import msgspec
 import trio
 
-from serbero.actors.delivery import SEND_FAILED_PREFIX, Courier, Delivery
+from serbero.actors.delivery import SEND_FAILED_PREFIX, Courier, Delivery, DmIdentity
 from serbero.actors.relay_pool import RelayPool
 from serbero.actors.tracker import Tracker
 from serbero.actors.tracker_requests import (
@@ -94,6 +94,15 @@ class Doorbell:
         """Return at the next ring (or at once if one came since `reset`), or after `timeout`."""
         with trio.move_on_after(timeout):
             await self._event.wait()
+
+
+def dm_identity(row: OutboxRow) -> DmIdentity:
+    """Which DM a row is, so each attempt builds the same wrap (BEY-26): the row itself,
+    dated when it was decided; an escalation DM retried here keeps its handoff's identity,
+    that of its first attempt."""
+    if row.handoff_event_id is not None:
+        return DmIdentity("handoff", row.handoff_event_id, row.created_at)
+    return DmIdentity("outbox", row.id, row.created_at)
 
 
 def _log_delivered(row: OutboxRow) -> None:
@@ -342,7 +351,7 @@ class OutboxSender:
     async def _deliver(self, row: OutboxRow, outcomes: trio.MemorySendChannel[_Outcome]) -> None:
         try:
             delivery = await self._courier.deliver(
-                self._solver(row.solver_pubkey), row.body, self._wall_clock()
+                self._solver(row.solver_pubkey), row.body, dm_identity(row)
             )
         except Exception as exc:
             # One row must never take the sender down (and with it every other DM):

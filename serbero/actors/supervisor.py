@@ -53,7 +53,7 @@ from serbero.actors.relay_pool import RelayPool, Subscription, open_relay_pool
 from serbero.actors.renotify import Renotifier, RenotifyStats
 from serbero.actors.sender import Doorbell, OutboxSender, SenderStats
 from serbero.actors.tracker import Tracker, open_tracker
-from serbero.actors.tracker_requests import ComputeSince, RequeueInFlight
+from serbero.actors.tracker_requests import ComputeSince, RequeueInFlight, StartSending
 from serbero.clock import WallClock
 from serbero.config import Config, shown_pubkey
 from serbero.log import get_logger
@@ -163,6 +163,7 @@ class DaemonContext(msgspec.Struct, frozen=True, kw_only=True):
     pool: RelayPool
     wall_clock: WallClock
     rand: Callable[[int], bytes]
+    wrap_salt: bytes
     ring_sender: Callable[[], None]
     snapshot: SnapshotProvider
 
@@ -197,7 +198,7 @@ async def _escalation_dispatcher(context: DaemonContext) -> None:
     state lives in the database (ESC-30)."""
     await run_dispatcher(
         context.tracker,
-        PoolCourier(context.pool, context.identity, rand=context.rand).deliver,
+        PoolCourier(context.pool, context.identity, salt=context.wrap_salt).deliver,
         settings=context.config.escalation,
         solvers=context.config.solvers,
         wall_clock=context.wall_clock,
@@ -387,6 +388,7 @@ class Supervisor:
                 since = await tracker.ask(ComputeSince())
                 _log_since(since)
                 requeued = await tracker.ask(RequeueInFlight())
+                sending = await tracker.ask(StartSending())
             except StoreError as exc:
                 raise DaemonFatal(f"database: {exc}") from exc
             if requeued:
@@ -431,10 +433,11 @@ class Supervisor:
                 pool=pool,
                 wall_clock=self._wall_clock,
                 rand=self._rand,
+                wrap_salt=sending.salt,
                 ring_sender=self.doorbell.ring,
                 snapshot=self.snapshot,
             )
-            specs = self._core_actors(context, subscription)
+            specs = self._core_actors(context, subscription, sending.last_outbox_id)
             specs += [
                 ActorSpec(name=extra.name, run=_bind(extra, context), restart=extra.restart)
                 for extra in optional_actors(context)
@@ -446,11 +449,17 @@ class Supervisor:
                 log.info("event_loop_started")
                 task_status.started(context)
 
-    def _core_actors(self, context: DaemonContext, subscription: Subscription) -> list[ActorSpec]:
+    def _core_actors(
+        self, context: DaemonContext, subscription: Subscription, last_outbox_id: int
+    ) -> list[ActorSpec]:
         config, tracker = context.config, context.tracker
         receivers = {s.pubkey_hex for s in config.solvers if s.pubkey_hex is not None}
         courier = PoolCourier(
-            context.pool, context.identity, spares_for=sorted(receivers), rand=self._rand
+            context.pool,
+            context.identity,
+            salt=context.wrap_salt,
+            spares_for=sorted(receivers),
+            outbox_ids_after=last_outbox_id,
         )
         sender = OutboxSender(
             tracker,

@@ -56,6 +56,7 @@ from serbero.store.outbox import (
     requeue_in_flight,
 )
 from serbero.store.resolution import ResolutionOutcome, resolve_dispute
+from serbero.store.sending import SendingOrigin, sending_origin
 
 
 class GetDispute(Request[Dispute | None], frozen=True):
@@ -195,6 +196,13 @@ class RequeueInFlight(Request[int], frozen=True):
 
     def apply(self, conn: apsw.Connection, ctx: Context) -> int:
         return requeue_in_flight(conn)
+
+
+class StartSending(Request[SendingOrigin], frozen=True):
+    """The database's gift-wrap salt (drawn the first time) and its last outbox id."""
+
+    def apply(self, conn: apsw.Connection, ctx: Context) -> SendingOrigin:
+        return sending_origin(conn, now=ctx.now, rand=ctx.rand)
 
 
 class RecordNotifications(Request[tuple[int, ...]], frozen=True):

@@ -4,17 +4,16 @@ Every random input (ephemeral key, NIP-44 nonces, BIP-340 aux, timestamp tweaks)
 injected ``rand`` unless pinned in a `WrapInputs`, so vectors reproduce byte for byte (PROTO-1/66).
 Unwrapping runs the PROTO-32 checks in order and reports each failure as a typed error.
 
-A sender of many DMs (the outbox sender) uses `GiftWrapper`: the two key agreements a wrap
-needs can be done ahead of the message, one per receiver for the seal (our key and theirs
-never change) and one per `OneTimeKey` (a fresh ephemeral key, prepared in idle time and
-used for exactly one wrap). What is left per DM is two encryptions and two signatures.
+The two key agreements a wrap needs can be done ahead of the message and handed in: the
+seal's (`seal_key`, our key with the receiver's, which never changes) and the one-time key's
+(`OneTimeKey`, an ephemeral key with its conversation key, used for exactly one wrap). What
+is left per DM is two encryptions and two signatures (`wrap_seed.SeededWrapper` does this).
 """
 
 from __future__ import annotations
 
 import os
-from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Annotated, Final
 
 import msgspec
@@ -41,7 +40,6 @@ __all__ = [
     "GIFT_WRAP_KIND",
     "SEAL_KIND",
     "GiftWrapError",
-    "GiftWrapper",
     "Malformed",
     "NotForMe",
     "NotGiftWrap",
@@ -51,7 +49,6 @@ __all__ = [
     "WrapInputs",
     "build_gift_wrap",
     "build_private_dm",
-    "prepare_one_time_key",
     "unwrap_gift",
 ]
 
@@ -60,9 +57,6 @@ DM_KIND: Final = 14
 GIFT_WRAP_KIND: Final = 1059
 _NONCE_LEN: Final = 32
 _AUX_LEN: Final = 32
-# GiftWrapper's seal conversation keys (one per receiver, 32 bytes each): the configured
-# solvers and then some; least recently used first out.
-SEAL_KEY_CACHE_SIZE: Final = 1024
 
 
 class GiftWrapError(ValueError):
@@ -151,14 +145,6 @@ class OneTimeKey:
             raise GiftWrapError("a one-time key signs one gift wrap only (PROTO-31)")
         self._keys = None
         return keys, self._conversation_key
-
-
-def prepare_one_time_key(receiver_pk: str, rand: Callable[[int], bytes] = os.urandom) -> OneTimeKey:
-    """The per-wrap key work that does not depend on the message: a new ephemeral key and its
-    conversation key with `receiver_pk` (two of a wrap's four elliptic-curve operations)."""
-    receiver = parse_public_key(receiver_pk)
-    keys = Keys.generate(rand)
-    return OneTimeKey(keys, receiver, nip44.conversation_key(keys.secret, receiver))
 
 
 def _without_self_p(tags: Sequence[Sequence[str]], author: str) -> list[list[str]]:
@@ -317,86 +303,6 @@ def build_private_dm(
         seal_key=seal_key,
         one_time=one_time,
     )
-
-
-class GiftWrapper:
-    """NIP-17 DMs from one sender, with the message-independent key work done ahead.
-
-    The seal's conversation key (our secret with the receiver's key) is derived once per
-    receiver and kept (bounded LRU): it depends on nothing else, and this object lives in
-    the process that holds our secret anyway. For the receivers named in `spares_for`, up
-    to `spares` `OneTimeKey`s each are kept ready; `prepare_spare` makes one, for the
-    caller to run when it has nothing better to do. A DM takes a ready key when there is
-    one and makes its own otherwise; either way each ephemeral key wraps one DM only.
-    """
-
-    def __init__(
-        self,
-        sender: Keys,
-        *,
-        spares_for: Iterable[str] = (),
-        spares: int = 0,
-        rand: Callable[[int], bytes] = os.urandom,
-        seal_cache_size: int = SEAL_KEY_CACHE_SIZE,
-    ) -> None:
-        self.sender = sender
-        self._rand = rand
-        self._spares = max(0, spares)
-        self._ready: dict[str, deque[OneTimeKey]] = {}
-        for receiver_pk in spares_for:
-            try:
-                receiver = parse_public_key(receiver_pk)
-            except ValueError:
-                continue
-            self._ready.setdefault(receiver, deque())
-        self._seal_keys: OrderedDict[str, bytes] = OrderedDict()
-        self._seal_cache_size = max(1, seal_cache_size)
-
-    def ready_count(self) -> int:
-        """One-time keys prepared and not used yet, over every receiver."""
-        return sum(len(ready) for ready in self._ready.values())
-
-    def wants_spares(self) -> bool:
-        """Whether some receiver has fewer than `spares` keys ready."""
-        return any(len(ready) < self._spares for ready in self._ready.values())
-
-    def prepare_spare(self) -> bool:
-        """Prepare one key for the receiver with the fewest ready; False when all are full."""
-        if not self._ready or self._spares == 0:
-            return False
-        receiver, ready = min(self._ready.items(), key=lambda item: len(item[1]))
-        if len(ready) >= self._spares:
-            return False
-        self.seal_key(receiver)
-        ready.append(prepare_one_time_key(receiver, self._rand))
-        return True
-
-    def seal_key(self, receiver: str) -> bytes:
-        """The sender->`receiver` conversation key (a parsed, lowercase-hex key)."""
-        key = self._seal_keys.get(receiver)
-        if key is None:
-            key = nip44.conversation_key(self.sender.secret, receiver)
-            self._seal_keys[receiver] = key
-            if len(self._seal_keys) > self._seal_cache_size:
-                self._seal_keys.popitem(last=False)
-        else:
-            self._seal_keys.move_to_end(receiver)
-        return key
-
-    def private_dm(self, receiver_pk: str, text: str, *, now: int) -> Event:
-        """`build_private_dm` with the prepared keys; raises what it raises."""
-        receiver = parse_public_key(receiver_pk)
-        ready = self._ready.get(receiver)
-        one_time = ready.popleft() if ready else None
-        return build_private_dm(
-            self.sender,
-            receiver,
-            text,
-            now=now,
-            rand=self._rand,
-            seal_key=self.seal_key(receiver),
-            one_time=one_time,
-        )
 
 
 def unwrap_gift(receiver: Keys, wrap: Event) -> Unwrapped:

@@ -1,19 +1,40 @@
-"""`PoolCourier`: the one-DM delivery shared by every sender (CORE-35..37, BEY-1)."""
+"""`PoolCourier`: the one-DM delivery shared by every sender (CORE-35..37, BEY-1), whose
+wraps are derived from the DM's identity (BEY-26)."""
 
 from __future__ import annotations
 
 import json
 import time
+from typing import cast
 
 import trio
 
-from serbero.actors.delivery import SEND_FAILED_PREFIX, PoolCourier
-from serbero.actors.relay_pool import open_relay_pool
+from serbero.actors.delivery import SEND_FAILED_PREFIX, DmIdentity, PoolCourier
+from serbero.actors.relay_pool import PublishResult, RelayPool, open_relay_pool
 from serbero.config import SolverConfig
+from serbero.protocol.event import Event
 from serbero.protocol.keys import Keys
 from tests.daemon.support import FAST, open_rejecting_relay
 from tests.support.relay_fixtures import LocalRelayProcess
 from tests.support.solver_inbox import SolverInbox
+
+SALT = b"test-salt"
+
+
+def dm(number: int, created_at: int | None = None) -> DmIdentity:
+    return DmIdentity("outbox", number, int(time.time()) if created_at is None else created_at)
+
+
+class RecordingPool:
+    """The real pool, noting every event published through it."""
+
+    def __init__(self, pool: RelayPool) -> None:
+        self._pool = pool
+        self.published: list[Event] = []
+
+    async def publish(self, event: Event) -> PublishResult:
+        self.published.append(event)
+        return await self._pool.publish(event)
 
 
 async def test_delivered_dm_opens_in_an_independent_inbox(local_relay: LocalRelayProcess) -> None:
@@ -24,22 +45,77 @@ async def test_delivered_dm_opens_in_an_independent_inbox(local_relay: LocalRela
     try:
         async with open_relay_pool([local_relay.url], serbero, timing=FAST) as pool:
             await pool.wait_connected()
-            now = int(time.time())
-            delivery = await PoolCourier(pool, serbero).deliver(solver, "hello\nsolver", now)
+            identity = dm(1)
+            courier = PoolCourier(pool, serbero, salt=SALT)
+            delivery = await courier.deliver(solver, "hello\nsolver", identity)
         assert delivery.ok and delivery.error is None
         dms = await trio.to_thread.run_sync(inbox.wait_for_count, 1, 10.0)
     finally:
         await trio.to_thread.run_sync(inbox.close)
     assert dms[0].content == "hello\nsolver"
     assert dms[0].sender_hex == serbero.public_hex
-    assert dms[0].rumor_created_at == now
+    assert dms[0].rumor_created_at == identity.created_at
+
+
+async def test_a_dm_sent_again_is_the_same_event_and_the_solver_sees_it_once(
+    local_relay: LocalRelayProcess,
+) -> None:
+    """BEY-26: a resend by a courier made afresh (a restart), keys prepared or not, is the
+    very same event; the relay takes it as a duplicate (still a delivery, BEY-1)."""
+    serbero, solver_keys = Keys.generate(), Keys.generate()
+    solver = SolverConfig.from_text(solver_keys.public_hex)
+    inbox = SolverInbox(solver_keys.secret.hex(), [local_relay.url])
+    await trio.to_thread.run_sync(inbox.start)
+    try:
+        async with open_relay_pool([local_relay.url], serbero, timing=FAST) as pool:
+            await pool.wait_connected()
+            recording = RecordingPool(pool)
+            identity, other = dm(41), dm(42)
+            prepared = PoolCourier(
+                cast(RelayPool, recording),
+                serbero,
+                salt=SALT,
+                spares_for=[solver_keys.public_hex],
+                outbox_ids_after=40,
+            )
+            while prepared.prepare_spare():
+                pass
+            first = await prepared.deliver(solver, "notice", identity)
+            await prepared.deliver(solver, "notice", other)
+            restarted = PoolCourier(cast(RelayPool, recording), serbero, salt=SALT)
+            again = await restarted.deliver(solver, "notice", identity)
+            await trio.to_thread.run_sync(inbox.wait_for_count, 2, 10.0)
+            await trio.sleep(0.3)
+        dms = inbox.messages()
+    finally:
+        await trio.to_thread.run_sync(inbox.close)
+    assert first.ok and again.ok
+    sent, sent_other, resent = recording.published
+    assert resent == sent, "byte for byte"
+    assert sent_other.id != sent.id and sent_other.pubkey != sent.pubkey
+    assert sorted(d.wrap_id for d in dms) == sorted([sent.id, sent_other.id])
+
+
+async def test_prepare_spare_fills_the_window_after_the_last_outbox_id() -> None:
+    """Keys are made for the outbox ids after the last one seen, as many as the window
+    holds, and the window moves with the ids delivered."""
+    serbero, solvers = Keys.generate(), [Keys.generate().public_hex for _ in range(2)]
+    courier = PoolCourier(
+        cast(RelayPool, None), serbero, salt=SALT, spares_for=solvers, outbox_ids_after=100
+    )
+    prepared = 0
+    while courier.prepare_spare():
+        prepared += 1
+    assert prepared == 1024, "512 disputes' worth for two solvers"
+    assert not courier.prepare_spare()
+    assert PoolCourier(cast(RelayPool, None), serbero, salt=SALT).prepare_spare() is False
 
 
 async def test_invalid_pubkey_makes_no_network_attempt(local_relay: LocalRelayProcess) -> None:
     serbero = Keys.generate()
     solver = SolverConfig.from_text("not-a-real-hex-pubkey")
     async with open_relay_pool([local_relay.url], serbero, timing=FAST) as pool:
-        delivery = await PoolCourier(pool, serbero).deliver(solver, "body", int(time.time()))
+        delivery = await PoolCourier(pool, serbero, salt=SALT).deliver(solver, "body", dm(1))
     assert not delivery.ok and not delivery.retryable
     assert delivery.error is not None and delivery.error.startswith("invalid pubkey: ")
 
@@ -53,7 +129,7 @@ async def test_no_relay_accepting_is_a_retryable_failure() -> None:
         open_relay_pool([relay.url], serbero, timing=FAST) as pool,
     ):
         await pool.wait_connected()
-        delivery = await PoolCourier(pool, serbero).deliver(solver, "body", int(time.time()))
+        delivery = await PoolCourier(pool, serbero, salt=SALT).deliver(solver, "body", dm(1))
     assert not delivery.ok and delivery.retryable
     assert delivery.error is not None
     assert delivery.error.startswith(SEND_FAILED_PREFIX)

@@ -14,7 +14,7 @@ import pytest
 import trio
 import trio.testing
 
-from serbero.actors.delivery import Delivery
+from serbero.actors.delivery import Delivery, DmIdentity
 from serbero.actors.relay_pool import RelayPool
 from serbero.actors.sender import (
     COMPLETION_LINGER,
@@ -48,8 +48,8 @@ class StubPool:
         await trio.sleep_forever()
 
 
-# One scripted DM: (solver, body, now) -> outcome.
-DeliverFn = Callable[[SolverConfig, str, int], Awaitable[Delivery]]
+# One scripted DM: (solver, body, which DM) -> outcome.
+DeliverFn = Callable[[SolverConfig, str, DmIdentity], Awaitable[Delivery]]
 
 
 class ScriptedCourier:
@@ -101,7 +101,7 @@ def deliver_slowly() -> tuple[DeliverFn, list[tuple[str, str, float, float]]]:
     began, ended) is noted as it finishes."""
     spans: list[tuple[str, str, float, float]] = []
 
-    async def slow_deliver(solver: SolverConfig, body: str, now: int) -> Delivery:
+    async def slow_deliver(solver: SolverConfig, body: str, dm: DmIdentity) -> Delivery:
         began = trio.current_time()
         await trio.sleep(3)
         spans.append((solver.pubkey, body, began, trio.current_time()))
@@ -121,7 +121,7 @@ async def test_the_sender_waits_without_spinning_and_survives_a_raising_delivery
     db = str(tmp_path / "serbero.db")
     calls: list[tuple[float, str]] = []
 
-    async def fake_deliver(solver: SolverConfig, body: str, now: int) -> Delivery:
+    async def fake_deliver(solver: SolverConfig, body: str, dm: DmIdentity) -> Delivery:
         calls.append((trio.current_time(), body))
         first = len(calls) == 1
         await trio.sleep(1)
@@ -198,7 +198,7 @@ async def test_rows_a_decision_claimed_go_out_without_a_claim_and_complete_in_on
     db = str(tmp_path / "serbero.db")
     delivered: list[tuple[str, float]] = []
 
-    async def fake_deliver(solver: SolverConfig, body: str, now: int) -> Delivery:
+    async def fake_deliver(solver: SolverConfig, body: str, dm: DmIdentity) -> Delivery:
         delivered.append((solver.pubkey, trio.current_time()))
         await trio.sleep(1)
         return Delivery(ok=True, error=None, retryable=True)
@@ -247,7 +247,7 @@ async def test_outcomes_a_few_ms_apart_share_one_commit(
         )
     )
 
-    async def fake_deliver(solver: SolverConfig, body: str, now: int) -> Delivery:
+    async def fake_deliver(solver: SolverConfig, body: str, dm: DmIdentity) -> Delivery:
         await trio.sleep(1 + finish_after[solver.pubkey])
         return Delivery(ok=True, error=None, retryable=True)
 
@@ -284,7 +284,7 @@ async def test_room_is_refused_while_rows_wait_in_the_outbox_so_the_oldest_go_fi
     db = str(tmp_path / "serbero.db")
     order: list[str] = []
 
-    async def fake_deliver(solver: SolverConfig, body: str, now: int) -> Delivery:
+    async def fake_deliver(solver: SolverConfig, body: str, dm: DmIdentity) -> Delivery:
         order.append(body)
         await trio.sleep(1)
         return Delivery(ok=True, error=None, retryable=True)

@@ -84,7 +84,7 @@ class RelayEnv:
         self.pool = pool
         self.writer = writer
         self.identity = identity
-        self.deliver = SpyDeliver(PoolCourier(pool, self.identity).deliver)
+        self.deliver = SpyDeliver(PoolCourier(pool, self.identity, salt=b"test-salt").deliver)
         self._inboxes = ExitStack()
 
     def solver(self, permission: str = "write") -> Solver:

@@ -15,7 +15,7 @@ from typing import Any, Final
 import trio
 
 from serbero.actors import gate as gate_actor
-from serbero.actors.delivery import SEND_FAILED_PREFIX, Deliver, Delivery
+from serbero.actors.delivery import SEND_FAILED_PREFIX, Deliver, Delivery, DmIdentity
 from serbero.actors.gate import Gate, HandoffDone
 from serbero.actors.scanner import CycleReport, scan_cycle
 from serbero.actors.tracker import Request, Tracker
@@ -220,10 +220,10 @@ class ScriptedDeliver:
 
     def __init__(self, failing: Sequence[str] = ()) -> None:
         self.failing = set(failing)
-        self.calls: list[tuple[str, str, int]] = []
+        self.calls: list[tuple[str, str, int]] = []  # (solver, body, rumor time)
 
-    async def __call__(self, solver: SolverConfig, body: str, now: int) -> Delivery:
-        self.calls.append((solver.pubkey, body, now))
+    async def __call__(self, solver: SolverConfig, body: str, dm: DmIdentity) -> Delivery:
+        self.calls.append((solver.pubkey, body, dm.created_at))
         await trio.lowlevel.checkpoint()
         if solver.pubkey_error is not None:
             return Delivery(ok=False, error=solver.pubkey_error, retryable=False)
@@ -240,9 +240,9 @@ class SpyDeliver:
         self.after = after
         self.calls: list[str] = []
 
-    async def __call__(self, solver: SolverConfig, body: str, now: int) -> Delivery:
+    async def __call__(self, solver: SolverConfig, body: str, dm: DmIdentity) -> Delivery:
         self.calls.append(solver.pubkey)
-        delivery = await self.inner(solver, body, now)
+        delivery = await self.inner(solver, body, dm)
         if self.after is not None:
             await self.after()
         return delivery

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from serbero.actors.delivery import Delivery
+from serbero.actors.delivery import Delivery, DmIdentity
 from serbero.actors.gate import HandoffOutcome
 from serbero.actors.tracker import Request, Tracker
 from serbero.actors.tracker_requests import GetDispute, RecordDispatch, ScanPendingHandoffs
@@ -141,9 +141,9 @@ async def test_time_of_the_dispatch_is_taken_before_the_send_loop(
 ) -> None:
     inner = ScriptedDeliver()
 
-    async def slow(solver: SolverConfig, body: str, now: int) -> Delivery:
+    async def slow(solver: SolverConfig, body: str, dm: DmIdentity) -> Delivery:
         wall_clock.advance(7)
-        return await inner(solver, body, now)
+        return await inner(solver, body, dm)
 
     t = wall_clock.now
     async with dispatcher_cycles(tracker, slow, solvers=[A, B], wall_clock=wall_clock) as cycle:
@@ -186,14 +186,14 @@ async def test_unique_violation_after_sending_leaves_the_handoff_to_the_next_cyc
     # ESC-30: another dispatch row for the handoff lands between the scan and our commit.
     inner = ScriptedDeliver()
 
-    async def racing(solver: SolverConfig, body: str, now: int) -> Delivery:
+    async def racing(solver: SolverConfig, body: str, dm: DmIdentity) -> Delivery:
         writer.execute(
             "INSERT INTO escalation_dispatches (dispatch_id, dispute_id, session_id,"
             " handoff_event_id, target_solver, dispatched_at, created_at)"
             " VALUES ('other', 'd-1', 's-1', ?, 'x', 1, 1)",
             (handoff,),
         )
-        return await inner(solver, body, now)
+        return await inner(solver, body, dm)
 
     async with dispatcher_cycles(tracker, racing, solvers=[A], wall_clock=wall_clock) as cycle:
         with capture_logs() as logs:
@@ -229,10 +229,10 @@ async def test_a_crashing_delivery_is_that_recipients_failure(
 ) -> None:
     inner = ScriptedDeliver()
 
-    async def flaky(solver: SolverConfig, body: str, now: int) -> Delivery:
+    async def flaky(solver: SolverConfig, body: str, dm: DmIdentity) -> Delivery:
         if solver is A:
             raise OSError("socket gone")
-        return await inner(solver, body, now)
+        return await inner(solver, body, dm)
 
     async with dispatcher_cycles(tracker, flaky, solvers=[A, B], wall_clock=wall_clock) as cycle:
         assert (await cycle()).outcomes == {HandoffOutcome.DISPATCHED: 1}

@@ -43,7 +43,9 @@ async def running_dispatcher(
     ):
         with trio.fail_after(DM_TIMEOUT):
             await pool.wait_connected()
-        deliver = SpyDeliver(PoolCourier(pool, identity).deliver, after=after_send)
+        deliver = SpyDeliver(
+            PoolCourier(pool, identity, salt=b"test-salt").deliver, after=after_send
+        )
         async with trio.open_nursery() as nursery:
             await nursery.start(
                 partial(

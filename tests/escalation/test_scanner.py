@@ -10,7 +10,7 @@ import pytest
 import trio
 from structlog.testing import capture_logs
 
-from serbero.actors.delivery import Delivery
+from serbero.actors.delivery import Delivery, DmIdentity
 from serbero.actors.escalation import log_dispatcher_settings, run_dispatcher
 from serbero.actors.gate import HandoffOutcome
 from serbero.actors.scanner import next_deadline
@@ -82,10 +82,10 @@ async def test_an_overrunning_cycle_is_followed_at_once_and_restarts_the_grid(
     inner = ScriptedDeliver()
     in_flight: list[float] = []
 
-    async def slow(solver: SolverConfig, body: str, now: int) -> Delivery:
+    async def slow(solver: SolverConfig, body: str, dm: DmIdentity) -> Delivery:
         in_flight.append(trio.current_time())
         await trio.sleep(25)
-        return await inner(solver, body, now)
+        return await inner(solver, body, dm)
 
     clock = ScanClock()
     await run_for(60, FaultyTracker(inline_tracker, clock), slow)
@@ -135,7 +135,7 @@ async def test_shutdown_by_cancellation_is_prompt_mid_delivery(
     writer.add_dispute("d-1")
     writer.add_handoff(package("d-1"))
 
-    async def hanging(solver: SolverConfig, body: str, now: int) -> Delivery:
+    async def hanging(solver: SolverConfig, body: str, dm: DmIdentity) -> Delivery:
         await trio.sleep_forever()
         raise AssertionError("unreachable")
 

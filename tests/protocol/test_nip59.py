@@ -23,7 +23,6 @@ from serbero.protocol.event import (
 from serbero.protocol.keys import Keys, shared_x
 from serbero.protocol.nip59 import (
     GiftWrapError,
-    GiftWrapper,
     Malformed,
     NotForMe,
     NotGiftWrap,
@@ -33,7 +32,6 @@ from serbero.protocol.nip59 import (
     WrapInputs,
     build_gift_wrap,
     build_private_dm,
-    prepare_one_time_key,
     unwrap_gift,
 )
 
@@ -242,7 +240,7 @@ def test_receiver_may_be_given_as_npub() -> None:
     assert wrap.tags == [["p", bob.public_hex]]
 
 
-# --- keys prepared ahead (GiftWrapper, OneTimeKey) -------------------------------------------
+# --- keys prepared ahead (OneTimeKey) --------------------------------------------------------
 
 
 def test_prepared_keys_reproduce_the_vector_byte_for_byte(vectors_dir: Path) -> None:
@@ -270,7 +268,9 @@ def test_prepared_keys_reproduce_the_vector_byte_for_byte(vectors_dir: Path) -> 
 def test_a_one_time_key_wraps_one_dm_for_its_receiver_only() -> None:
     """PROTO-31: an ephemeral key is never reused, even by a caller's mistake."""
     alice, bob, carol = Keys.generate(), Keys.generate(), Keys.generate()
-    one_time = prepare_one_time_key(bob.public_hex)
+    ephemeral = Keys.generate()
+    conversation = nip44.conversation_key(ephemeral.secret, bob.public_hex)
+    one_time = OneTimeKey(ephemeral, bob.public_hex, conversation)
     with pytest.raises(GiftWrapError):
         build_private_dm(alice, carol.public_hex, "x", now=NOW, one_time=one_time)
     assert not one_time.used
@@ -280,34 +280,6 @@ def test_a_one_time_key_wraps_one_dm_for_its_receiver_only() -> None:
     with pytest.raises(GiftWrapError):
         build_private_dm(alice, bob.public_hex, "y", now=NOW, one_time=one_time)
     assert "fresh" not in repr(one_time) and bob.public_hex in repr(one_time)
-
-
-def test_gift_wrapper_uses_each_spare_once_then_makes_its_own() -> None:
-    alice, bob, carol = Keys.generate(), Keys.generate(), Keys.generate()
-    wrapper = GiftWrapper(alice, spares_for=[bob.public_hex, "not a key"], spares=2)
-    assert wrapper.wants_spares()
-    while wrapper.prepare_spare():
-        pass
-    assert wrapper.ready_count() == 2 and not wrapper.wants_spares()
-    wraps = [wrapper.private_dm(bob.public_hex, f"dm {i}", now=NOW) for i in range(4)]
-    wraps.append(wrapper.private_dm(carol.public_hex, "no spares for carol", now=NOW))
-    assert wrapper.ready_count() == 0 and wrapper.wants_spares()
-    assert len({wrap.pubkey for wrap in wraps}) == len(wraps)
-    for i, wrap in enumerate(wraps[:4]):
-        verify_event(wrap)
-        opened = unwrap_gift(bob, wrap)
-        assert (opened.sender, opened.rumor.content) == (alice.public_hex, f"dm {i}")
-    assert unwrap_gift(carol, wraps[4]).sender == alice.public_hex
-
-
-def test_gift_wrapper_keeps_few_seal_keys() -> None:
-    alice = Keys.generate()
-    receivers = [Keys.generate().public_hex for _ in range(3)]
-    wrapper = GiftWrapper(alice, seal_cache_size=2)
-    keys = [wrapper.seal_key(receiver) for receiver in receivers]
-    assert keys == [nip44.conversation_key(alice.secret, r) for r in receivers]
-    assert len(wrapper._seal_keys) == 2
-    assert wrapper.prepare_spare() is False
 
 
 # --- unwrap failures (PROTO-32 steps, PROTO-67) ------------------------------------------

@@ -2,7 +2,8 @@
 
 The tally keeps, per solver and dispute, every distinct gift wrap that arrived (a wrap the
 two relays both delivered is one wrap: the inbox opens each id once). Two wraps for the
-same (solver, dispute) are a duplicate: the daemon published that DM twice.
+same (solver, dispute) are a duplicate: the daemon published that DM as two different
+events, which the solver's client shows twice.
 """
 
 from __future__ import annotations

@@ -9,11 +9,10 @@ Mostro opens disputes at a steady pace and publishes each to both relays. A seed
 stops and restarts the relays while that goes on: each relay alone a few times, and once
 both. Every client reaches a relay through a gate (`gate.py`), which takes it down without
 the relay dropping events it has just acknowledged. At the end every solver must hold a DM
-for every dispute; a second DM for the same dispute is a duplicate, allowed only within
-what the sender can have in flight when an outage cuts its OKs; the daemon's memory and
-descriptors must be back at the plateau they reached mid-run; and the database must record
-exactly one delivered initial notice per (dispute, solver), with every failed attempt row
-matched by a retry (`report.py`).
+for every dispute, each as exactly one event id (a DM re-sent after an outage cut its OK is
+the same event, BEY-26); the daemon's memory and descriptors must be back at the plateau
+they reached mid-run; and the database must record exactly one delivered initial notice
+per (dispute, solver), with every failed attempt row matched by a retry (`report.py`).
 
 What LocalRelay does is probed and printed at the start of every run
 (`probe_relay_storage`): it keeps events in memory, so a restarted relay comes back empty;
