@@ -1,4 +1,4 @@
-"""The database schema: the reference's versions 1-5 verbatim, then our additive version 6.
+"""The database schema: the reference's versions 1-5 verbatim, then our additive versions 6-7.
 
 Versions 1-5 are the Rust serbero 0.1.1 schema exactly as core.md §14 spells it (table and
 column names, declared types, NOT NULL, defaults, keys, index names, the CHECK), so an
@@ -42,6 +42,16 @@ Indexes (prefixed `serbero_` so they are never mistaken for the reference's):
 due scan in id order and the per-pair ordering probe), `serbero_idx_outbox_handoff`,
 `serbero_idx_disputes_unattended` (the CORE-52 timer query as an index range) and
 `serbero_idx_mediation_events_kind` (the ESC-12 handoff scan without a table scan).
+
+Version 7 is ours and only adds (Q-16):
+
+`serbero_rationale_occurrences`
+    One row per use of a rationale, with that use's provenance, where the reference's
+    content-addressed `reasoning_rationales` keeps only the first (and refuses a repeat
+    with different provenance). `rationale_id` (FK `reasoning_rationales`), `purpose`
+    (`classification` or `summary`), `dispute_id` (FK `disputes`), `session_id` (NULL for
+    the verdict before a session exists), `provider`, `model`, `prompt_bundle_id`,
+    `policy_hash`, `generated_at`. Indexed by rationale and by dispute.
 """
 
 from __future__ import annotations
@@ -52,7 +62,7 @@ from typing import Final
 import apsw
 
 REFERENCE_SCHEMA_VERSION: Final = 5
-SCHEMA_VERSION: Final = 6
+SCHEMA_VERSION: Final = 7
 
 SCHEMA_VERSION_DDL: Final = (
     "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY)"
@@ -264,6 +274,28 @@ CREATE INDEX IF NOT EXISTS serbero_idx_disputes_unattended
 CREATE INDEX IF NOT EXISTS serbero_idx_mediation_events_kind ON mediation_events(kind, id);
 """
 
+V7_DDL: Final = """
+CREATE TABLE IF NOT EXISTS serbero_rationale_occurrences (
+    id                INTEGER PRIMARY KEY AUTOINCREMENT,
+    rationale_id      TEXT NOT NULL,
+    purpose           TEXT NOT NULL CHECK (purpose IN ('classification', 'summary')),
+    dispute_id        TEXT NOT NULL,
+    session_id        TEXT,
+    provider          TEXT NOT NULL,
+    model             TEXT NOT NULL,
+    prompt_bundle_id  TEXT NOT NULL,
+    policy_hash       TEXT NOT NULL,
+    generated_at      INTEGER NOT NULL,
+    FOREIGN KEY (rationale_id) REFERENCES reasoning_rationales(rationale_id),
+    FOREIGN KEY (dispute_id) REFERENCES disputes(dispute_id),
+    FOREIGN KEY (session_id) REFERENCES mediation_sessions(session_id)
+);
+CREATE INDEX IF NOT EXISTS serbero_idx_rationale_occurrences_rationale
+    ON serbero_rationale_occurrences(rationale_id);
+CREATE INDEX IF NOT EXISTS serbero_idx_rationale_occurrences_dispute
+    ON serbero_rationale_occurrences(dispute_id);
+"""
+
 
 def _add_columns_if_missing(
     conn: apsw.Connection, table: str, columns: tuple[tuple[str, str], ...]
@@ -300,6 +332,10 @@ def _apply_v6(conn: apsw.Connection) -> None:
     conn.execute(V6_DDL)
 
 
+def _apply_v7(conn: apsw.Connection) -> None:
+    conn.execute(V7_DDL)
+
+
 MIGRATIONS: Final[tuple[tuple[int, Callable[[apsw.Connection], None]], ...]] = (
     (1, _apply_v1),
     (2, _apply_v2),
@@ -307,4 +343,5 @@ MIGRATIONS: Final[tuple[tuple[int, Callable[[apsw.Connection], None]], ...]] = (
     (4, _apply_v4),
     (5, _apply_v5),
     (6, _apply_v6),
+    (7, _apply_v7),
 )

@@ -25,6 +25,7 @@ from serbero.config import (
 )
 from serbero.daemon import DaemonContext, DaemonFatal, serve
 from serbero.protocol.keys import Keys
+from serbero.store.schema import SCHEMA_VERSION
 from tests.daemon.support import FAST, Harness, in_thread, make_config, query, running_daemon
 from tests.relay.helpers import refused_port
 from tests.store.reference_schema import build_reference
@@ -193,7 +194,7 @@ async def test_a_reference_database_with_history_is_used_as_is(
             ("old-taken", "taken"),
         ]
         assert h.rows("notifications", "dispute_id LIKE 'old-%'") == 2
-        assert query(db_path, "SELECT MAX(version) FROM schema_version") == [(6,)]
+        assert query(db_path, "SELECT MAX(version) FROM schema_version") == [(SCHEMA_VERSION,)]
     (resume,) = [entry for entry in logs if entry["event"] == "resume_since"]
     assert resume["last_seen_event_ts"] == now - 40 + len(history) - 1
     assert resume["resume_since_ts"] == resume["last_seen_event_ts"] - 60

@@ -16,6 +16,7 @@ import pytest
 
 from serbero.cli import SUBCOMMANDS, main
 from serbero.protocol.keys import Keys, encode_nsec
+from serbero.store.schema import SCHEMA_VERSION
 from tests.ops.seed import (
     BUYER_KEY,
     FRESH,
@@ -159,7 +160,7 @@ def test_status_human_table_on_a_terminal_and_piped(
     assert code == 0
     lines = piped.splitlines()
     assert lines[0] == "serbero status: healthy"
-    assert lines[1] == f"database    {v6_db} (schema version 6)"
+    assert lines[1] == f"database    {v6_db} (schema version {SCHEMA_VERSION})"
     assert "disputes    new 1  notified 1  taken 1  waiting 0  escalated 0  resolved 1" in piped
     assert "outbox      pending 2 (in flight 1, oldest " in piped
     assert "handoffs    pending 1" in piped

@@ -14,6 +14,7 @@ from serbero.ops.status import PROBLEM_NO_HEALTH_RECORD, PROBLEM_NO_RELAY, read_
 from serbero.ops.timeline import read_timeline
 from serbero.store.connection import open_database
 from serbero.store.health import KEY_HEARTBEAT_AT, RelayHealth, write_health
+from serbero.store.schema import SCHEMA_VERSION
 from tests.ops.seed import (
     FRESH,
     MEDIATED,
@@ -48,7 +49,7 @@ def test_status_reports_relays_heartbeat_counts_outbox_and_handoffs(seeded: Path
         report = read_status(db, T0 + 530)
     assert report.healthy
     assert report.problems == ()
-    assert report.schema_version == 6
+    assert report.schema_version == SCHEMA_VERSION
     assert [(r.url, r.state, r.connected) for r in report.relays or ()] == [
         ("wss://relay.one", "connected", True),
         ("wss://relay.two", "backoff", False),

@@ -17,7 +17,12 @@ from serbero.store.schema import REFERENCE_SCHEMA_VERSION, SCHEMA_VERSION, SCHEM
 from tests.store.helpers import MOSTRO, count, master, one, rows, table_structure, tables
 from tests.store.reference_schema import build_reference
 
-OUR_TABLES = {"notification_outbox", "serbero_relay_health", "serbero_daemon_health"}
+OUR_TABLES = {
+    "notification_outbox",
+    "serbero_relay_health",
+    "serbero_daemon_health",
+    "serbero_rationale_occurrences",
+}
 
 
 def reference_db(upto: int = REFERENCE_SCHEMA_VERSION) -> apsw.Connection:
@@ -42,7 +47,7 @@ def test_our_v5_is_the_reference_v5_exactly() -> None:
         assert table_structure(ours, table) == table_structure(ref, table), table
 
 
-def test_v6_only_adds_tables_and_prefixed_indexes() -> None:
+def test_our_versions_only_add_tables_and_prefixed_indexes() -> None:
     ref, ours = reference_db(), ours_at(SCHEMA_VERSION)
     assert set(tables(ours)) - set(tables(ref)) == OUR_TABLES
     ref_master, our_master = master(ref), master(ours)

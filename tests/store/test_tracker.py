@@ -40,6 +40,7 @@ from serbero.store.escalation import RecipientOutcome
 from serbero.store.health import RelayHealth, read_health
 from serbero.store.lifecycle import TransitionResult, apply_transition
 from serbero.store.outbox import OutboxCompletion, OutboxOutcome
+from serbero.store.schema import SCHEMA_VERSION
 from tests.store.helpers import T0, count, event, messages
 from tests.support.clocks import FakeWallClock
 from tests.support.sqlite_process import SqliteProcess
@@ -91,7 +92,7 @@ class _Unimplemented(Request[None], frozen=True):
 async def test_requests_are_answered_with_results(db_path: str) -> None:
     clock = FakeWallClock(T0)
     async with open_tracker(db_path, wall_clock=clock) as tracker:
-        assert tracker.schema.current == 6
+        assert tracker.schema.current == SCHEMA_VERSION
         assert await tracker.ask(ComputeSince()) == Since(since=T0, last_seen_event_ts=None)
         result = await tracker.ask(RecordDetected(event("d-1", ts=T0 - 5), messages("initial")))
         assert result.inserted
