@@ -13,6 +13,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, Final
 
 import msgspec
@@ -33,6 +34,7 @@ from serbero.ops import commands as ops
 from serbero.ops.disputes import DEFAULT_LIMIT, STATE_FILTERS
 from serbero.ops.healthcheck import PROBE_TIMEOUT_SECONDS
 from serbero.protocol.keys import encode_npub
+from serbero.reasoning.bundle import check_bundle
 
 __all__ = [
     "SUBCOMMANDS",
@@ -141,12 +143,17 @@ def _check_config(args: argparse.Namespace) -> int:
         return 1
     for warning in loaded.warnings:
         print(f"warning: {warning.message}", file=sys.stderr)
+    config = loaded.config
+    bundle = check_bundle(config.prompts, cwd=Path.cwd())
+    if config.mediation.enabled and config.reasoning.enabled and not bundle.loads:
+        print(f"warning: mediation will stay off: {bundle.error}", file=sys.stderr)
     if args.json:
         _print_json(
             {
                 "path": loaded.path,
-                "config": masked(loaded.config),
+                "config": masked(config),
                 "warnings": [msgspec.to_builtins(w) for w in loaded.warnings],
+                "prompt_bundle": msgspec.to_builtins(bundle),
             }
         )
     else:

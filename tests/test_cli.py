@@ -14,8 +14,9 @@ import structlog
 
 from serbero import __version__
 from serbero.cli import SUBCOMMANDS, main
-from serbero.config import MASK
+from serbero.config import MASK, PromptsConfig
 from serbero.protocol.keys import Keys, encode_npub, encode_nsec
+from serbero.reasoning.bundle import load_bundle
 
 # The console script installed beside the interpreter running the tests (the project venv).
 SERBERO_SCRIPT = Path(sys.executable).with_name("serbero")
@@ -187,6 +188,85 @@ def test_check_config_json(
         "config_api_key_ignored",
         "solver_pubkey_invalid",
     ]
+
+
+def test_check_config_reports_reasoning_and_the_packaged_bundle(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 15 item 6: provider, model, base URL, whether the key variable is set (never
+    its value), and whether the bundle loads, with its hash. The working directory has no
+    ./prompts, so every section comes from the package."""
+    text = CONFIG.replace(
+        "[reasoning]\n",
+        '[reasoning]\nenabled = true\nprovider = "anthropic"\nmodel = "claude-x"\n'
+        'api_base = "https://api.anthropic.com"\napi_key_env = "MY_KEY"\n',
+    )
+    use_config(monkeypatch, write(tmp_path, text + "[mediation]\nenabled = true\n"))
+    monkeypatch.setenv("MY_KEY", API_KEY)
+    expected_hash = load_bundle(PromptsConfig(), cwd=tmp_path).policy_hash
+    assert main(["check-config"]) == 0
+    out, err = capsys.readouterr()
+    assert_no_secret(out + err)
+    reasoning = out[out.index("[reasoning]") :].split("\n\n")[0].splitlines()
+    assert reasoning[:5] == [
+        "[reasoning]",
+        "# credential from MY_KEY: set (masked)",
+        "enabled = true",
+        'provider = "anthropic"',
+        'model = "claude-x"',
+    ]
+    assert 'api_base = "https://api.anthropic.com"' in reasoning
+    prompts = out[out.index("[prompts]") :].split("\n\n")[0].splitlines()
+    assert prompts[1:3] == [
+        f"# prompt bundle phase3-default loads, policy_hash {expected_hash}",
+        "# packaged default used (no file at the path) for: system_instructions_path, "
+        "classification_policy_path, escalation_policy_path, mediation_style_path, "
+        "message_templates_path",
+    ]
+    assert "mediation will stay off" not in err
+
+    assert main(["check-config", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["prompt_bundle"] == {
+        "loads": True,
+        "bundle_id": "phase3-default",
+        "policy_hash": expected_hash,
+        "packaged": [
+            "system_instructions_path",
+            "classification_policy_path",
+            "escalation_policy_path",
+            "mediation_style_path",
+            "message_templates_path",
+        ],
+        "error": None,
+    }
+
+
+def test_check_config_says_when_the_bundle_would_keep_mediation_off(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "prompts").mkdir()
+    (tmp_path / "prompts" / "phase3-system.md").write_bytes(b"\xff not utf-8")
+    text = CONFIG.replace("[reasoning]\n", "[reasoning]\nenabled = true\n")
+    use_config(monkeypatch, write(tmp_path, text + "[mediation]\nenabled = true\n"))
+    monkeypatch.setenv("SERBERO_REASONING_API_KEY", API_KEY)
+    problem = (
+        "[prompts].system_instructions_path: ./prompts/phase3-system.md is not valid UTF-8 "
+        "(invalid start byte at byte 0)"
+    )
+    assert main(["check-config"]) == 0
+    out, err = capsys.readouterr()
+    assert f"# prompt bundle does not load, mediation would stay off: {problem}" in out
+    assert err.splitlines()[-1] == f"warning: mediation will stay off: {problem}"
+    assert main(["check-config", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["prompt_bundle"] == {
+        "loads": False,
+        "bundle_id": "phase3-default",
+        "policy_hash": None,
+        "packaged": [],
+        "error": problem,
+    }
 
 
 def test_check_config_failure_is_one_line_on_stderr(

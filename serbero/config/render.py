@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any, Final
 
 import msgspec
 
 from serbero.config.schema import SECTIONS, Config, derived_fields, shown_pubkey
 from serbero.config.secret import MASK, Secret
+from serbero.reasoning.bundle import check_bundle
 
 __all__ = ["SECTION_NOTES", "masked", "render_toml"]
 
@@ -39,10 +41,24 @@ def _reasoning_notes(config: Config) -> tuple[str, ...]:
     return (f"credential from {config.reasoning.api_key_env or '(none)'}: {state}",)
 
 
+def _prompts_notes(config: Config) -> tuple[str, ...]:
+    """Whether the bundle loads from here (paths are relative to the working directory)."""
+    check = check_bundle(config.prompts, cwd=Path.cwd())
+    if not check.loads:
+        return (f"prompt bundle does not load, mediation would stay off: {check.error}",)
+    notes = [f"prompt bundle {check.bundle_id} loads, policy_hash {check.policy_hash}"]
+    if check.packaged:
+        notes.append(
+            f"packaged default used (no file at the path) for: {', '.join(check.packaged)}"
+        )
+    return tuple(notes)
+
+
 # Section -> comment lines printed under its header. A section's own checks (a prompt file
 # that cannot be read, a provider that is unknown) belong here, not in the loader's errors.
 SECTION_NOTES: Final[Mapping[str, Callable[[Config], tuple[str, ...]]]] = {
     "reasoning": _reasoning_notes,
+    "prompts": _prompts_notes,
 }
 
 

@@ -16,17 +16,21 @@ from __future__ import annotations
 import hashlib
 from importlib import resources
 from pathlib import Path
-from typing import Final, Literal
+from typing import TYPE_CHECKING, Final, Literal
 
 import msgspec
 
-from serbero.config import PromptsConfig
+if TYPE_CHECKING:
+    # Only for annotations: `serbero.config` shows check_bundle's result in check-config.
+    from serbero.config.schema import PromptsConfig
 
 __all__ = [
     "BUNDLE_ID",
+    "BundleCheck",
     "BundleError",
     "PromptBundle",
     "PromptSource",
+    "check_bundle",
     "load_bundle",
     "policy_hash",
 ]
@@ -123,7 +127,7 @@ def _read(section: str, configured: str, default: str, cwd: Path) -> tuple[bytes
 def load_bundle(prompts: PromptsConfig, *, cwd: Path) -> PromptBundle:
     """Read the five files (relative paths against `cwd`), check they are UTF-8, and hash
     them; `BundleError` names the first file that cannot be used."""
-    defaults = PromptsConfig()
+    defaults = type(prompts)()  # every key at its default: what "left at its default" means
     raw: dict[str, bytes] = {}
     texts: dict[str, str] = {}
     sources: list[PromptSource] = []
@@ -143,4 +147,27 @@ def load_bundle(prompts: PromptsConfig, *, cwd: Path) -> PromptBundle:
         policy_hash=policy_hash(**raw),
         sources=tuple(sources),
         **texts,
+    )
+
+
+class BundleCheck(msgspec.Struct, frozen=True, kw_only=True):
+    """Whether the bundle loads, for `serbero check-config`: its id and hash and the sections
+    served from the packaged defaults, or the error that keeps mediation off."""
+
+    loads: bool
+    bundle_id: str
+    policy_hash: str | None = None
+    packaged: tuple[str, ...] = ()
+    error: str | None = None
+
+
+def check_bundle(prompts: PromptsConfig, *, cwd: Path) -> BundleCheck:
+    """`load_bundle`, reported instead of raised."""
+    try:
+        bundle = load_bundle(prompts, cwd=cwd)
+    except BundleError as exc:
+        return BundleCheck(loads=False, bundle_id=BUNDLE_ID, error=str(exc))
+    packaged = tuple(s.config_key for s in bundle.sources if s.origin == "packaged")
+    return BundleCheck(
+        loads=True, bundle_id=bundle.bundle_id, policy_hash=bundle.policy_hash, packaged=packaged
     )
