@@ -261,7 +261,7 @@ def restart_delay(attempt: int) -> float:
 
 
 def _log_startup(config: Config, config_path: str) -> None:
-    """CORE-8 step 4."""
+    """Say what is starting and with which settings, before anything can fail (CORE-8 step 4)."""
     log.info("starting", version=__version__, config_path=config_path)
     log.info(
         "config_loaded",
