@@ -21,6 +21,11 @@ Rules the sender can rely on:
   claim at once, so a `kill -9` between claim and completion re-sends.
 - A retryable failure reschedules the row with capped exponential backoff, forever, until
   it is sent or its purpose is gone. A final failure (e.g. an unparsable key) ends it.
+- The audit trail of a DM that keeps failing stays bounded: its first
+  `FAILED_ROWS_IN_FULL` failed attempts each write a `notifications` row, later ones only
+  when the pair's latest `failed` row of that type is `FAILED_ROW_INTERVAL_SECONDS` old;
+  every attempt still counts in the row's `attempts` and sets `last_error`. Worst case, a
+  DM refused all day writes 3 + 24 rows the first day and 24 a day after that.
 - Rows whose purpose is gone are *abandoned* instead of sent: an initial notice once the
   dispute left `new`/`notified`, a re-notification once it left `notified`, an assignment
   notice once it is resolved. In-flight rows are left to finish. A claim looks only at the
@@ -60,6 +65,10 @@ ABANDONED: Final = "abandoned"
 CLAIM_LEASE_SECONDS: Final = 300
 RETRY_INITIAL_SECONDS: Final = 5
 RETRY_MAX_SECONDS: Final = 600
+# Failed attempts of one DM that each write a `notifications` row; after them, at most one
+# row per interval (a relay refusing for a day would otherwise add ~150 rows per DM).
+FAILED_ROWS_IN_FULL: Final = 3
+FAILED_ROW_INTERVAL_SECONDS: Final = 3600
 
 # For each notif_type that can become pointless: the dispute states in which it still matters.
 LIVE_STATES_BY_TYPE: Final[Mapping[str, tuple[str, ...]]] = {
@@ -127,6 +136,7 @@ class OutboxCompletion(msgspec.Struct, frozen=True):
     finished leaves it unchanged); `transition` is the `new -> notified` change a delivered
     initial notice caused, if any; `last_notified_at` is the value written, if any;
     `unblocks` says a later row of the same (dispute, solver) pair can now be handed out.
+    `notification_id` is the attempt row written, None when a repeated failure wrote none.
     """
 
     outbox_id: int
@@ -134,7 +144,7 @@ class OutboxCompletion(msgspec.Struct, frozen=True):
     solver_pubkey: str
     notif_type: str
     state: str
-    notification_id: int
+    notification_id: int | None
     next_attempt_at: int | None
     transition: TransitionResult | None
     last_notified_at: int | None
@@ -330,17 +340,25 @@ def complete(
         if found is None:
             raise UnknownOutboxRow(outbox_id)
         dispute_id, solver, notif_type, state, attempts, lifecycle_state = found
-        notification_id = insert_notification(
-            conn,
-            NotificationRecord(
-                dispute_id=dispute_id,
-                solver_pubkey=solver,
-                sent_at=now,
-                status=STATUS_SENT if ok else STATUS_FAILED,
-                notif_type=notif_type,
-                error_message=None if ok else error,
-            ),
+        stays_pending = (
+            not ok and state == PENDING and retry and not is_obsolete(notif_type, lifecycle_state)
         )
+        notification_id: int | None = None
+        quiet = stays_pending and _failure_recorded_lately(
+            conn, dispute_id, solver, notif_type, int(attempts), now
+        )
+        if not quiet:
+            notification_id = insert_notification(
+                conn,
+                NotificationRecord(
+                    dispute_id=dispute_id,
+                    solver_pubkey=solver,
+                    sent_at=now,
+                    status=STATUS_SENT if ok else STATUS_FAILED,
+                    notif_type=notif_type,
+                    error_message=None if ok else error,
+                ),
+            )
         transition: TransitionResult | None = None
         last_notified_at: int | None = None
         next_attempt_at: int | None = None
@@ -368,7 +386,7 @@ def complete(
                     "UPDATE disputes SET last_notified_at = ? WHERE dispute_id = ?",
                     (last_notified_at, dispute_id),
                 )
-        elif retry and not is_obsolete(notif_type, lifecycle_state):
+        elif stays_pending:
             new_state = PENDING
             next_attempt_at = now + retry_delay(int(attempts))
             conn.execute(
@@ -405,6 +423,22 @@ def complete(
         last_notified_at=last_notified_at,
         unblocks=unblocks,
     )
+
+
+def _failure_recorded_lately(
+    conn: apsw.Connection, dispute_id: str, solver: str, notif_type: str, attempts: int, now: int
+) -> bool:
+    """Whether this retried failure may go without an attempt row: the DM has failed
+    `FAILED_ROWS_IN_FULL` times already and its pair has a `failed` row of this type
+    from the last `FAILED_ROW_INTERVAL_SECONDS`."""
+    if attempts <= FAILED_ROWS_IN_FULL:
+        return False
+    recent = conn.execute(
+        "SELECT 1 FROM notifications WHERE dispute_id = ? AND solver_pubkey = ?"
+        " AND notif_type = ? AND status = 'failed' AND sent_at > ? LIMIT 1",
+        (dispute_id, solver, notif_type, now - FAILED_ROW_INTERVAL_SECONDS),
+    ).fetchone()
+    return recent is not None
 
 
 def complete_many(

@@ -5,6 +5,7 @@ test_courier.py)."""
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 import trio
 import trio.testing
 
-from serbero.actors.delivery import Delivery, DmIdentity
+from serbero.actors.delivery import SEND_FAILED_PREFIX, Delivery, DmIdentity
 from serbero.actors.relay_pool import RelayPool
 from serbero.actors.sender import (
     COMPLETION_LINGER,
@@ -29,10 +30,18 @@ from serbero.actors.tracker_requests import RecordAssignment, RecordDetected
 from serbero.config import SolverConfig
 from serbero.protocol.keys import Keys
 from serbero.store.disputes import DisputeEvent
-from serbero.store.outbox import RETRY_INITIAL_SECONDS, OutboxMessage
+from serbero.store.outbox import (
+    FAILED_ROW_INTERVAL_SECONDS,
+    FAILED_ROWS_IN_FULL,
+    RETRY_INITIAL_SECONDS,
+    RETRY_MAX_SECONDS,
+    OutboxMessage,
+)
 from tests.daemon.support import count_rows, query
 from tests.support.clocks import START as T0
 from tests.support.clocks import TrioWallClock
+
+DAY = 86_400
 
 SOLVERS = [SolverConfig.from_text(Keys.generate().public_hex) for _ in range(2)]
 
@@ -353,3 +362,39 @@ async def test_a_claimed_assignment_waits_for_the_initial_in_flight_for_its_solv
         assert [body for _, body, _, _ in mine] == ["initial", "assignment"]
         # Its outcome is recorded COMPLETION_LINGER after the initial is done: then it goes.
         assert mine[1][2] == pytest.approx(mine[0][3] + COMPLETION_LINGER)
+
+
+async def test_a_dm_refused_all_day_is_retried_all_day_with_a_bounded_audit_trail(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """Retrying forever stays, but a DM every relay refuses for a day writes its first
+    FAILED_ROWS_IN_FULL failed rows, then at most one an hour: 3 + 24 on the first day,
+    while the row counts every attempt (#12 item 6)."""
+    db = str(tmp_path / "serbero.db")
+    attempts: list[float] = []
+
+    async def refuse(solver: SolverConfig, body: str, dm: DmIdentity) -> Delivery:
+        attempts.append(trio.current_time())
+        return Delivery(ok=False, error=f"{SEND_FAILED_PREFIX}blocked: no", retryable=True)
+
+    solver = SOLVERS[:1]
+    async with open_tracker(db, wall_clock=TrioWallClock(), offload=False) as tracker:
+        doorbell = Doorbell()
+        sender = stub_sender(tracker, refuse, solver, doorbell=doorbell)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(sender.run)
+            messages = (OutboxMessage(solver[0].pubkey, "initial"),)
+            await tracker.ask(RecordDetected(event=event("initiated"), messages=messages))
+            doorbell.ring()
+            await trio.sleep(DAY)
+            nursery.cancel_scope.cancel()
+    failed_rows = count_rows(db, "notifications", "status = 'failed'")
+    assert len(attempts) >= DAY // RETRY_MAX_SECONDS, "still retried every ten minutes"
+    assert query(db, "SELECT attempts, state FROM notification_outbox") == [
+        (len(attempts), "pending")
+    ]
+    assert failed_rows <= FAILED_ROWS_IN_FULL + DAY // FAILED_ROW_INTERVAL_SECONDS
+    assert failed_rows >= FAILED_ROWS_IN_FULL + DAY // FAILED_ROW_INTERVAL_SECONDS - 4
+    stamps = [row[0] for row in query(db, "SELECT sent_at FROM notifications ORDER BY id")]
+    later = stamps[FAILED_ROWS_IN_FULL - 1 :]
+    assert all(b - a >= FAILED_ROW_INTERVAL_SECONDS for a, b in itertools.pairwise(later))

@@ -12,6 +12,8 @@ from serbero.store.lifecycle import TransitionResult, apply_transition
 from serbero.store.notifications import NotificationRecord, record_notifications
 from serbero.store.outbox import (
     CLAIM_LEASE_SECONDS,
+    FAILED_ROW_INTERVAL_SECONDS,
+    FAILED_ROWS_IN_FULL,
     RETRY_MAX_SECONDS,
     OutboxOutcome,
     claim_due,
@@ -146,6 +148,34 @@ def test_a_retryable_failure_backs_off(conn: apsw.Connection) -> None:
     # Every initial attempt failed: the dispute stays new (CORE-33), but it is still owed (BEY-3).
     assert one(conn, "SELECT lifecycle_state FROM disputes") == "new"
     assert one(conn, "SELECT last_notified_at FROM disputes") is None
+
+
+def test_a_dm_failing_often_writes_its_first_failures_then_one_an_hour(
+    conn: apsw.Connection,
+) -> None:
+    """The row counts every attempt and keeps the latest error; the audit gets the first
+    FAILED_ROWS_IN_FULL failures, then one per FAILED_ROW_INTERVAL_SECONDS, and the
+    delivery that finally comes is always recorded."""
+    record_detected(conn, event("d-1"), messages("initial", (A,)), T0)
+    now, written = T0, []
+    for attempt in range(1, 13):
+        (row,) = claim_due(conn, now, 10).rows
+        done = complete(conn, row.id, ok=False, error=f"try {attempt}", retry=True, now=now)
+        assert done.state == "pending"
+        written.append(done.notification_id is not None)
+        assert rows(conn, "SELECT attempts, last_error FROM notification_outbox") == [
+            (attempt, f"try {attempt}")
+        ]
+        now += 1_000
+    # 1-3 in full; then 4-6 fall within the hour of 3's row, 7 does not; 8-10 within 7's.
+    assert written == [True] * 3 + [False] * 3 + [True] + [False] * 3 + [True] + [False]
+    (row,) = claim_due(conn, now, 10).rows
+    assert complete(conn, row.id, ok=True, error=None, retry=True, now=now).notification_id
+    assert rows(conn, "SELECT status, COUNT(*) FROM notifications GROUP BY status") == [
+        ("failed", FAILED_ROWS_IN_FULL + 2),
+        ("sent", 1),
+    ]
+    assert FAILED_ROW_INTERVAL_SECONDS == 3_600
 
 
 def test_backoff_doubles_and_caps() -> None:
