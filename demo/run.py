@@ -40,6 +40,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any, Final, TextIO
 
+from serbero.printable import printable
 from serbero.protocol.keys import Keys
 from tests.support.mostro_sim import MostroSim
 from tests.support.relay_fixtures import LocalRelayProcess, free_loopback_port
@@ -81,6 +82,8 @@ QUIET_EVENTS: Final = frozenset(
 )
 READY_EVENT: Final = "event_loop_started"
 LEVELS_SHOWN: Final = frozenset({"info", "warn", "error"})
+# One printed line (a log record, a DM row) is clipped past this many characters.
+LINE_SHOWN: Final = 400
 _HEX64: Final = re.compile(r"\b[0-9a-f]{64}\b")
 _UUID: Final = re.compile(r"\b([0-9a-f]{8})-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b")
 
@@ -105,10 +108,11 @@ class Console:
         return _UUID.sub(lambda m: m.group(1) + "…", text)
 
     def line(self, who: str, text: str, body: str | None = None) -> None:
+        """One record; `text` and `body` came from relays and the daemon: shown escaped."""
         stamp = f"[{time.monotonic() - self._start:6.1f}s]"
-        lines = [f"{stamp} {who:<8} {text}"]
+        lines = [f"{stamp} {who:<8} {printable(text, LINE_SHOWN)}"]
         if body is not None:
-            lines += [f"{'':<19}| {row}" for row in body.split("\n")]
+            lines += [f"{'':<19}| {printable(row, LINE_SHOWN)}" for row in body.split("\n")]
         with self._lock:
             print("\n".join(lines), file=self._stream, flush=True)
 
@@ -275,8 +279,10 @@ class Daemon:
 
 
 def _compact(value: Any) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
-    return text if text and not any(ch.isspace() for ch in text) else json.dumps(text)
+    """A log field's value, quoted when it holds a space (`Console.line` escapes it)."""
+    if not isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return value if value and not any(ch.isspace() for ch in value) else f'"{value}"'
 
 
 Action = Callable[[], None]

@@ -33,6 +33,7 @@ from serbero.log import configure_logging, get_logger
 from serbero.ops import commands as ops
 from serbero.ops.disputes import DEFAULT_LIMIT, STATE_FILTERS
 from serbero.ops.healthcheck import PROBE_TIMEOUT_SECONDS
+from serbero.printable import printable, printable_lines
 from serbero.protocol.keys import encode_npub
 from serbero.reasoning.bundle import check_bundle
 
@@ -85,7 +86,7 @@ def load_for_command(args: argparse.Namespace) -> LoadedConfig | None:
     try:
         return load_config(getattr(args, "config", None), os.environ)
     except ConfigError as exc:
-        print(exc, file=sys.stderr)
+        print(printable_lines(str(exc)), file=sys.stderr)
         return None
 
 
@@ -139,14 +140,15 @@ def _check_config(args: argparse.Namespace) -> int:
     try:
         validate_for_daemon(loaded)
     except ConfigError as exc:
-        print(exc, file=sys.stderr)
+        print(printable_lines(str(exc)), file=sys.stderr)
         return 1
     for warning in loaded.warnings:
-        print(f"warning: {warning.message}", file=sys.stderr)
+        print(f"warning: {printable_lines(warning.message)}", file=sys.stderr)
     config = loaded.config
     bundle = check_bundle(config.prompts, cwd=Path.cwd())
     if config.mediation.enabled and config.reasoning.enabled and not bundle.loads:
-        print(f"warning: mediation will stay off: {bundle.error}", file=sys.stderr)
+        message = f"mediation will stay off: {bundle.error}"
+        print(f"warning: {printable_lines(message)}", file=sys.stderr)
     if args.json:
         _print_json(
             {
@@ -157,7 +159,7 @@ def _check_config(args: argparse.Namespace) -> int:
             }
         )
     else:
-        print(f"# effective config from {loaded.path} (secrets masked)")
+        print(f"# effective config from {printable(loaded.path)} (secrets masked)")
         print(render_toml(loaded.config), end="")
     return 0
 
@@ -204,7 +206,7 @@ def _db_path(args: argparse.Namespace) -> str | None:
     try:
         return ops.resolve_db_path(args.db, args.config, os.environ)
     except ops.OpsError as exc:
-        print(exc, file=sys.stderr)
+        print(printable_lines(str(exc)), file=sys.stderr)
         return None
 
 
@@ -290,7 +292,7 @@ def _health_check(args: argparse.Namespace) -> int:
     try:
         url = ops.resolve_health_url(args.url, args.config, os.environ)
     except ops.OpsError as exc:
-        print(exc, file=sys.stderr)
+        print(printable_lines(str(exc)), file=sys.stderr)
         return ops.EXIT_ERROR
     return ops.run_health_check(
         url,

@@ -5,7 +5,8 @@ Every call site passes the event name as the first positional argument
 
 `configure_logging` turns the operator's filter (CORE-56: `info`, `serbero=debug,nostr_sdk=info`)
 into a structlog pipeline that writes one line per record (CORE-57): JSON when the stream is not
-a terminal (runit's `svlogd` captures it), a plain `key=value` line on a terminal. Every record
+a terminal (runit's `svlogd` captures it), a plain `key=value` line on a terminal, its values
+escaped and clipped like every text for people (a relay's NOTICE is outside text). Every record
 carries `timestamp` (ISO 8601, UTC), `level`, `target` and `event`. A last processor masks any
 field whose name says "secret" — the call sites never log secrets, this is the safety net.
 """
@@ -21,6 +22,8 @@ from typing import Any, Final, TextIO
 
 import msgspec
 import structlog
+
+from serbero.printable import printable, printable_lines
 
 __all__ = [
     "DEFAULT_TARGET",
@@ -72,6 +75,8 @@ _METHOD_LEVELS: Final[Mapping[str, tuple[int, str]]] = {
 }
 _TARGET_RE: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(?:(?:\.|::)[A-Za-z0-9_]+)*$")
 _LEADING_KEYS: Final = ("timestamp", "level", "target", "event")
+# A console field longer than this is clipped; the JSON line always carries it whole.
+CONSOLE_MAX_SHOWN: Final = 300
 
 # A field is secret when its name contains one of these, or one of its `_`-separated words is
 # in _SECRET_WORDS (so `sk` and `task_sk` are masked but `task` and `disk` are not).
@@ -243,9 +248,11 @@ def _render_json(logger: Any, method_name: str, event_dict: MutableMapping[str, 
 
 
 def _console_value(value: Any) -> str:
-    text = value if isinstance(value, str) else repr(value)
-    if text == "" or any(ch.isspace() or ch in "\"'=" for ch in text):
-        return repr(text) if isinstance(value, str) else text
+    """A field's value for a `key=value` line: printable, and quoted when a space, a quote or
+    an `=` would blur where it ends (after escaping, a space is the only blank left)."""
+    text = printable(value if isinstance(value, str) else repr(value), CONSOLE_MAX_SHOWN)
+    if isinstance(value, str) and (text == "" or any(ch in " \"'=" for ch in text)):
+        return "'" + text.replace("'", "\\'") + "'"
     return text
 
 
@@ -261,7 +268,7 @@ def _render_console(logger: Any, method_name: str, event_dict: MutableMapping[st
     if fields:
         line = f"{line} {fields}"
     if exception:
-        line = f"{line}\n{exception}"
+        line = f"{line}\n{printable_lines(str(exception))}"
     return line
 
 

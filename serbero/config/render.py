@@ -8,7 +8,6 @@ adds comment lines through `SECTION_NOTES`.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Final
@@ -17,6 +16,7 @@ import msgspec
 
 from serbero.config.schema import SECTIONS, Config, derived_fields, shown_pubkey
 from serbero.config.secret import MASK, Secret
+from serbero.printable import escaped
 from serbero.reasoning.bundle import check_bundle
 
 __all__ = ["SECTION_NOTES", "masked", "render_toml"]
@@ -63,18 +63,19 @@ SECTION_NOTES: Final[Mapping[str, Callable[[Config], tuple[str, ...]]]] = {
 
 
 def _toml_value(value: Any) -> str:
+    """A TOML literal that parses back to `value`, with nothing a terminal would act on."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int):
         return str(value)
-    return json.dumps(str(value), ensure_ascii=False)
+    return '"' + escaped(str(value), byte_escapes=False).replace('"', '\\"') + '"'
 
 
 def _render_table(
     lines: list[str], header: str, table: Mapping[str, Any], comments: tuple[str, ...] = ()
 ) -> None:
     lines.append(header)
-    lines.extend(f"# {comment}" for comment in comments)
+    lines.extend(f"# {escaped(comment)}" for comment in comments)
     lines.extend(f"{key} = {_toml_value(value)}" for key, value in table.items())
     lines.append("")
 

@@ -28,6 +28,7 @@ from serbero.ops.render import (
 )
 from serbero.ops.status import read_status
 from serbero.ops.timeline import read_timeline
+from serbero.printable import printable_lines
 
 __all__ = [
     "EXIT_ERROR",
@@ -96,7 +97,7 @@ def resolve_health_url(
 
 
 def _fail(err: TextIO, message: str) -> int:
-    print(f"serbero: {message}", file=err)
+    print(f"serbero: {printable_lines(message)}", file=err)
     return EXIT_ERROR
 
 
@@ -133,7 +134,7 @@ def run_show(db_path: str, view: ViewOutput, dispute_id: str) -> int:
     except OpsError as exc:
         return _fail(view.err, str(exc))
     if timeline is None:
-        return _fail(view.err, f"no dispute {dispute_id!r} in {db_path}")
+        return _fail(view.err, f"no dispute '{dispute_id}' in {db_path}")
     view.show(timeline, lambda: render_timeline(timeline, view.now, short=view.short))
     return EXIT_OK
 
@@ -166,5 +167,5 @@ def run_health_check(
         }
         print(to_json(answer), file=out)
     else:
-        print(result.detail, file=out if result.up else err)
+        print(printable_lines(result.detail), file=out if result.up else err)
     return EXIT_OK if result.up else EXIT_ERROR

@@ -2,7 +2,9 @@
 
 Both renderings come from the same structs, so `--json` never says more or less than the
 table. On a terminal, 64-hex keys in tables are shortened to keep rows on one line; piped
-output keeps every value whole so it can be grepped.
+output keeps every key whole so it can be grepped. Text that came from the database or the
+config is shown through `printable`: escaped and clipped, so a hostile dispute id cannot
+drive the operator's terminal, and measured after that, so columns stay aligned (BEY-28).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import msgspec
 
 from serbero.ops.status import StatusReport
 from serbero.ops.timeline import Timeline
+from serbero.printable import display_width, printable
 from serbero.store.disputes import Dispute
 
 __all__ = [
@@ -73,24 +76,28 @@ def _shorten_keys(text: str) -> str:
 
 
 def render_table(headers: Sequence[str], rows: Sequence[Sequence[str]], *, short: bool) -> str:
-    """Left-aligned columns; the last column is not padded (it may be long)."""
+    """Left-aligned columns of printable cells; the last column is not padded (it may be long)."""
     cells = [list(headers), *([_shorten_keys(c) if short else c for c in row] for row in rows)]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers) - 1)]
+    widths = [max(display_width(row[i]) for row in cells) for i in range(len(headers) - 1)]
     lines = []
     for row in cells:
-        padded = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+        padded = [
+            cell + " " * (width - display_width(cell))
+            for cell, width in zip(row, widths, strict=False)
+        ]
         lines.append(_COLUMN_GAP.join([*padded, row[-1]]).rstrip())
     return "\n".join(lines)
 
 
 def _text(value: Any) -> str:
+    """Any stored value as one printable cell."""
     if value is None:
         return NONE_SHOWN
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, dict | list):
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-    return str(value)
+        return printable(json.dumps(value, ensure_ascii=False, separators=(",", ":")))
+    return printable(str(value))
 
 
 # --- status -------------------------------------------------------------------------------
@@ -101,7 +108,7 @@ def render_status(report: StatusReport, *, short: bool) -> str:
     verdict = "healthy" if report.healthy else "UNHEALTHY: " + "; ".join(report.problems)
     lines = [
         f"serbero status: {verdict}",
-        f"database    {report.database} (schema version {report.schema_version})",
+        f"database    {printable(report.database)} (schema version {report.schema_version})",
     ]
     if report.heartbeat is None:
         lines.append(f"heartbeat   {NONE_SHOWN}")
@@ -115,8 +122,11 @@ def render_status(report: StatusReport, *, short: bool) -> str:
         lines.append(f"last event  {NONE_SHOWN}")
     else:
         origin = "" if event.source == "health" else " (newest disputes row)"
-        lines.append(f"last event  {_when(event.at, now)} {event.event_id or ''}{origin}".rstrip())
-    counts = "  ".join(f"{state} {count}" for state, count in report.lifecycle_counts.items())
+        event_id = printable(event.event_id or "")
+        lines.append(f"last event  {_when(event.at, now)} {event_id}{origin}".rstrip())
+    counts = "  ".join(
+        f"{printable(state)} {count}" for state, count in report.lifecycle_counts.items()
+    )
     lines.append(f"disputes    {counts}  (total {report.disputes_total})")
     if report.outbox is None:
         lines.append("outbox      unavailable (no notification_outbox table)")
@@ -138,7 +148,12 @@ def render_status(report: StatusReport, *, short: bool) -> str:
     else:
         lines.append(f"relays      {report.relays_connected} of {len(report.relays)} connected")
         rows = [
-            [relay.url, relay.state, _when(relay.since, now), _when(relay.last_event_at, now)]
+            [
+                printable(relay.url),
+                printable(relay.state),
+                _when(relay.since, now),
+                _when(relay.last_event_at, now),
+            ]
             for relay in report.relays
         ]
         lines.append(render_table(["RELAY", "STATE", "SINCE", "LAST EVENT"], rows, short=short))
@@ -153,13 +168,13 @@ def render_disputes(disputes: Sequence[Dispute], now: int, *, short: bool) -> st
         return "no disputes"
     rows = [
         [
-            d.dispute_id,
-            d.lifecycle_state,
-            d.dispute_status,
-            d.initiator_role,
+            printable(d.dispute_id),
+            printable(d.lifecycle_state),
+            printable(d.dispute_status),
+            printable(d.initiator_role),
             _when(d.detected_at, now),
             _when(d.last_state_change, now),
-            d.assigned_solver or NONE_SHOWN,
+            _text(d.assigned_solver),
         ]
         for d in disputes
     ]
@@ -183,26 +198,34 @@ def _detail(key: str, value: Any) -> str:
 def _details(details: dict[str, Any]) -> str:
     """`key=value` pairs, None values left out, times as compact ISO (no spaces)."""
     return " ".join(
-        f"{key}={_detail(key, value)}" for key, value in details.items() if value is not None
+        f"{printable(key)}={_detail(key, value)}"
+        for key, value in details.items()
+        if value is not None
     )
 
 
 def render_timeline(timeline: Timeline, now: int, *, short: bool) -> str:
     d = timeline.dispute
     lines = [
-        f"dispute     {d.dispute_id}",
-        f"state       {d.lifecycle_state} (since {_when(d.last_state_change, now)})",
-        f"status      {d.dispute_status}   initiator {d.initiator_role}",
-        f"assigned    {d.assigned_solver or NONE_SHOWN}",
-        f"detected    {_when(d.detected_at, now)}   event {d.event_id}",
+        f"dispute     {printable(d.dispute_id)}",
+        f"state       {printable(d.lifecycle_state)} (since {_when(d.last_state_change, now)})",
+        f"status      {printable(d.dispute_status)}   initiator {printable(d.initiator_role)}",
+        f"assigned    {_text(d.assigned_solver)}",
+        f"detected    {_when(d.detected_at, now)}   event {printable(d.event_id)}",
         f"notified    {_when(d.last_notified_at, now)}",
-        f"sessions    {', '.join(timeline.sessions) or NONE_SHOWN}",
+        f"sessions    {', '.join(map(printable, timeline.sessions)) or NONE_SHOWN}",
     ]
     if timeline.unavailable:
         lines.append(f"unavailable {', '.join(timeline.unavailable)} (tables absent)")
     lines.append("")
     rows = [
-        [format_time(entry.at), entry.source, entry.kind, entry.ref, _details(entry.details)]
+        [
+            format_time(entry.at),
+            printable(entry.source),
+            printable(entry.kind),
+            printable(entry.ref),
+            _details(entry.details),
+        ]
         for entry in timeline.entries
     ]
     lines.append(render_table(["TIME", "SOURCE", "WHAT", "REF", "DETAILS"], rows, short=short))

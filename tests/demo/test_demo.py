@@ -8,10 +8,13 @@ must be gone.
 
 from __future__ import annotations
 
+import io
 import re
 import subprocess
 import sys
 from pathlib import Path
+
+from demo.run import Console
 
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 # Long enough for the first dispute's DMs (they arrive well within a second), short enough to
@@ -55,3 +58,15 @@ def test_demo_solvers_receive_dms_for_disputes_mostro_opened() -> None:
     assert re.search(r"serbero \(pid \d+\) exited with status 0", output), output
     [workdir] = WORKDIR.findall(output)
     assert not Path(workdir).exists()
+
+
+def test_the_demo_prints_relay_and_daemon_text_escaped() -> None:
+    """What the demo prints came from a relay or the daemon's log: shown escaped (BEY-28)."""
+    stream = io.StringIO()
+    console = Console(stream)
+    console.line("mostro", "opens dispute \x1b[2J\x07", "dm row \u202eevil\nsecond \x9b row")
+    printed = stream.getvalue()
+    assert all(ch.isprintable() or ch == "\n" for ch in printed)
+    assert "opens dispute \\x1b[2J\\x07" in printed
+    assert "| dm row \\u202eevil\n" in printed
+    assert "| second \\x9b row" in printed
