@@ -55,6 +55,13 @@ from serbero.store.outbox import (
     next_due_at,
     requeue_in_flight,
 )
+from serbero.store.rationale import (
+    FailedCall,
+    RationaleOccurrence,
+    StoredRationale,
+    record_reasoning_call_failed,
+    store_rationale,
+)
 from serbero.store.resolution import ResolutionOutcome, resolve_dispute
 from serbero.store.sending import SendingOrigin, sending_origin
 
@@ -281,6 +288,24 @@ class RecordParseFailed(Request[bool], frozen=True):
         return record_parse_failed(
             conn, self.handoff, self.dispute_id, self.reason, self.detail, ctx.now
         )
+
+
+class StoreRationale(Request[StoredRationale], frozen=True):
+    """A reasoning call's rationale: its text once, one occurrence row each time (§17, Q-16)."""
+
+    occurrence: RationaleOccurrence
+
+    def apply(self, conn: apsw.Connection, ctx: Context) -> StoredRationale:
+        return store_rationale(conn, self.occurrence, ctx.now)
+
+
+class RecordReasoningCallFailed(Request[int], frozen=True):
+    """The `reasoning_call_failed` event of a provider call that failed (MED-43); category only."""
+
+    failed: FailedCall
+
+    def apply(self, conn: apsw.Connection, ctx: Context) -> int:
+        return record_reasoning_call_failed(conn, self.failed, ctx.now)
 
 
 class WriteHealth(Request[None], frozen=True):

@@ -62,7 +62,6 @@ class RationaleOccurrence(msgspec.Struct, frozen=True, kw_only=True):
     model: str
     prompt_bundle_id: str
     policy_hash: str
-    generated_at: int
 
 
 class StoredRationale(msgspec.Struct, frozen=True, kw_only=True):
@@ -73,8 +72,11 @@ class StoredRationale(msgspec.Struct, frozen=True, kw_only=True):
     first_occurrence: bool
 
 
-def store_rationale(conn: apsw.Connection, occurrence: RationaleOccurrence) -> StoredRationale:
-    """Insert the text if unseen (first provenance kept) and always its occurrence row."""
+def store_rationale(
+    conn: apsw.Connection, occurrence: RationaleOccurrence, now: int
+) -> StoredRationale:
+    """Insert the text if unseen (first provenance kept) and always its occurrence row,
+    both generated at `now`."""
     rid = rationale_id(occurrence.text)
     with transaction(conn):
         conn.execute(
@@ -89,7 +91,7 @@ def store_rationale(conn: apsw.Connection, occurrence: RationaleOccurrence) -> S
                 occurrence.prompt_bundle_id,
                 occurrence.policy_hash,
                 occurrence.text,
-                occurrence.generated_at,
+                now,
             ),
         )
         first = conn.changes() == 1
@@ -106,7 +108,7 @@ def store_rationale(conn: apsw.Connection, occurrence: RationaleOccurrence) -> S
                 occurrence.model,
                 occurrence.prompt_bundle_id,
                 occurrence.policy_hash,
-                occurrence.generated_at,
+                now,
             ),
         )
         occurrence_id = int(conn.last_insert_rowid())

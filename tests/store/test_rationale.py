@@ -8,7 +8,10 @@ import json
 import apsw
 import msgspec
 import pytest
+from structlog.testing import capture_logs
 
+from serbero.actors.tracker import open_tracker
+from serbero.actors.tracker_requests import RecordReasoningCallFailed, StoreRationale
 from serbero.store.connection import open_database
 from serbero.store.disputes import record_detected
 from serbero.store.rationale import (
@@ -20,6 +23,7 @@ from serbero.store.rationale import (
     store_rationale,
 )
 from tests.store.helpers import T0, count, event, rows
+from tests.support.clocks import FakeWallClock
 
 HASH = "e208ac72a7e9e763ac19015546d716cc6301a582afd1ee5698d83245a78f3d1d"
 OPEN_VERDICT = RationaleOccurrence(
@@ -31,7 +35,6 @@ OPEN_VERDICT = RationaleOccurrence(
     model="gpt-4o-mini",
     prompt_bundle_id="phase3-default",
     policy_hash=HASH,
-    generated_at=T0,
 )
 
 
@@ -54,7 +57,7 @@ def test_rationale_id_is_the_sha256_of_the_utf8_text() -> None:
 
 
 def test_first_occurrence_writes_the_text_and_its_provenance(with_dispute: apsw.Connection) -> None:
-    stored = store_rationale(with_dispute, OPEN_VERDICT)
+    stored = store_rationale(with_dispute, OPEN_VERDICT, T0)
     rid = rationale_id(OPEN_VERDICT.text)
     assert stored == StoredRationale(rationale_id=rid, occurrence_id=1, first_occurrence=True)
     assert rows(with_dispute, "SELECT * FROM reasoning_rationales") == [
@@ -70,7 +73,7 @@ def test_the_same_text_with_other_provenance_is_a_second_occurrence_not_a_confli
     with_dispute: apsw.Connection,
 ) -> None:
     """Q-16: the reference refuses this with a provenance conflict and blocks the open."""
-    store_rationale(with_dispute, OPEN_VERDICT)
+    store_rationale(with_dispute, OPEN_VERDICT, T0)
     later = msgspec.structs.replace(
         OPEN_VERDICT,
         purpose="summary",
@@ -78,11 +81,10 @@ def test_the_same_text_with_other_provenance_is_a_second_occurrence_not_a_confli
         provider="anthropic",
         model="claude",
         policy_hash="0" * 64,
-        generated_at=T0 + 60,
     )
-    other_dispute = msgspec.structs.replace(OPEN_VERDICT, dispute_id="d-2", generated_at=T0 + 90)
-    second = store_rationale(with_dispute, later)
-    third = store_rationale(with_dispute, other_dispute)
+    other_dispute = msgspec.structs.replace(OPEN_VERDICT, dispute_id="d-2")
+    second = store_rationale(with_dispute, later, T0 + 60)
+    third = store_rationale(with_dispute, other_dispute, T0 + 90)
     assert (second.occurrence_id, second.first_occurrence) == (2, False)
     assert (third.occurrence_id, third.first_occurrence) == (3, False)
     assert second.rationale_id == third.rationale_id == rationale_id(OPEN_VERDICT.text)
@@ -102,8 +104,8 @@ def test_the_same_text_with_other_provenance_is_a_second_occurrence_not_a_confli
 
 def test_an_empty_rationale_is_stored_like_any_other(with_dispute: apsw.Connection) -> None:
     empty = msgspec.structs.replace(OPEN_VERDICT, text="")
-    assert store_rationale(with_dispute, empty).first_occurrence
-    assert not store_rationale(with_dispute, empty).first_occurrence
+    assert store_rationale(with_dispute, empty, T0).first_occurrence
+    assert not store_rationale(with_dispute, empty, T0).first_occurrence
     assert count(with_dispute, "reasoning_rationales") == 1
     assert count(with_dispute, "serbero_rationale_occurrences") == 2
 
@@ -111,7 +113,7 @@ def test_an_empty_rationale_is_stored_like_any_other(with_dispute: apsw.Connecti
 def test_an_unknown_dispute_writes_nothing(with_dispute: apsw.Connection) -> None:
     stray = msgspec.structs.replace(OPEN_VERDICT, dispute_id="nobody", text="new text")
     with pytest.raises(apsw.ConstraintError):
-        store_rationale(with_dispute, stray)
+        store_rationale(with_dispute, stray, T0)
     assert count(with_dispute, "reasoning_rationales") == 0
     assert count(with_dispute, "serbero_rationale_occurrences") == 0
 
@@ -119,11 +121,11 @@ def test_an_unknown_dispute_writes_nothing(with_dispute: apsw.Connection) -> Non
 def test_the_store_survives_a_reopen(db_path: str) -> None:
     conn, _ = open_database(db_path)
     record_detected(conn, event("d-1"), (), T0)
-    store_rationale(conn, OPEN_VERDICT)
+    store_rationale(conn, OPEN_VERDICT, T0)
     conn.close()
     conn, _ = open_database(db_path)
     try:
-        assert not store_rationale(conn, OPEN_VERDICT).first_occurrence
+        assert not store_rationale(conn, OPEN_VERDICT, T0).first_occurrence
         assert count(conn, "serbero_rationale_occurrences") == 2
     finally:
         conn.close()
@@ -165,3 +167,36 @@ def test_a_failed_call_is_recorded_by_category_only(with_dispute: apsw.Connectio
         "attempt_count",
         "error_category",
     }
+
+
+async def test_written_through_the_tracker_and_never_logged(db_path: str) -> None:
+    """The engine writes through the tracker (one request, one transaction); neither the
+    rationale text nor a provider's error message reaches a log record."""
+    conn, _ = open_database(db_path)
+    record_detected(conn, event("d-1"), (), T0)
+    conn.close()
+    failed = FailedCall(
+        dispute_id="d-1",
+        provider="anthropic",
+        model="claude",
+        attempt_count=1,
+        error_category="malformed_response",
+        prompt_bundle_id="phase3-default",
+        policy_hash=HASH,
+    )
+    with capture_logs() as logs:
+        async with open_tracker(db_path, wall_clock=FakeWallClock(T0 + 7)) as tracker:
+            first = await tracker.ask(StoreRationale(OPEN_VERDICT))
+            again = await tracker.ask(StoreRationale(OPEN_VERDICT))
+            event_id = await tracker.ask(RecordReasoningCallFailed(failed))
+    assert (first.first_occurrence, again.first_occurrence) == (True, False)
+    assert again.rationale_id == rationale_id(OPEN_VERDICT.text)
+    conn, _ = open_database(db_path)
+    try:
+        generated = "SELECT generated_at FROM serbero_rationale_occurrences ORDER BY id"
+        assert rows(conn, generated) == [(T0 + 7,), (T0 + 7,)]
+        kind = "SELECT kind, occurred_at FROM mediation_events WHERE id = ?"
+        assert rows(conn, kind, (event_id,)) == [("reasoning_call_failed", T0 + 7)]
+    finally:
+        conn.close()
+    assert OPEN_VERDICT.text not in repr(logs)
