@@ -88,23 +88,28 @@ _CONFUSABLES: Final = str.maketrans(
         "\u2032": "'",
     }
 )
-_CAMEL: Final = re.compile(r"(?<=[a-z])(?=[A-Z])")
-_TOKEN: Final = re.compile(r"[^\W_]+(?:'[^\W_]+)*")
-_CONTRACTIONS: Final = {
-    "won't": ("will", "not"),
-    "can't": ("can", "not"),
-    "shan't": ("shall", "not"),
+# A lower-case letter before an upper-case one: `ReleaseFunds` -> `Release Funds`.
+_CAMEL: Final = re.compile(r"[a-z](?=[A-Z])")
+# Contractions, so "I'll" reads as "i will" and "won't" as "will not".
+_CONTRACTION: Final = re.compile(r"\b(won|can|shan)'t\b|n't\b|'(ll|re|ve|m|d|s)\b")
+_EXPANSIONS: Final = {
+    "won": "will not",
+    "can": "can not",
+    "shan": "shall not",
+    "ll": " will",
+    "re": " are",
+    "ve": " have",
+    "m": " am",
+    "d": " would",
+    "s": "",
 }
-_SUFFIXES: Final = (
-    ("n't", ("not",)),
-    ("'ll", ("will",)),
-    ("'re", ("are",)),
-    ("'ve", ("have",)),
-    ("'m", ("am",)),
-    ("'d", ("would",)),
-    ("'s", ()),
+# Every ASCII character but letters and digits separates words (non-ASCII punctuation is
+# turned into spaces by `_fold`).
+_SEPARATORS: Final = str.maketrans(
+    {chr(code): " " for code in range(128) if not chr(code).isalnum()}
 )
-# Shorter runs of one-letter words are ordinary text ("a", "I").
+# Three or more one-letter words in a row spell a word out ("r e l e a s e"); shorter runs
+# are ordinary text ("a", "I").
 _MIN_SPELLED_RUN: Final = 3
 
 _DET: Final = (
@@ -120,8 +125,10 @@ _MODAL: Final = (
     r"(?:will|shall|can|could|would|may|might|am going to|are going to|is going to)"
     r"(?: personally| now| immediately| then)?"
 )
+# Matched against " word word ... ": the leading space (a literal prefix) lets the regex
+# engine jump from word start to word start.
 _PHRASES: Final = re.compile(
-    r"\b(?:"
+    r" (?:"
     r"(?:release|releasing|disburse|unlock|unfreeze|refund|return|reimburse) "
     rf"{_TO_WHOM}{_DET}{_ANY_MONEY}"
     rf"|(?:send|transfer|move|pay|pay out|settle) {_TO_WHOM}{_DET}{_CRYPTO}"
@@ -148,63 +155,73 @@ class GuardViolation(msgspec.Struct, frozen=True, kw_only=True):
     matched: str = ""
 
 
-def _expand(token: str) -> tuple[str, ...]:
-    if "'" not in token:
-        return (token,)
-    if token in _CONTRACTIONS:
-        return _CONTRACTIONS[token]
-    for suffix, replacement in _SUFFIXES:
-        if token.endswith(suffix) and len(token) > len(suffix):
-            return (token[: -len(suffix)], *replacement)
-    return (token.replace("'", ""),)
-
-
 def _fold(text: str) -> str:
-    """Compatibility forms, look-alikes, accents and invisible characters out (non-ASCII)."""
+    """Compatibility forms, look-alikes, accents and invisible characters out; punctuation
+    and symbols become spaces (apostrophes stay for the contractions)."""
     text = unicodedata.normalize("NFKD", text).translate(_CONFUSABLES)
     kept: list[str] = []
     for char in text:
-        category = unicodedata.category(char)
-        if category == "Cc" or category.startswith("Z"):
-            kept.append(" ")
-        elif not (category.startswith("M") or category.startswith("C")):
+        if char.isascii():
             kept.append(char)
+            continue
+        category = unicodedata.category(char)[0]
+        if category in "LN":
+            kept.append(char)
+        elif category in "ZPS" or char == "\x85":
+            kept.append(" ")
     return "".join(kept)
 
 
-def _join_spelled(tokens: list[str]) -> list[str]:
-    """`r e l e a s e` -> `release`: runs of one-letter words are spelled-out words."""
+def _contraction(match: re.Match[str]) -> str:
+    if match.group(1) is not None:
+        return _EXPANSIONS[match.group(1)]
+    if match.group(2) is not None:
+        return _EXPANSIONS[match.group(2)]
+    return " not"
+
+
+def _join_spelled(words: list[str]) -> list[str]:
+    """`r e l e a s e` -> `release`."""
     joined: list[str] = []
     run: list[str] = []
-    for token in [*tokens, ""]:
-        if len(token) == 1 and token.isalpha():
-            run.append(token)
+    for word in [*words, ""]:
+        if len(word) == 1 and word.isalpha():
+            run.append(word)
             continue
         if len(run) >= _MIN_SPELLED_RUN:
             joined.append("".join(run))
         else:
             joined.extend(run)
         run = []
-        if token:
-            joined.append(token)
+        if word:
+            joined.append(word)
     return joined
 
 
-def _words(text: str) -> list[str]:
-    """The words of `text` as the guard compares them: folded, lower case, one per token."""
+def _normalised(text: str) -> str:
+    """The words of `text` as the guard compares them: folded, lower case, single spaces,
+    with one space before the first word and after the last."""
     if not text.isascii():
         text = _fold(text)
-    text = _CAMEL.sub(" ", text.replace("`", "'")).casefold()
-    tokens = [word for token in _TOKEN.findall(text) for word in _expand(token)]
-    return _join_spelled(tokens)
+    if _CAMEL.search(text):
+        text = _CAMEL.sub(r"\g<0> ", text)
+    text = text.casefold()
+    if "'" in text or "`" in text:
+        text = _CONTRACTION.sub(_contraction, text.replace("`", "'"))
+    words = text.translate(_SEPARATORS).split()
+    if sum(len(word) == 1 for word in words) >= _MIN_SPELLED_RUN:
+        words = _join_spelled(words)
+    return f" {' '.join(words)} "
 
 
 def _find(text: str) -> str | None:
-    words = _words(text)
-    found = _PHRASES.search(" ".join(words))
+    words = _normalised(text)
+    found = _PHRASES.search(words)
     if found is not None:
-        return found.group(0)
-    squashed = _ADMIN_SQUASHED.search("".join(words))
+        return found.group(0).strip()
+    if "admin" not in words:
+        return None
+    squashed = _ADMIN_SQUASHED.search(words.replace(" ", ""))
     return None if squashed is None else squashed.group(0)
 
 
