@@ -1,9 +1,10 @@
 """`serbero show <dispute_id>`: one dispute's story across every audit table, in time order.
 
 Sources: the `disputes` row, `dispute_state_transitions`, `notifications`, our
-`notification_outbox`, the mediation tables (sessions, messages, rationales, events,
-summaries) and `escalation_dispatches`. Mediation events belong to the dispute when their
-session does, or when their payload names it (dispute-scoped rows, MED-2; dispatcher rows).
+`notification_outbox`, the mediation tables (sessions, messages, rationales and each use of
+one, events, summaries) and `escalation_dispatches`. Mediation events belong to the dispute
+when their session does, or when their payload names it (dispute-scoped rows, MED-2;
+dispatcher rows).
 
 Privacy (MED-172, core.md §7.4): chat content, DM bodies, summary text and rationale text
 never leave the database through this view; a rationale is named by its `rationale_id`.
@@ -37,6 +38,7 @@ SOURCES: Final = (
     "mediation_sessions",
     "mediation_messages",
     "reasoning_rationales",
+    "serbero_rationale_occurrences",
     "mediation_events",
     "mediation_summaries",
     "escalation_dispatches",
@@ -416,6 +418,36 @@ def _rationales(
     ]
 
 
+def _occurrence_rows(db: ReadOnlyDatabase, dispute_id: str) -> list[dict[str, Any]]:
+    if not db.has("serbero_rationale_occurrences"):
+        return []
+    return _rows(
+        db,
+        "SELECT rationale_id, purpose, session_id, provider, model, prompt_bundle_id,"
+        " generated_at FROM serbero_rationale_occurrences WHERE dispute_id = ? ORDER BY id",
+        (dispute_id,),
+    )
+
+
+def _occurrences(rows: list[dict[str, Any]]) -> list[TimelineEntry]:
+    """Each use of a rationale (Q-16), dispute-scoped verdicts included, by id only."""
+    return [
+        TimelineEntry(
+            at=int(row["generated_at"]),
+            source="serbero_rationale_occurrences",
+            kind=f"rationale_{row['purpose']}",
+            ref=str(row["rationale_id"]),
+            details={
+                "session_id": row["session_id"],
+                "provider": row["provider"],
+                "model": row["model"],
+                "prompt_bundle_id": row["prompt_bundle_id"],
+            },
+        )
+        for row in rows
+    ]
+
+
 def _dispatches(db: ReadOnlyDatabase, dispute_id: str) -> list[TimelineEntry]:
     if not db.has("escalation_dispatches"):
         return []
@@ -450,11 +482,12 @@ def read_timeline(db: ReadOnlyDatabase, dispute_id: str) -> Timeline | None:
     sessions = _session_ids(db, dispute_id)
     event_rows = _event_rows(db, dispute_id, sessions)
     summary_rows = _summary_rows(db, dispute_id)
+    occurrence_rows = _occurrence_rows(db, dispute_id)
     rationale_ids = tuple(
         sorted(
             {
                 str(row["rationale_id"])
-                for row in (*event_rows, *summary_rows)
+                for row in (*event_rows, *summary_rows, *occurrence_rows)
                 if row["rationale_id"] is not None
             }
         )
@@ -468,6 +501,7 @@ def read_timeline(db: ReadOnlyDatabase, dispute_id: str) -> Timeline | None:
         *_sessions(db, dispute_id),
         *_messages(db, sessions),
         *_rationales(db, sessions, rationale_ids),
+        *_occurrences(occurrence_rows),
         *_events(event_rows, secrets),
         *_summaries(summary_rows),
         *_dispatches(db, dispute_id),

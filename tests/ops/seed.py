@@ -32,6 +32,7 @@ from serbero.store.health import (
     write_health,
 )
 from serbero.store.outbox import OutboxMessage, claim_due, complete
+from serbero.store.rationale import RationaleOccurrence, store_rationale
 from tests.store.reference_schema import build_reference
 
 MOSTRO: Final = "79be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798"
@@ -48,6 +49,7 @@ MESSAGE_TEXT: Final = "my trade pubkey is private, chat-content-secret"
 SUMMARY_TEXT: Final = "summary-text-never-shown"
 NEXT_STEP_TEXT: Final = "next-step-text-never-shown"
 RATIONALE_ID: Final = "7e" * 32
+VERDICT_RATIONALE_TEXT: Final = "Dispute-scoped verdict rationale, verdict-secret-words"
 SESSION_ID: Final = "sess-1"
 
 # Dispute ids by what happened to them.
@@ -141,6 +143,20 @@ def _mediation(conn: apsw.Connection, now: int) -> None:
             " rationale_id, generated_at) VALUES (?, ?, 'coordination_failure', 0.8, ?, ?,"
             " 'phase3-default', 'ph', ?, ?)",
             (SESSION_ID, MEDIATED, NEXT_STEP_TEXT, SUMMARY_TEXT, RATIONALE_ID, now + 25),
+        )
+        store_rationale(
+            conn,
+            RationaleOccurrence(
+                text=VERDICT_RATIONALE_TEXT,
+                purpose="classification",
+                dispute_id=MEDIATED,
+                session_id=None,
+                provider="openai",
+                model="gpt-test",
+                prompt_bundle_id="phase3-default",
+                policy_hash="ph",
+            ),
+            now - 6,
         )
         insert_event(
             conn,

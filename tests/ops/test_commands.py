@@ -31,11 +31,14 @@ from tests.ops.seed import (
     SELLER_KEY,
     SOLVER_A,
     SUMMARY_TEXT,
+    VERDICT_RATIONALE_TEXT,
 )
 
 NEVER_SHOWN = (
     RATIONALE_TEXT,
     "rationale-secret-words",
+    VERDICT_RATIONALE_TEXT,
+    "verdict-secret-words",
     MESSAGE_TEXT,
     "chat-content-secret",
     SUMMARY_TEXT,
@@ -347,7 +350,7 @@ def test_show_on_a_reference_database_names_the_missing_tables(
 ) -> None:
     code, out, _ = run(["show", NOTIFIED, "--db", str(v5_db)], capsys)
     assert code == 0
-    assert "unavailable notification_outbox (tables absent)" in out
+    assert "unavailable notification_outbox, serbero_rationale_occurrences (tables absent)" in out
     assert "handoff_prepared" in out
 
 

@@ -14,6 +14,7 @@ from serbero.ops.status import PROBLEM_NO_HEALTH_RECORD, PROBLEM_NO_RELAY, read_
 from serbero.ops.timeline import read_timeline
 from serbero.store.connection import open_database
 from serbero.store.health import KEY_HEARTBEAT_AT, RelayHealth, write_health
+from serbero.store.rationale import rationale_id
 from serbero.store.schema import SCHEMA_VERSION
 from tests.ops.seed import (
     FRESH,
@@ -24,6 +25,7 @@ from tests.ops.seed import (
     SESSION_ID,
     SOLVER_A,
     T0,
+    VERDICT_RATIONALE_TEXT,
     seed_reference,
     seed_v6,
 )
@@ -132,7 +134,7 @@ def test_a_reference_database_has_no_health_record_but_still_reports(tmp_path: P
     assert report.pending_handoffs == 1
     assert [d.dispute_id for d in disputes] == [FRESH, NOTIFIED]
     assert timeline is not None
-    assert timeline.unavailable == ("notification_outbox",)
+    assert timeline.unavailable == ("notification_outbox", "serbero_rationale_occurrences")
     assert [(e.source, e.kind) for e in timeline.entries] == [
         ("disputes", "dispute_detected"),
         ("notifications", "notification_sent"),
@@ -181,6 +183,7 @@ def test_timeline_is_time_ordered_across_every_audit_table(seeded: Path) -> None
         "mediation_sessions",
         "mediation_messages",
         "reasoning_rationales",
+        "serbero_rationale_occurrences",
         "mediation_events",
         "mediation_summaries",
         "escalation_dispatches",
@@ -194,7 +197,13 @@ def test_timeline_is_time_ordered_across_every_audit_table(seeded: Path) -> None
         "escalation_dispatched",
     ]
     rationale = [e for e in timeline.entries if e.source == "reasoning_rationales"]
-    assert [e.ref for e in rationale] == [RATIONALE_ID]
+    verdict_rationale = rationale_id(VERDICT_RATIONALE_TEXT)
+    # The dispute-scoped verdict's rationale is found through its occurrence row.
+    assert [e.ref for e in rationale] == [verdict_rationale, RATIONALE_ID]
+    uses = [e for e in timeline.entries if e.source == "serbero_rationale_occurrences"]
+    assert [(e.kind, e.ref, e.details["session_id"]) for e in uses] == [
+        ("rationale_classification", verdict_rationale, None)
+    ]
     transitions = [
         (e.details["from"], e.details["to"])
         for e in timeline.entries
