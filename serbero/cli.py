@@ -50,7 +50,8 @@ __all__ = [
 PROG: Final = "serbero"
 STATUS_EPILOG: Final = (
     "exit status: 0 healthy; 1 no report (config or database unusable); 2 unhealthy: the "
-    "daemon's heartbeat is missing or stale, or no relay was connected at its last flush"
+    "daemon's heartbeat is missing or stale (a crash), or no relay was connected at its last "
+    "flush; 3 stopped: the daemon shut down cleanly and has not started since"
 )
 
 log = get_logger("serbero.cli")

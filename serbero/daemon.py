@@ -87,16 +87,10 @@ async def serve(
                     rand=rand,
                     relay_timing=relay_timing,
                     offload=offload,
+                    shutdown=shutdown,
                 )
             )
             task_status.started(context)
-            if shutdown is None:
-                await trio.sleep_forever()
-            else:
-                await shutdown.wait()
-            # CORE-10: stop taking work; started store batches finish (the tracker shields
-            # them), sockets close, in-flight DMs are released at the next start.
-            nursery.cancel_scope.cancel()
     except Exception as exc:
         leaf = _fatal_leaf(exc)
         error = str(leaf) if isinstance(leaf, DaemonFatal) else describe_error(leaf)

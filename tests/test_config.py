@@ -28,6 +28,7 @@ from serbero.config import (
     TimeoutsConfig,
     config_from_toml,
     load_config,
+    load_view_config,
     masked,
     render_toml,
     resolve_config_path,
@@ -890,3 +891,18 @@ def test_config_structs_print_without_secrets() -> None:
     for shown in (repr(cfg), str(cfg.serbero), repr(cfg.reasoning), f"{cfg.serbero.private_key}"):
         assert_no_secret(shown)
     assert f"private_key=Secret({MASK!r})" in repr(cfg.serbero)
+
+
+def test_view_config_reads_only_what_views_need(tmp_path: Path) -> None:
+    text = (
+        '[serbero]\ndb_path = "/srv/serbero.db"\nlog_level = 7\n[[relays]]\nurl = "wss://r.one"\n'
+        '[health]\nlisten = "127.0.0.1:9797"\n[[solvers]]\npubkey = 1\n'
+    )
+    view = load_view_config(str(write(tmp_path, text)), {})
+    assert view.db_path == "/srv/serbero.db"
+    assert [relay.url for relay in view.relays] == ["wss://r.one"]
+    assert view.health.address() == ("127.0.0.1", 9797)
+    empty = load_view_config(str(write(tmp_path, "", name="empty.toml")), {})
+    assert (empty.db_path, empty.relays, empty.health.listen) == ("serbero.db", (), "")
+    from_env = load_view_config(str(write(tmp_path, text)), {"SERBERO_DB_PATH": " /e.db "})
+    assert from_env.db_path == "/e.db"

@@ -7,6 +7,10 @@ the tracker when they changed, and at least every `HEARTBEAT_SECONDS` (the heart
 `serbero status` checks against its stale limit). Writing only on change keeps a quiet
 daemon at one small transaction per heartbeat. It also reads the outbox depth for the live
 snapshot.
+
+A clean shutdown ends with `record_stop`: every relay down and `stopped_at` set, so
+`serbero status` says "stopped" at once; the next start's first write clears it. A crash
+writes nothing, and shows as a heartbeat going stale.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from serbero.store.health import (
     KEY_LAST_DISPUTE_EVENT_AT,
     KEY_LAST_DISPUTE_EVENT_ID,
     KEY_STARTED_AT,
+    KEY_STOPPED_AT,
     RELAY_CONNECTED,
     RELAY_DISCONNECTED,
     RelayHealth,
@@ -119,15 +124,33 @@ class HealthRecorder:
         if self._ingest.last_event_id is not None and self._ingest.last_event_at is not None:
             values[KEY_LAST_DISPUTE_EVENT_ID] = self._ingest.last_event_id
             values[KEY_LAST_DISPUTE_EVENT_AT] = str(self._ingest.last_event_at)
+        first = self._written is None
+        request = WriteHealth(
+            relays=relays,
+            values=values,
+            prune_relays=first,
+            clear=(KEY_STOPPED_AT,) if first else (),
+        )
         try:
-            await self._tracker.ask(
-                WriteHealth(relays=relays, values=values, prune_relays=self._written is None)
-            )
+            await self._tracker.ask(request)
         except StoreError as exc:
             log.warning("health_record_failed", error=str(exc))
             return False
         self._written = sample
         return True
+
+    async def record_stop(self) -> None:
+        """The clean shutdown's last word: no relay connected, `stopped_at` now."""
+        now = self._wall_clock()
+        relays = tuple(
+            RelayHealth(url=relay.url, state=RELAY_DISCONNECTED, last_change_at=now)
+            for relay in self._relays()
+        )
+        values = {KEY_HEARTBEAT_AT: str(now), KEY_STOPPED_AT: str(now)}
+        try:
+            await self._tracker.ask(WriteHealth(relays=relays, values=values))
+        except StoreError as exc:
+            log.warning("health_record_failed", error=str(exc))
 
     async def _count_outbox(self) -> None:
         try:

@@ -90,6 +90,9 @@ RESTART_BACKOFF_CAP: Final = 30.0
 RESTART_HEALTHY_AFTER: Final = 60.0
 MAX_CRASHES: Final = 5
 CRASH_WINDOW_SECONDS: Final = 300.0
+# A clean shutdown waits this long at most to record itself (a busy database must not hold
+# the exit past what a service supervisor tolerates).
+STOP_RECORD_SECONDS: Final = 3.0
 # The dispute feed's subscription name (logs, `subscription_sent`).
 DISPUTE_SUBSCRIPTION: Final = "disputes"
 
@@ -329,6 +332,7 @@ class Supervisor:
         self._pool: RelayPool | None = None
         self._subscription: Subscription | None = None
         self._identity_hex = ""
+        self._recorder: HealthRecorder | None = None
 
     # --- the live view -------------------------------------------------------------------------
 
@@ -365,10 +369,13 @@ class Supervisor:
         config_path: str,
         relay_timing: RelayTiming | None = None,
         offload: bool = True,
+        shutdown: trio.Event | None = None,
         task_status: trio.TaskStatus[DaemonContext] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Start everything, report the `DaemonContext` through `task_status`, then run until
-        cancelled. Raises `DaemonFatal` for anything CORE-8 calls fatal."""
+        `shutdown` is set (or until cancelled). Raises `DaemonFatal` for anything CORE-8 calls
+        fatal. A shutdown stops the actors, then records the stop while the database is open
+        (CORE-10)."""
         config = self.config
         _log_startup(config, config_path)
         try:
@@ -448,6 +455,14 @@ class Supervisor:
                     nursery.start_soon(self.supervise, spec, name=f"actor {spec.name}")
                 log.info("event_loop_started")
                 task_status.started(context)
+                if shutdown is not None:
+                    await shutdown.wait()
+                    # Stop taking work; started store batches finish (the tracker shields
+                    # them), in-flight DMs are released at the next start.
+                    nursery.cancel_scope.cancel()
+            if self._recorder is not None:
+                with trio.move_on_after(STOP_RECORD_SECONDS):
+                    await self._recorder.record_stop()
 
     def _core_actors(
         self, context: DaemonContext, subscription: Subscription, last_outbox_id: int
@@ -496,6 +511,7 @@ class Supervisor:
             wall_clock=self._wall_clock,
             stats=self.health_stats,
         )
+        self._recorder = recorder
 
         async def consume_disputes() -> None:
             await ingest.run(subscription.events)
@@ -574,6 +590,7 @@ async def run_supervisor(
     rand: Callable[[int], bytes] = os.urandom,
     relay_timing: RelayTiming | None = None,
     offload: bool = True,
+    shutdown: trio.Event | None = None,
     task_status: trio.TaskStatus[DaemonContext] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Build a `Supervisor` and run it (see `Supervisor.run`)."""
@@ -582,5 +599,6 @@ async def run_supervisor(
         config_path=config_path,
         relay_timing=relay_timing,
         offload=offload,
+        shutdown=shutdown,
         task_status=task_status,
     )

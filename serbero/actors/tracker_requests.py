@@ -314,6 +314,7 @@ class WriteHealth(Request[None], frozen=True):
     relays: tuple[RelayHealth, ...] = ()
     values: dict[str, str] = msgspec.field(default_factory=dict)
     prune_relays: bool = False
+    clear: tuple[str, ...] = ()
 
     def apply(self, conn: apsw.Connection, ctx: Context) -> None:
         write_health(
@@ -322,4 +323,5 @@ class WriteHealth(Request[None], frozen=True):
             values=self.values,
             now=ctx.now,
             prune_relays=self.prune_relays,
+            clear=self.clear,
         )

@@ -8,6 +8,7 @@ that mask themselves wherever they are printed.
 from serbero.config.load import (
     config_from_toml,
     load_config,
+    load_view_config,
     resolve_config_path,
     validate_for_daemon,
 )
@@ -35,6 +36,7 @@ from serbero.config.schema import (
     SerberoConfig,
     SolverConfig,
     TimeoutsConfig,
+    ViewConfig,
     shown_pubkey,
 )
 from serbero.config.secret import MASK, Secret
@@ -64,8 +66,10 @@ __all__ = [
     "SerberoConfig",
     "SolverConfig",
     "TimeoutsConfig",
+    "ViewConfig",
     "config_from_toml",
     "load_config",
+    "load_view_config",
     "masked",
     "render_toml",
     "resolve_config_path",

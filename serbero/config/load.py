@@ -24,6 +24,7 @@ import msgspec
 from serbero.config.schema import (
     DEFAULT_API_KEY_ENV,
     DEFAULT_CONFIG_PATH,
+    DEFAULT_DB_PATH,
     ENV_CONFIG,
     ENV_DB_PATH,
     ENV_LOG,
@@ -34,12 +35,15 @@ from serbero.config.schema import (
     Config,
     ConfigError,
     ConfigWarning,
+    HealthConfig,
     LoadedConfig,
     MostroConfig,
     ReasoningConfig,
+    RelayConfig,
     SolverConfig,
     UInt,
     UInt32,
+    ViewConfig,
     file_fields,
     key_name,
     split_listen,
@@ -50,6 +54,7 @@ from serbero.protocol.keys import KeyFormatError, parse_public_key, parse_secret
 __all__ = [
     "config_from_toml",
     "load_config",
+    "load_view_config",
     "resolve_config_path",
     "validate_for_daemon",
 ]
@@ -57,6 +62,12 @@ __all__ = [
 RELAY_SCHEMES: Final = frozenset({"ws", "wss"})
 # Group/other permission bits: a key file readable by anyone but its owner (BEY-23).
 _SHARED_MODE_BITS: Final = stat.S_IRWXG | stat.S_IRWXO
+# What the operator views read (status, disputes, show, health-check): no key, no solvers.
+_VIEW_KEYS: Final[Mapping[str, tuple[str, ...]]] = {
+    "serbero": ("db_path",),
+    "relays": ("url",),
+    "health": ("listen",),
+}
 _REQUIRED_SECTIONS: Final = ("serbero", "mostro")
 _REQUIRED_KEYS: Final[Mapping[str, tuple[str, ...]]] = {
     "serbero": ("private_key",),
@@ -362,8 +373,8 @@ def _relay_problem(url: str) -> str | None:
     return None
 
 
-def _check_relays(config: Config, path: str) -> None:
-    for index, relay in enumerate(config.relays):
+def _check_relays(relays: tuple[RelayConfig, ...], path: str) -> None:
+    for index, relay in enumerate(relays):
         problem = _relay_problem(relay.url)
         if problem is not None:
             raise ConfigError(path, f"{key_name('relays', 'url', index)} {problem}")
@@ -399,15 +410,14 @@ def _parse_solvers(config: Config, path: str) -> tuple[Config, list[ConfigWarnin
     return msgspec.structs.replace(config, solvers=tuple(solvers)), warnings
 
 
-def _check_health(config: Config, path: str) -> None:
-    if not config.health.listen:
+def _check_health(health: HealthConfig, path: str) -> None:
+    if not health.listen:
         return
     try:
-        split_listen(config.health.listen)
+        split_listen(health.listen)
     except ValueError as exc:
-        raise ConfigError(
-            path, f"[health].listen {exc} (got {json.dumps(config.health.listen)})"
-        ) from None
+        got = json.dumps(health.listen)
+        raise ConfigError(path, f"[health].listen {exc} (got {got})") from None
 
 
 def _permission_warning(path: str, document_has_key: bool) -> list[ConfigWarning]:
@@ -448,9 +458,9 @@ def _build(document: dict[str, Any], env: Mapping[str, str], path: str) -> Loade
     _check_credential(config.reasoning, path)
     _check_intervals(config, path)
     config = _normalise_keys(config, path, key_from_env=env_values.private_key is not None)
-    _check_relays(config, path)
+    _check_relays(config.relays, path)
     config, solver_warnings = _parse_solvers(config, path)
-    _check_health(config, path)
+    _check_health(config.health, path)
     return LoadedConfig(config=config, path=path, warnings=(*warnings, *solver_warnings))
 
 
@@ -483,3 +493,47 @@ def validate_for_daemon(loaded: LoadedConfig) -> None:
         raise ConfigError(
             loaded.path, "no relays configured: add at least one [[relays]] entry with a url"
         )
+
+
+def _view_document(document: dict[str, Any]) -> dict[str, Any]:
+    """Only the `_VIEW_KEYS` of `document`; a section of the wrong shape is kept as it is, so
+    its type error is still reported."""
+    view: dict[str, Any] = {}
+    for section, keys in _VIEW_KEYS.items():
+        value = document.get(section)
+        if isinstance(value, dict):
+            view[section] = {key: value[key] for key in keys if key in value}
+        elif isinstance(value, list):
+            view[section] = [
+                {key: e[key] for key in keys if key in e} if isinstance(e, dict) else e
+                for e in value
+            ]
+        elif value is not None:
+            view[section] = value
+    return view
+
+
+def load_view_config(path: str | None = None, env: Mapping[str, str] = os.environ) -> ViewConfig:
+    """The keys an operator view needs, checked as the daemon checks them (BEY-10).
+
+    Reading a database or probing the health URL needs no signing key, so a config whose key
+    lives in the service's environment (or is absent) still serves; a broken `db_path`,
+    `[health] listen` or relay URL is the same one-line `ConfigError` the daemon would give.
+    """
+    resolved = resolve_config_path(env) if path is None else path
+    document = _view_document(_read_document(resolved))
+    _check_types(document, resolved)
+    for index, relay in enumerate(document.get("relays", [])):
+        if "url" not in relay:
+            raise ConfigError(resolved, f"missing required key {key_name('relays', 'url', index)}")
+    relays = tuple(RelayConfig(url=relay["url"]) for relay in document.get("relays", []))
+    health = HealthConfig(**document.get("health", {}))
+    _check_relays(relays, resolved)
+    _check_health(health, resolved)
+    file_db = document.get("serbero", {}).get("db_path", DEFAULT_DB_PATH)
+    return ViewConfig(
+        path=resolved,
+        db_path=_env_value(env, ENV_DB_PATH) or file_db,
+        relays=relays,
+        health=health,
+    )

@@ -18,6 +18,7 @@ from serbero.protocol.keys import KeyFormatError, Keys, parse_public_key, parse_
 __all__ = [
     "DEFAULT_API_KEY_ENV",
     "DEFAULT_CONFIG_PATH",
+    "DEFAULT_DB_PATH",
     "ENV_CONFIG",
     "ENV_DB_PATH",
     "ENV_LOG",
@@ -44,6 +45,7 @@ __all__ = [
     "TimeoutsConfig",
     "UInt",
     "UInt32",
+    "ViewConfig",
     "derived_fields",
     "file_fields",
     "key_name",
@@ -56,6 +58,7 @@ ENV_PRIVATE_KEY: Final = "SERBERO_PRIVATE_KEY"
 ENV_DB_PATH: Final = "SERBERO_DB_PATH"
 ENV_LOG: Final = "SERBERO_LOG"
 DEFAULT_CONFIG_PATH: Final = "./config.toml"
+DEFAULT_DB_PATH: Final = "serbero.db"
 DEFAULT_API_KEY_ENV: Final = "SERBERO_REASONING_API_KEY"
 PERMISSIONS: Final = ("read", "write")
 U32_MAX: Final = 2**32 - 1
@@ -97,7 +100,7 @@ def shown_pubkey(text: str) -> str:
 class SerberoConfig(msgspec.Struct, frozen=True, kw_only=True):
     # 64 lowercase hex after loading (hex of any case and nsec1… are accepted in the file).
     private_key: Secret
-    db_path: str = "serbero.db"
+    db_path: str = DEFAULT_DB_PATH
     log_level: str = "info"
 
 
@@ -225,6 +228,16 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     def identity(self) -> Keys:
         """Serbero's own key pair (raises KeyFormatError for a hand-built bad key)."""
         return Keys.from_secret(parse_secret_key(self.serbero.private_key.reveal()))
+
+
+class ViewConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """What the operator views read from a config: where the database is, where the health
+    endpoint listens, which relays are configured. No key, so no secret to reach."""
+
+    path: str
+    db_path: str
+    relays: tuple[RelayConfig, ...]
+    health: HealthConfig
 
 
 class LoadedConfig(msgspec.Struct, frozen=True, kw_only=True):

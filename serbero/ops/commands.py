@@ -6,6 +6,8 @@ Each `run_*` writes its answer to `out`, problems to `err`, and returns the exit
 - `EXIT_ERROR` (1): nothing to show: no config, no database, unknown dispute, endpoint down.
 - `EXIT_UNHEALTHY` (2, `status` only): the report was printed, but the heartbeat is stale
   (or missing) or no relay was connected at the daemon's last flush.
+- `EXIT_STOPPED` (3, `status` only): the report was printed; the daemon shut down cleanly
+  and has not started since (3 is "not running" in the LSB's convention for `status`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Final, TextIO, TypeVar
 import apsw
 import msgspec
 
-from serbero.config import ENV_DB_PATH, ConfigError, load_config
+from serbero.config import ENV_DB_PATH, ConfigError, load_view_config
 from serbero.ops.database import OpsError, ReadOnlyDatabase, open_for_reading
 from serbero.ops.disputes import list_disputes
 from serbero.ops.healthcheck import ProbeError, health_url, probe
@@ -33,6 +35,7 @@ from serbero.printable import printable_lines
 __all__ = [
     "EXIT_ERROR",
     "EXIT_OK",
+    "EXIT_STOPPED",
     "EXIT_UNHEALTHY",
     "OpsError",
     "ViewOutput",
@@ -47,6 +50,7 @@ __all__ = [
 EXIT_OK: Final = 0
 EXIT_ERROR: Final = 1
 EXIT_UNHEALTHY: Final = 2
+EXIT_STOPPED: Final = 3
 
 _T = TypeVar("_T")
 
@@ -69,13 +73,14 @@ class ViewOutput(msgspec.Struct, frozen=True, kw_only=True):
 def resolve_db_path(db: str | None, config_path: str | None, env: Mapping[str, str]) -> str:
     """`--db`, else the config's `db_path` (SERBERO_DB_PATH applied), else SERBERO_DB_PATH.
 
-    The last step lets an operator read the database on a host where the config (which holds
-    the private key) is not readable to them. Raises OpsError with the config's error.
+    Only the keys a view needs are read, so no private key is needed (it may live in the
+    service's environment). The last step lets an operator read the database on a host where
+    the config is not readable to them. Raises OpsError with the config's error.
     """
     if db:
         return db
     try:
-        return load_config(config_path, env).config.serbero.db_path
+        return load_view_config(config_path, env).db_path
     except ConfigError as exc:
         from_env = env.get(ENV_DB_PATH, "").strip()
         if from_env and config_path is None:
@@ -90,7 +95,7 @@ def resolve_health_url(
     if url:
         return url
     try:
-        address = load_config(config_path, env).config.health.address()
+        address = load_view_config(config_path, env).health.address()
     except ConfigError as exc:
         raise OpsError(str(exc)) from exc
     return None if address is None else health_url(address)
@@ -116,6 +121,8 @@ def run_status(db_path: str, view: ViewOutput) -> int:
     except OpsError as exc:
         return _fail(view.err, str(exc))
     view.show(report, lambda: render_status(report, short=view.short))
+    if report.stopped_at is not None:
+        return EXIT_STOPPED
     return EXIT_OK if report.healthy else EXIT_UNHEALTHY
 
 

@@ -105,7 +105,12 @@ def _text(value: Any) -> str:
 
 def render_status(report: StatusReport, *, short: bool) -> str:
     now = report.now
-    verdict = "healthy" if report.healthy else "UNHEALTHY: " + "; ".join(report.problems)
+    if report.stopped_at is not None:
+        verdict = f"stopped (clean shutdown {_when(report.stopped_at, now)})"
+    elif report.healthy:
+        verdict = "healthy"
+    else:
+        verdict = "UNHEALTHY: " + "; ".join(report.problems)
     lines = [
         f"serbero status: {verdict}",
         f"database    {printable(report.database)} (schema version {report.schema_version})",

@@ -6,7 +6,9 @@ ESC-12 handoff predicate. A reference (v5) database has no health record; the re
 says so instead of guessing, and counts what the reference tables hold.
 
 Health verdict (the exit status of `serbero status`): healthy when the heartbeat is younger
-than the stale limit and at least one relay was connected at the last flush.
+than the stale limit and at least one relay was connected at the last flush. A daemon that
+shut down cleanly recorded it (`stopped_at`) and is reported stopped at once; a crash leaves
+no such record and shows as a heartbeat going stale.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from serbero.store.health import (
     KEY_LAST_DISPUTE_EVENT_AT,
     KEY_LAST_DISPUTE_EVENT_ID,
     KEY_STARTED_AT,
+    KEY_STOPPED_AT,
     RELAY_CONNECTED,
     read_health,
 )
@@ -46,6 +49,7 @@ OUTBOX_TABLE: Final = "notification_outbox"
 
 PROBLEM_NO_HEALTH_RECORD: Final = "no health record: the daemon never ran on this database"
 PROBLEM_NO_RELAY: Final = "no relay connected"
+PROBLEM_STOPPED: Final = "stopped: the daemon shut down cleanly"
 
 
 class RelayStatus(msgspec.Struct, frozen=True, kw_only=True):
@@ -97,6 +101,8 @@ class StatusReport(msgspec.Struct, frozen=True, kw_only=True):
     relays: tuple[RelayStatus, ...] | None
     relays_connected: int
     heartbeat: HeartbeatStatus | None
+    # When the daemon last shut down cleanly, if it has not started since.
+    stopped_at: int | None
     last_dispute_event: LastDisputeEvent | None
     disputes_total: int
     lifecycle_counts: dict[str, int]
@@ -170,6 +176,7 @@ def read_status(
     relays: tuple[RelayStatus, ...] | None = None
     heartbeat: HeartbeatStatus | None = None
     last_event: LastDisputeEvent | None = None
+    stopped_at: int | None = None
     if all(db.has(table) for table in HEALTH_TABLES):
         record = read_health(db.conn)
         relays = tuple(
@@ -182,6 +189,7 @@ def read_status(
             )
             for relay in record.relays
         )
+        stopped_at = _int_or_none(record.values.get(KEY_STOPPED_AT))
         beat = _int_or_none(record.values.get(KEY_HEARTBEAT_AT))
         if beat is not None:
             age = max(0, now - beat)
@@ -203,7 +211,9 @@ def read_status(
     if last_event is None:
         last_event = _newest_dispute_event(db, now)
     connected = sum(relay.connected for relay in relays or ())
-    if heartbeat is None:
+    if stopped_at is not None:
+        problems.append(PROBLEM_STOPPED)
+    elif heartbeat is None:
         problems.append(PROBLEM_NO_HEALTH_RECORD)
     else:
         if heartbeat.stale:
@@ -220,6 +230,7 @@ def read_status(
         relays=relays,
         relays_connected=connected,
         heartbeat=heartbeat,
+        stopped_at=stopped_at,
         last_dispute_event=last_event,
         disputes_total=sum(counts.values()),
         lifecycle_counts=counts,

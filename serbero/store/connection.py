@@ -1,14 +1,15 @@
 """Opening the database: private file permissions, pragmas, migrations; read-only access.
 
 Only the tracker opens the read-write connection (`open_database`). Operator commands use
-`open_readonly`, which never writes, never migrates and works whether or not the daemon
-runs (WAL lets them read while it writes).
+`open_readonly`, which never writes, never migrates, never leaves a file beside the database
+and works whether or not the daemon runs (WAL lets them read while it writes).
 """
 
 from __future__ import annotations
 
 import os
 from typing import Final
+from urllib.parse import quote
 
 import apsw
 
@@ -21,6 +22,9 @@ log = get_logger("serbero.store")
 BUSY_TIMEOUT_MS: Final = 5000
 DB_FILE_MODE: Final = 0o600
 MEMORY_PATH: Final = ":memory:"
+# The database header's write/read format bytes (offsets 18, 19) are 2 in WAL mode.
+_HEADER_BYTES: Final = 20
+_WAL_FORMAT: Final = 2
 
 
 def _create_private_file(path: str) -> None:
@@ -58,10 +62,32 @@ def connect(path: str) -> apsw.Connection:
     return conn
 
 
-def open_readonly(path: str) -> apsw.Connection:
-    """A read-only connection for operator commands; never creates, writes or migrates."""
+def _wal_file_without_log(path: str) -> bool:
+    """A WAL-mode database (header bytes 18-19 are 2) whose `-wal` file is absent: a daemon
+    that stopped cleanly left everything in the main file."""
     try:
-        conn = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY)
+        with open(path, "rb") as file:
+            header = file.read(_HEADER_BYTES)
+    except OSError:
+        return False
+    wal_mode = len(header) == _HEADER_BYTES and header[18] == header[19] == _WAL_FORMAT
+    return wal_mode and not os.path.exists(path + "-wal")
+
+
+def open_readonly(path: str) -> apsw.Connection:
+    """A read-only connection for operator commands; never creates, writes or migrates.
+
+    Nor does it leave files behind: SQLite would create the `-wal` and `-shm` files of a WAL
+    database whose daemon is stopped, owned by whoever runs the command, and an operator's
+    file may be one the daemon's user cannot open. With no `-wal` file the main file holds
+    everything, and it only changes at a checkpoint of a WAL that does not exist yet, so it is
+    read as immutable: no side files, no locks.
+    """
+    uri = "file:" + quote(os.path.abspath(path))
+    if _wal_file_without_log(path):
+        uri += "?immutable=1"
+    try:
+        conn = apsw.Connection(uri, flags=apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI)
         conn.set_busy_timeout(BUSY_TIMEOUT_MS)
         conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
     except apsw.Error as exc:

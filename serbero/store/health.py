@@ -18,6 +18,9 @@ KEY_HEARTBEAT_AT: Final = "heartbeat_at"
 KEY_STARTED_AT: Final = "started_at"
 KEY_LAST_DISPUTE_EVENT_ID: Final = "last_dispute_event_id"
 KEY_LAST_DISPUTE_EVENT_AT: Final = "last_dispute_event_at"
+# Written by a clean shutdown, cleared by the next start: `serbero status` says "stopped" at
+# once instead of waiting for the heartbeat to go stale (which is what a crash looks like).
+KEY_STOPPED_AT: Final = "stopped_at"
 # `serbero_relay_health.state` values: the daemon writes them, `serbero status` reads them.
 RELAY_CONNECTED: Final = "connected"
 RELAY_DISCONNECTED: Final = "disconnected"
@@ -46,11 +49,13 @@ def write_health(
     values: Mapping[str, str],
     now: int,
     prune_relays: bool = False,
+    clear: Sequence[str] = (),
 ) -> None:
     """Upsert relay rows and daemon facts in one transaction.
 
     A relay row keeps its previous `last_event_at` when the snapshot has none.
-    `prune_relays` drops relays not in `relays` (at start-up, after a config change).
+    `prune_relays` drops relays not in `relays` (at start-up, after a config change);
+    `clear` deletes daemon facts that no longer hold (a previous run's `stopped_at`).
     """
     with transaction(conn):
         for relay in relays:
@@ -66,6 +71,8 @@ def write_health(
             marks = ", ".join("?" for _ in keep)
             where = f" WHERE url NOT IN ({marks})" if keep else ""
             conn.execute(f"DELETE FROM serbero_relay_health{where}", keep)
+        for key in clear:
+            conn.execute("DELETE FROM serbero_daemon_health WHERE key = ?", (key,))
         for key, value in values.items():
             conn.execute(
                 "INSERT INTO serbero_daemon_health (key, value, updated_at) VALUES (?, ?, ?)"

@@ -4,7 +4,9 @@ BEY-26: nothing delivered is repeated)."""
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
 import time
 from collections import Counter
 from pathlib import Path
@@ -12,8 +14,10 @@ from pathlib import Path
 import pytest
 import trio
 
+from serbero.ops.database import open_for_reading
+from serbero.ops.status import STALE_HEARTBEAT_SECONDS, read_status
 from serbero.protocol.keys import Keys
-from tests.daemon.process import DaemonProcess, write_config
+from tests.daemon.process import SERBERO_SCRIPT, DaemonProcess, write_config
 from tests.daemon.support import SHUTDOWN_BUDGET, Harness, count_rows, in_thread
 from tests.support.relay_fixtures import LocalRelayProcess
 from tests.support.solver_inbox import ReceivedDm
@@ -47,6 +51,65 @@ def test_a_signal_stops_the_daemon_cleanly_within_two_seconds(
     assert elapsed < SHUTDOWN_BUDGET, elapsed
     assert daemon.wait_for_event("shutdown_signal")["signal"] == signum.name
     assert daemon.events()[-1] == "exited_cleanly"
+
+
+def _status(config: Path) -> subprocess.CompletedProcess[str]:
+    """`serbero status` as an operator runs it: the config, and no key in the environment."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SERBERO_")}
+    return subprocess.run(
+        [str(SERBERO_SCRIPT), "status", "--config", str(config)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+def _status_until(config: Path, code: int, timeout: float = 15.0) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = _status(config)
+        if result.returncode == code:
+            return result.stdout
+        if time.monotonic() > deadline:
+            raise AssertionError(f"status never exited {code}: {result}")
+        time.sleep(0.2)
+
+
+def test_status_says_stopped_at_once_after_a_clean_stop_and_not_after_a_crash(
+    local_relay: LocalRelayProcess, tmp_path: Path
+) -> None:
+    """A clean stop records itself (exit 3, `stopped`); the next start clears it; kill -9
+    records nothing, so the heartbeat is left to go stale (exit 2 once it is)."""
+    config = write_config(tmp_path, mostro=Keys.generate(), relay_url=local_relay.url, solvers=[])
+    serbero = Keys.generate()
+    daemon = DaemonProcess(config, serbero)
+    try:
+        daemon.wait_for_event("subscription_sent")
+        assert _status_until(config, 0).startswith("serbero status: healthy")
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait(SHUTDOWN_BUDGET + 1) == 0
+    finally:
+        daemon.stop()
+    stopped = _status(config)
+    assert stopped.returncode == 3, stopped
+    assert stopped.stdout.startswith("serbero status: stopped (clean shutdown ")
+    assert "relays      0 of 1 connected" in stopped.stdout
+
+    again = DaemonProcess(config, serbero)
+    try:
+        again.wait_for_event("subscription_sent")
+        assert _status_until(config, 0).startswith("serbero status: healthy")
+        again.process.kill()
+        again.wait(5)
+    finally:
+        again.stop()
+    db = tmp_path / "serbero.db"
+    with open_for_reading(str(db)) as opened:
+        now = int(time.time())
+        assert read_status(opened, now).stopped_at is None
+        later = read_status(opened, now + STALE_HEARTBEAT_SECONDS + 60)
+    assert later.problems[0].startswith("heartbeat stale: ")
 
 
 def test_a_fatal_start_exits_1_with_daemon_terminated(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,8 @@ import pytest
 
 from serbero.cli import SUBCOMMANDS, main
 from serbero.protocol.keys import Keys, encode_nsec
+from serbero.store.connection import open_database
+from serbero.store.health import KEY_STOPPED_AT, write_health
 from serbero.store.schema import SCHEMA_VERSION
 from tests.ops.seed import (
     BUYER_KEY,
@@ -109,6 +112,7 @@ def test_status_json_shape_and_exit_0_when_healthy(
         "relays",
         "relays_connected",
         "heartbeat",
+        "stopped_at",
         "last_dispute_event",
         "disputes_total",
         "lifecycle_counts",
@@ -232,6 +236,78 @@ def test_without_db_config_or_env_the_config_error_is_printed(
     assert code == 1
     assert out == ""
     assert err.startswith("failed to load config from ./config.toml: ")
+
+
+# --- what the views read from the config (no private key) --------------------------------
+
+
+def keyless_config(tmp_path: Path, serbero: str, extra: str = "") -> Path:
+    """A config as the runit guide leaves it: the key in the service's env directory."""
+    path = tmp_path / "keyless.toml"
+    path.write_text(f"[serbero]\n{serbero}\n{extra}")
+    return path
+
+
+@pytest.mark.parametrize("command", [["status"], ["disputes"], ["show", MEDIATED]])
+def test_views_need_no_private_key_nor_the_rest_of_the_config(
+    command: list[str], v6_db: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No key, no [mostro], and keys a view does not read may even be wrong (BEY-10)."""
+    extra = '[[solvers]]\npubkey = "not-a-key"\n[timeouts]\nrenotification_seconds = -1\n'
+    config = keyless_config(tmp_path, f'db_path = "{v6_db}"\nprivate_key = "nope"', extra)
+    code, out, err = run([*command, "--config", str(config)], capsys)
+    assert (code, err) == (0, "")
+    assert out
+
+
+@pytest.mark.parametrize(
+    ("serbero", "extra", "reason"),
+    [
+        ("db_path = 5", "", "[serbero].db_path must be a string (got integer 5)"),
+        ("db_path = 'x.db'", "[health]\nlisten = '0.0.0.0:1'\n", "[health].listen the health"),
+        ("db_path = 'x.db'", "[[relays]]\nurl = 'http://r'\n", "[[relays]][0].url must use"),
+        ("db_path = 'x.db'", "[[relays]]\nname = 'r'\n", "missing required key [[relays]][0].url"),
+        ("db_path = 'x.db'", "[relays]\nurl = 'r'\n", "[[relays]] must be an array of tables"),
+    ],
+)
+def test_a_config_broken_in_what_views_read_is_the_one_line_error(
+    serbero: str, extra: str, reason: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = keyless_config(tmp_path, serbero, extra)
+    code, out, err = run(["status", "--config", str(config)], capsys)
+    assert (code, out) == (1, "")
+    assert err.startswith(f"failed to load config from {config}: {reason}")
+    assert err.count("\n") == 1
+
+
+def test_serbero_db_path_overrides_a_keyless_config(
+    v6_db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("SERBERO_DB_PATH", f" {v6_db} ")
+    config = keyless_config(tmp_path, 'db_path = "elsewhere.db"')
+    code, data = run_json(["status", "--config", str(config)], capsys)
+    assert (code, data["database"]) == (0, str(v6_db))
+
+
+# --- a clean stop -------------------------------------------------------------------------
+
+
+def test_status_after_a_clean_stop_says_stopped_and_exits_3(
+    v6_db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    conn, _ = open_database(str(v6_db))
+    try:
+        stopped = int(time.time()) - 5
+        write_health(conn, relays=(), values={KEY_STOPPED_AT: str(stopped)}, now=stopped)
+    finally:
+        conn.close()
+    code, data = run_json(["status", "--db", str(v6_db)], capsys)
+    assert code == 3
+    assert data["stopped_at"] == stopped and data["healthy"] is False
+    assert data["problems"] == ["stopped: the daemon shut down cleanly"]
+    code, out, _ = run(["status", "--db", str(v6_db)], capsys)
+    assert code == 3
+    assert out.startswith("serbero status: stopped (clean shutdown ")
 
 
 # --- disputes -----------------------------------------------------------------------------

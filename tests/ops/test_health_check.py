@@ -145,6 +145,23 @@ async def test_the_url_comes_from_the_config(
     assert (code, out) == (0, "up: HTTP 200, 2 of 3 relays connected\n")
 
 
+async def test_the_url_comes_from_a_config_without_a_key(
+    port: int, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """runit's `check` runs as root with the key only in the service's env directory."""
+    config = tmp_path / "keyless.toml"
+    config.write_text(f'[health]\nlisten = "127.0.0.1:{port}"\n')
+    code, out, _ = await health_check(["--config", str(config)], capsys)
+    assert (code, out) == (0, "up: HTTP 200, 2 of 3 relays connected\n")
+    config.write_text('[health]\nlisten = "127.0.0.1:http"\n')
+    code, out, err = await health_check(["--config", str(config)], capsys)
+    assert (code, out) == (1, "")
+    assert err == (
+        f"failed to load config from {config}: [health].listen expected host:port "
+        '(got "127.0.0.1:http")\n'
+    )
+
+
 async def test_with_the_endpoint_off_it_fails_unless_off_ok(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
