@@ -121,19 +121,21 @@ def test_status_json_shape_and_exit_0_when_healthy(
         "unavailable",
     }
     assert data["healthy"] is True and data["problems"] == []
+    # The seed's clock, from its health flush at seed + 500 (`now` may be a second later).
+    seeded = data["heartbeat"]["at"] - 500
     assert data["relays"][0] == {
         "url": "wss://relay.one",
         "state": "connected",
         "connected": True,
-        "since": data["now"] - 501 + 10,
-        "last_event_at": data["now"] - 501 + 390,
+        "since": seeded + 10,
+        "last_event_at": seeded + 390,
     }
     assert set(data["heartbeat"]) == {"at", "age", "stale", "stale_after", "started_at"}
     assert data["outbox"] == {
         "pending": 2,
         "in_flight": 1,
         "failed": 0,
-        "oldest_pending_at": data["now"] - 501 + 200,
+        "oldest_pending_at": seeded + 200,
     }
     assert data["last_dispute_event"]["event_id"] == f"ev-{RESOLVED}-settled"
     assert data["pending_handoffs"] == 1
