@@ -36,6 +36,7 @@ R = TypeVar("R")
 FAST = RelayTiming(
     backoff_first=0.05,
     backoff_cap=0.3,
+    probe_interval=0.05,
     rate_limit_retry_delays=(1.3,),
     rate_limit_budget=8.0,
 )

@@ -20,6 +20,7 @@ from tests.support.clocks import FakeWallClock
 FAST = RelayTiming(
     backoff_first=0.05,
     backoff_cap=0.3,
+    probe_interval=0.05,
     rate_limit_retry_delays=(1.3,),
     rate_limit_budget=8.0,
 )

@@ -10,7 +10,7 @@ import time
 import trio
 from structlog.testing import capture_logs
 
-from serbero.actors.relay import PublishStatus
+from serbero.actors.relay import PublishStatus, RelayTiming
 from serbero.actors.relay_pool import ReceivedEvent, RelayPool, Subscription, open_relay_pool
 from serbero.protocol.event import Event
 from serbero.protocol.keys import Keys
@@ -86,6 +86,62 @@ async def test_restarted_relay_is_reconnected_and_resubscribed_quickly(
             assert (await receive(sub)).event.content == "after"
         assert subscriber.connected_count() == 1
         assert trio.current_time() - returned < RESTART_BUDGET
+
+
+# Production timing scaled down tenfold, so a few real seconds of outage stand for tens:
+# the handshake backoff (0.2, 0.4, 0.8, 1.6, 3.2 s ...) would leave a relay that returned
+# after 4 s waiting past 6 s; refused connects are retried every 0.2 s instead.
+SCALED = RelayTiming(backoff_first=0.2, probe_interval=0.2)
+SCALED_OUTAGE = 4.0
+# The relay's return to the re-sent REQ serving a new event: one retry interval plus a
+# connect and a publish on loopback, with room for a loaded machine.
+SCALED_BUDGET = 1.0
+
+
+async def assert_resubscribed(
+    relay: LocalRelayProcess, sub: Subscription, author: Keys, returned: float
+) -> float:
+    """Publish to the restarted (empty) relay: the event arrives only through the re-sent REQ.
+    Returns the seconds from the relay's return to its arrival."""
+    with trio.fail_after(5):
+        async with open_relay_pool([relay.url], author, timing=FAST) as publisher:
+            await publisher.wait_connected()
+            await publish_ok(publisher, fresh(author, f"after {relay.port}"))
+        while True:
+            received = await sub.events.receive()
+            if received.relay == relay.url:
+                return trio.current_time() - returned
+
+
+async def test_a_long_outage_does_not_slow_the_return(local_relay: LocalRelayProcess) -> None:
+    """Issue 12 item 4 on a real relay: stopped long enough for the backoff to have grown,
+    it is resubscribed within one short retry of its return."""
+    author = Keys.generate()
+    flt = Filter(kinds=[1], authors=[author.public_hex])
+    async with open_relay_pool([local_relay.url], Keys.generate(), timing=SCALED) as subscriber:
+        sub = await subscriber.subscribe(flt, name="feed")
+        await subscriber.wait_connected()
+        await local_relay.astop()
+        await trio.sleep(SCALED_OUTAGE)
+        await local_relay.astart()
+        returned = trio.current_time()
+        assert await assert_resubscribed(local_relay, sub, author, returned) < SCALED_BUDGET
+
+
+async def test_started_with_every_relay_down(local_relay_factory: LocalRelayFactory) -> None:
+    relays = [local_relay_factory(), local_relay_factory()]
+    for relay in relays:
+        await relay.astop()
+    author = Keys.generate()
+    flt = Filter(kinds=[1], authors=[author.public_hex])
+    urls = [relay.url for relay in relays]
+    async with open_relay_pool(urls, Keys.generate(), timing=SCALED) as subscriber:
+        sub = await subscriber.subscribe(flt, name="feed")
+        await trio.sleep(SCALED_OUTAGE)
+        for relay in relays:
+            await relay.astart()
+            returned = trio.current_time()
+            assert await assert_resubscribed(relay, sub, author, returned) < SCALED_BUDGET
 
 
 async def test_the_same_event_via_two_relays_is_delivered_once(

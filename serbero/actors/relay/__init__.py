@@ -1,10 +1,12 @@
 """The relay links: one connection actor per relay URL, and what it exchanges with the pool.
 
-`connection` holds the actor (connect, subscribe, publish, authenticate, stay alive); `link`
-the bookkeeping of one live WebSocket (publishes awaiting their OK); `catchup` the paging
-that replays a gap longer than a relay serves for one REQ; `timing` every delay; `types` the
-commands, events, states and publish outcomes that cross to the pool. The names below are the
-package's public face; the pool and the rest of the daemon import from here.
+`connection` holds the actor (connect, subscribe, publish, authenticate, stay alive);
+`transport` the staged connect (TCP, TLS, handshake) that tells a relay refusing connections
+from one failing after them; `link` the bookkeeping of one live WebSocket (publishes awaiting
+their OK); `catchup` the paging that replays a gap longer than a relay serves for one REQ;
+`subscription` each subscription's state on a link; `timing` every delay; `types` the
+commands, events, states and publish outcomes that cross to the pool. The names below are
+the package's public face; the pool and the rest of the daemon import from here.
 """
 
 from serbero.actors.relay.catchup import CATCHUP_MAX_PAGES
@@ -21,12 +23,15 @@ from serbero.actors.relay.timing import (
     OK_TIMEOUT,
     PING_INTERVAL,
     PING_TIMEOUT,
+    PROBE_INTERVAL,
+    PROBE_JITTER,
     RATE_LIMIT_BUDGET,
     RATE_LIMIT_RETRY_DELAYS,
     RESUME_SKEW,
     RelayTiming,
     backoff_delay,
     jitter_factor,
+    probe_delay,
 )
 from serbero.actors.relay.types import (
     Command,
@@ -53,6 +58,8 @@ __all__ = [
     "OK_TIMEOUT",
     "PING_INTERVAL",
     "PING_TIMEOUT",
+    "PROBE_INTERVAL",
+    "PROBE_JITTER",
     "RATE_LIMIT_BUDGET",
     "RATE_LIMIT_RETRY_DELAYS",
     "RESUME_SKEW",
@@ -69,4 +76,5 @@ __all__ = [
     "UnsubscribeCommand",
     "backoff_delay",
     "jitter_factor",
+    "probe_delay",
 ]

@@ -1,11 +1,13 @@
 """One connection actor per relay URL: connect, subscribe, publish, authenticate, stay alive.
 
-The actor never gives up on its relay (BEY-7): it reconnects forever with capped, jittered
-exponential backoff, re-sends every live subscription after each reconnect (with `since` moved
-to the last event it saw minus a skew) and after a `CLOSED`, answers NIP-42 challenges with
-Serbero's key (BEY-8, PROTO-21..23) and pings every 30 s, dropping a link whose pong does not
-come back within 10 s (BEY-9). After the stored events of every live (re)subscription it pages
-backwards as `CatchUp` asks.
+The actor never gives up on its relay (BEY-7): it reconnects forever, every ~2 s while the
+relay refuses TCP connections (so its return is noticed within seconds, however long it was
+away) and with capped, jittered exponential backoff while it accepts them and then fails the
+handshake or drops links soon after. It re-sends every live subscription after each
+reconnect (with `since` moved to the last event it saw minus a skew) and after a `CLOSED`,
+answers NIP-42 challenges with Serbero's key (BEY-8, PROTO-21..23) and pings every 30 s,
+dropping a link whose pong does not come back within 10 s (BEY-9). After the stored events of
+every live (re)subscription it pages backwards as `CatchUp` asks.
 
 It talks through channels: commands in (subscribe, unsubscribe), raw but shape-checked events
 out to the pool's intake (which verifies and de-duplicates them once for all relays), and
@@ -25,18 +27,14 @@ from typing import Final
 
 import msgspec
 import trio
-from trio_websocket import (
-    ConnectionClosed,
-    HandshakeError,
-    WebSocketConnection,
-    open_websocket_url,
-)
+from trio_websocket import ConnectionClosed, HandshakeError, WebSocketConnection
 
 from serbero.actors.oneshot import OneShot
 from serbero.actors.relay.catchup import CatchUp
 from serbero.actors.relay.link import Link, PendingPublish, describe_close
 from serbero.actors.relay.subscription import SubscriptionState, SubStatus
-from serbero.actors.relay.timing import RelayTiming, backoff_delay
+from serbero.actors.relay.timing import RelayTiming, backoff_delay, probe_delay
+from serbero.actors.relay.transport import RelayUnreachable, open_relay_websocket
 from serbero.actors.relay.types import (
     LINK_LOST_REASON,
     NOT_CONNECTED_REASON,
@@ -142,8 +140,9 @@ class RelayConnection:
         while True:
             connected_at: float | None = None
             reason: str | None = None
+            refused = False
             try:
-                async with open_websocket_url(
+                async with open_relay_websocket(
                     self.url,
                     ssl_context=self._ssl_for_url(),
                     connect_timeout=timing.connect_timeout,
@@ -154,6 +153,9 @@ class RelayConnection:
                 ) as ws:
                     connected_at = trio.current_time()
                     reason = await self._serve(ws)
+            except RelayUnreachable as exc:
+                refused = True
+                reason = clip(str(exc))
             except ConnectionClosed as exc:
                 reason = reason or describe_close(exc)
             except HandshakeError as exc:
@@ -182,8 +184,13 @@ class RelayConnection:
                 # Still down: one warning per outage is enough, the rest is detail.
                 log.debug("relay_connect_failed", relay=self.url, reason=reason)
 
-            delay = backoff_delay(self._attempt, timing, self._rand)
-            self._attempt += 1
+            if refused:
+                # Nothing listens: try again soon, and keep the backoff for failures of a
+                # relay that does accept connections.
+                delay = probe_delay(timing, self._rand)
+            else:
+                delay = backoff_delay(self._attempt, timing, self._rand)
+                self._attempt += 1
             await self._publish_state(
                 connected=False,
                 last_error=reason,
@@ -195,6 +202,7 @@ class RelayConnection:
                 relay=self.url,
                 delay_seconds=round(delay, 3),
                 attempt=self._attempt,
+                refused=refused,
             )
             await trio.sleep(delay)
 

@@ -24,12 +24,15 @@ __all__ = [
     "OK_TIMEOUT",
     "PING_INTERVAL",
     "PING_TIMEOUT",
+    "PROBE_INTERVAL",
+    "PROBE_JITTER",
     "RATE_LIMIT_BUDGET",
     "RATE_LIMIT_RETRY_DELAYS",
     "RESUME_SKEW",
     "RelayTiming",
     "backoff_delay",
     "jitter_factor",
+    "probe_delay",
 ]
 
 # Defaults (BEY-7, BEY-9, PROTO-20, PROTO-21); a RelayTiming overrides them in tests.
@@ -39,6 +42,12 @@ DISCONNECT_TIMEOUT: Final = 2.0
 BACKOFF_FIRST: Final = 1.0
 BACKOFF_CAP: Final = 60.0
 BACKOFF_JITTER: Final = 0.2
+# While a relay refuses TCP connections (nothing listens: stopped, restarting, host down) the
+# next attempt comes this soon, whatever the outage's length: such an attempt is one TCP SYN
+# the relay's kernel answers, so a return is noticed within ~2 s at a cost of ~30 connection
+# attempts a minute. The backoff above is for relays that accept TCP and then fail.
+PROBE_INTERVAL: Final = 2.0
+PROBE_JITTER: Final = 0.1
 # A link that stayed up this long was healthy: the next outage starts the backoff afresh
 # (~1 s). Shorter links count as flaps and keep growing it, so a relay that accepts and
 # soon closes is not hammered; only failed connection attempts lengthen one outage's retries.
@@ -66,6 +75,8 @@ class RelayTiming(msgspec.Struct, frozen=True):
     backoff_first: float = BACKOFF_FIRST
     backoff_cap: float = BACKOFF_CAP
     backoff_jitter: float = BACKOFF_JITTER
+    probe_interval: float = PROBE_INTERVAL
+    probe_jitter: float = PROBE_JITTER
     healthy_after: float = HEALTHY_AFTER
     ping_interval: float = PING_INTERVAL
     ping_timeout: float = PING_TIMEOUT
@@ -84,6 +95,11 @@ def jitter_factor(jitter: float, rand: Callable[[int], bytes]) -> float:
     """A factor uniform in [1 - jitter, 1 + jitter), drawn from injected randomness."""
     unit = int.from_bytes(rand(_JITTER_DRAW_BYTES), "big") / (1 << (8 * _JITTER_DRAW_BYTES))
     return 1.0 + jitter * (2.0 * unit - 1.0)
+
+
+def probe_delay(timing: RelayTiming, rand: Callable[[int], bytes]) -> float:
+    """Delay before the next attempt on a relay that refused TCP: short, lightly jittered."""
+    return timing.probe_interval * jitter_factor(timing.probe_jitter, rand)
 
 
 def backoff_delay(attempt: int, timing: RelayTiming, rand: Callable[[int], bytes]) -> float:
