@@ -41,6 +41,7 @@ from serbero.protocol.handoff import (
 )
 from serbero.store.errors import StoreError
 from serbero.store.escalation import (
+    HANDOFF_NOTIF_TYPE,
     STATUS_DISPATCHED,
     DispatchRecord,
     HandoffRow,
@@ -52,8 +53,8 @@ from serbero.store.notifications import (
     STATUS_FAILED,
     STATUS_SENT,
     NotificationRecord,
-    NotifType,
 )
+from serbero.store.outbox import OutboxMessage
 
 __all__ = [
     "ORPHAN_DETAIL",
@@ -70,8 +71,6 @@ log = get_logger("serbero.escalation")
 
 # ESC-17: the exact detail of an orphan handoff's parse-failed event.
 ORPHAN_DETAIL: Final = "dispute_id not found"
-# ESC-26 step 3: the dispatcher's attempt rows reuse mediation's type (§13 caveat 5).
-HANDOFF_NOTIF_TYPE: Final = NotifType.MEDIATION_ESCALATION_RECOMMENDED
 UNROUTABLE_HINT: Final = (
     "the handoff stays unconsumed and is examined again every cycle; add a solver with"
     ' permission = "write", or set [escalation].fallback_to_all_solvers = true with at'
@@ -276,6 +275,7 @@ class Gate:
         """ESC-26..30: send to each recipient in route order, then commit the dispatch."""
         sent_at = self._wall_clock()
         outcomes: list[RecipientOutcome] = []
+        retries: list[OutboxMessage] = []
         records: list[tuple[NotificationRecord, Pending[tuple[int, ...]]]] = []
         for solver in route.recipients:
             # The handoff names the DM: a retry of it builds the same wrap (BEY-26).
@@ -290,6 +290,8 @@ class Gate:
                     error=delivery.error,
                 )
             outcomes.append(RecipientOutcome(solver.pubkey, delivery.ok))
+            if not delivery.ok and delivery.retryable:
+                retries.append(OutboxMessage(solver.pubkey, body))
             record = NotificationRecord(
                 dispute_id=dispute_id,
                 solver_pubkey=solver.pubkey,
@@ -313,6 +315,7 @@ class Gate:
                     outcomes=tuple(outcomes),
                     via_fallback=route.via_fallback,
                     dispatched_at=sent_at,
+                    retries=tuple(retries),
                 )
             )
         except StoreError as exc:
@@ -343,6 +346,7 @@ class Gate:
             status=dispatch.status,
             recipient_count=len(outcomes),
             via_fallback=route.via_fallback,
+            retries_queued=len(retries),
         )
         if dispatch.status == STATUS_DISPATCHED:
             return HandoffOutcome.DISPATCHED

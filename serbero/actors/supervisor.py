@@ -48,6 +48,7 @@ from serbero.actors.escalation import log_dispatcher_settings, run_dispatcher
 from serbero.actors.health import run_health_endpoint
 from serbero.actors.health_record import HealthRecorder, HealthStats
 from serbero.actors.ingest import Ingest, IngestStats
+from serbero.actors.owed import queue_owed_notices
 from serbero.actors.relay import RelayState, RelayTiming
 from serbero.actors.relay_pool import RelayPool, Subscription, open_relay_pool
 from serbero.actors.renotify import Renotifier, RenotifyStats
@@ -400,6 +401,7 @@ class Supervisor:
                 raise DaemonFatal(f"database: {exc}") from exc
             if requeued:
                 log.info("outbox_requeued", count=requeued)
+            await queue_owed_notices(tracker, config.solvers, escalation=config.escalation.enabled)
             if config.solvers:
                 log.info("solvers_ready", solver_count=len(config.solvers))
             else:

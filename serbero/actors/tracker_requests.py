@@ -55,6 +55,14 @@ from serbero.store.outbox import (
     next_due_at,
     requeue_in_flight,
 )
+from serbero.store.owed import (
+    OwedInitial,
+    OwedQueued,
+    OwedRetry,
+    OwedWork,
+    find_owed,
+    queue_owed,
+)
 from serbero.store.rationale import (
     FailedCall,
     RationaleOccurrence,
@@ -205,6 +213,24 @@ class RequeueInFlight(Request[int], frozen=True):
         return requeue_in_flight(conn)
 
 
+class FindOwed(Request[OwedWork], frozen=True):
+    """Notices the reference left unfinished: `new` disputes and `send_failed` dispatches
+    with no outbox row behind them (#12 item 5)."""
+
+    def apply(self, conn: apsw.Connection, ctx: Context) -> OwedWork:
+        return find_owed(conn)
+
+
+class QueueOwed(Request[OwedQueued], frozen=True):
+    """Queue the owed notices found by `FindOwed`, each once."""
+
+    initial: tuple[OwedInitial, ...]
+    retries: tuple[OwedRetry, ...]
+
+    def apply(self, conn: apsw.Connection, ctx: Context) -> OwedQueued:
+        return queue_owed(conn, self.initial, self.retries, ctx.now)
+
+
 class StartSending(Request[SendingOrigin], frozen=True):
     """The database's gift-wrap salt (drawn the first time) and its last outbox id."""
 
@@ -240,6 +266,8 @@ class RecordDispatch(Request[DispatchRecord], frozen=True):
     outcomes: tuple[RecipientOutcome, ...]
     via_fallback: bool
     dispatched_at: int
+    # DMs no relay accepted, queued in the same transaction for the outbox to retry.
+    retries: tuple[OutboxMessage, ...] = ()
 
     def apply(self, conn: apsw.Connection, ctx: Context) -> DispatchRecord:
         return record_dispatch(
@@ -250,6 +278,7 @@ class RecordDispatch(Request[DispatchRecord], frozen=True):
             outcomes=self.outcomes,
             via_fallback=self.via_fallback,
             dispatched_at=self.dispatched_at,
+            retries=self.retries,
         )
 
 

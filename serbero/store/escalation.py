@@ -16,6 +16,8 @@ import msgspec
 
 from serbero.store.audit import insert_event, payload_field
 from serbero.store.errors import InvalidRecord
+from serbero.store.notifications import NotifType
+from serbero.store.outbox import OutboxMessage, enqueue
 from serbero.store.transaction import transaction
 
 HANDOFF_PAGE_SIZE: Final = 128
@@ -27,6 +29,8 @@ KIND_PARSE_FAILED: Final = "escalation_dispatch_parse_failed"
 STATUS_DISPATCHED: Final = "dispatched"
 STATUS_SEND_FAILED: Final = "send_failed"
 SUPERSEDED_REASON: Final = "dispute_already_resolved"
+# ESC-26 step 3: escalation DMs reuse mediation's notif_type (§13 caveat 5), retries too.
+HANDOFF_NOTIF_TYPE: Final = NotifType.MEDIATION_ESCALATION_RECOMMENDED
 ParseFailure = Literal["deserialize_failed", "orphan_dispute_reference"]
 
 _HANDOFF_REF: Final = payload_field("handoff_event_id", "p")
@@ -139,8 +143,13 @@ def record_dispatch(
     outcomes: Sequence[RecipientOutcome],
     via_fallback: bool,
     dispatched_at: int,
+    retries: Sequence[OutboxMessage] = (),
 ) -> DispatchRecord:
     """ESC-28: the dispatch row and its `escalation_dispatched` event, both or neither.
+
+    `retries` are the DMs no relay accepted: queued in the same transaction, dated
+    `dispatched_at` and tied to the handoff, the outbox sender retries them with the
+    notification backoff until delivered or the dispute is resolved (#12 item 5).
 
     `outcomes` is the attempted list in send order (never regrouped); the status is
     `dispatched` if any recipient succeeded, else `send_failed` (ESC-27). `dispatched_at`
@@ -184,6 +193,8 @@ def record_dispatch(
             policy_hash=handoff.policy_hash,
             occurred_at=dispatched_at,
         )
+        if retries:
+            queue_handoff_retries(conn, dispute_id, handoff.id, retries, dispatched_at)
     return DispatchRecord(
         dispatch_id=dispatch_id,
         dispute_id=dispute_id,
@@ -193,6 +204,25 @@ def record_dispatch(
         fallback_broadcast=via_fallback,
         dispatched_at=dispatched_at,
         audit_event_id=audit_id,
+    )
+
+
+def queue_handoff_retries(
+    conn: apsw.Connection,
+    dispute_id: str,
+    handoff_event_id: int,
+    messages: Sequence[OutboxMessage],
+    dispatched_at: int,
+) -> tuple[int, ...]:
+    """Queue escalation DMs to retry through the outbox; caller owns the transaction."""
+    return enqueue(
+        conn,
+        dispute_id=dispute_id,
+        notif_type=HANDOFF_NOTIF_TYPE,
+        cause=f"handoff:{handoff_event_id}",
+        messages=messages,
+        now=dispatched_at,
+        handoff_event_id=handoff_event_id,
     )
 
 

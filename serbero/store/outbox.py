@@ -28,8 +28,9 @@ Rules the sender can rely on:
   DM refused all day writes 3 + 24 rows the first day and 24 a day after that.
 - Rows whose purpose is gone are *abandoned* instead of sent: an initial notice once the
   dispute left `new`/`notified`, a re-notification once it left `notified`, an assignment
-  notice once it is resolved. In-flight rows are left to finish. A claim looks only at the
-  rows it would hand out, so its cost follows `limit`, not the backlog.
+  notice or an escalation DM once it is resolved. In-flight rows are left to finish. A
+  claim looks only at the rows it would hand out, so its cost follows `limit`, not the
+  backlog.
 """
 
 from __future__ import annotations
@@ -75,6 +76,14 @@ LIVE_STATES_BY_TYPE: Final[Mapping[str, tuple[str, ...]]] = {
     NotifType.INITIAL: (LifecycleState.NEW, LifecycleState.NOTIFIED),
     NotifType.RENOTIFICATION: (LifecycleState.NOTIFIED,),
     NotifType.ASSIGNMENT: (
+        LifecycleState.NEW,
+        LifecycleState.NOTIFIED,
+        LifecycleState.TAKEN,
+        LifecycleState.WAITING,
+        LifecycleState.ESCALATED,
+    ),
+    # An escalation DM is superseded once the dispute is resolved (ESC-18).
+    NotifType.MEDIATION_ESCALATION_RECOMMENDED: (
         LifecycleState.NEW,
         LifecycleState.NOTIFIED,
         LifecycleState.TAKEN,

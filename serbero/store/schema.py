@@ -35,7 +35,8 @@ Version 6 is ours and only adds (BEY-2, BEY-3, BEY-10, BEY-22):
 
 `serbero_daemon_health`
     Key/value facts for `serbero status` (`heartbeat_at`, `last_dispute_event_at`, ...),
-    each with `updated_at`.
+    each with `updated_at`; also `wrap_salt`, drawn once per database, from which (with
+    the secret key) DMs' gift wraps are derived (BEY-26).
 
 Indexes (prefixed `serbero_` so they are never mistaken for the reference's):
 `serbero_idx_outbox_pending` and `serbero_idx_outbox_pair` (partial, pending rows only: the

@@ -160,7 +160,9 @@ async def test_a_reference_database_with_history_is_used_as_is(
 ) -> None:
     """Drop-in: a serbero 0.1.1 database (schema 5) with history. Warm start from its newest
     event (CORE-20) replays the old disputes, which are all duplicates or no-ops: nobody is
-    told again. A new dispute is detected and notified."""
+    told again, except about the dispute the reference never managed to announce (left
+    `new`), whose initial notice goes out at start-up, once (#12 item 5). A new dispute is
+    detected and notified."""
     db_path = str(tmp_path / "serbero.db")
     async with Harness(local_relay.url, db_path) as h:
         now = int(time.time())
@@ -179,25 +181,37 @@ async def test_a_reference_database_with_history_is_used_as_is(
 
         with capture_logs() as logs:
             async with running_daemon(h.config) as context:
+                for (dm,) in await h.wait_dms(1):
+                    assert "dispute_id: old-new" in dm.content
+                    assert "initiator: buyer" in dm.content
                 await h.settled(context, len(history))
                 await in_thread(h.sim.open_dispute, "brand-new", "seller")
-                for (dm,) in await h.wait_dms(1):
+                for _, dm in await h.wait_dms(2):
                     assert "dispute_id: brand-new" in dm.content
                 await h.settled(context, len(history) + 1)
                 await trio.sleep(0.3)
-        assert h.dm_counts() == [1, 1]
+        assert h.dm_counts() == [2, 2]
         assert query(db_path, "SELECT dispute_id, lifecycle_state FROM disputes ORDER BY 1") == [
             ("brand-new", "notified"),
-            ("old-new", "new"),
+            ("old-new", "notified"),
             ("old-notified", "notified"),
             ("old-resolved", "resolved"),
             ("old-taken", "taken"),
         ]
-        assert h.rows("notifications", "dispute_id LIKE 'old-%'") == 2
+        assert h.rows("notifications", "dispute_id LIKE 'old-%'") == 4
+        # Started again: the owed notice was paid; nothing is announced twice.
+        with capture_logs() as again:
+            async with running_daemon(h.config) as context:
+                await h.settled(context, 0)
+                await trio.sleep(0.5)
+        assert h.dm_counts() == [2, 2]
+        assert "owed_notices_queued" not in names(again)
         assert query(db_path, "SELECT MAX(version) FROM schema_version") == [(SCHEMA_VERSION,)]
     (resume,) = [entry for entry in logs if entry["event"] == "resume_since"]
     assert resume["last_seen_event_ts"] == now - 40 + len(history) - 1
     assert resume["resume_since_ts"] == resume["last_seen_event_ts"] - 60
+    (owed,) = [entry for entry in logs if entry["event"] == "owed_notices_queued"]
+    assert (owed["initial_notices"], owed["escalation_dispatches"]) == (1, 0)
     skipped = names(logs)
     assert skipped.count("duplicate_skip") == 2
     assert skipped.count("assignment_noop") == 1

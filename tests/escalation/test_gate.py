@@ -11,9 +11,16 @@ from structlog.testing import capture_logs
 from serbero.actors.delivery import Delivery, DmIdentity
 from serbero.actors.gate import HandoffOutcome
 from serbero.actors.tracker import Request, Tracker
-from serbero.actors.tracker_requests import GetDispute, RecordDispatch, ScanPendingHandoffs
+from serbero.actors.tracker_requests import (
+    ClaimOutbox,
+    CompleteOutboxes,
+    GetDispute,
+    RecordDispatch,
+    ScanPendingHandoffs,
+)
 from serbero.config import SolverConfig
 from serbero.store.errors import StoreFailure
+from serbero.store.outbox import RETRY_MAX_SECONDS, OutboxOutcome
 from tests.escalation.helpers import (
     BUNDLE,
     POLICY,
@@ -120,6 +127,54 @@ async def test_all_failed_is_send_failed_and_consumed(
     assert (audit["dispatch_id"], audit["status"]) == (dispatch_id, "send_failed")
     assert [n[3] for n in writer.notifications()] == ["failed", "failed"]
     assert len(deliver.calls) == 2
+
+
+async def test_dms_no_relay_accepted_are_queued_for_the_outbox_until_delivered_or_superseded(
+    tracker: Tracker, writer: SecondWriter, wall_clock: FakeWallClock, handoff: int
+) -> None:
+    """#12 item 5: each failed recipient's DM is queued with the dispatch, dated as it went
+    out and tied to its handoff (so the retry is the same wrap, BEY-26); the outbox drops it
+    once the dispute is resolved."""
+    deliver = ScriptedDeliver(failing=[A.pubkey])
+    t = wall_clock.now
+    async with dispatcher_cycles(tracker, deliver, solvers=[A, B], wall_clock=wall_clock) as cycle:
+        with capture_logs() as logs:
+            await cycle()
+    ((_, body, _),) = [call for call in deliver.calls if call[0] == A.pubkey]
+    assert writer.rows(
+        "SELECT solver_pubkey, notif_type, body, cause, created_at, handoff_event_id, state"
+        " FROM notification_outbox"
+    ) == [
+        (
+            A.pubkey,
+            "mediation_escalation_recommended",
+            body,
+            f"handoff:{handoff}",
+            t,
+            handoff,
+            "pending",
+        )
+    ]
+    (dispatched,) = events(logs, "phase4_dispatched")
+    assert dispatched["retries_queued"] == 1
+    claim = await tracker.ask(ClaimOutbox(limit=10))
+    assert [row.handoff_event_id for row in claim.rows] == [handoff]
+    await tracker.ask(CompleteOutboxes((OutboxOutcome(claim.rows[0].id, False, error="refused"),)))
+    writer.set_state("d-1", "resolved")
+    wall_clock.advance(RETRY_MAX_SECONDS)
+    assert (await tracker.ask(ClaimOutbox(limit=10))).abandoned == 1
+
+
+async def test_a_key_that_cannot_be_parsed_is_not_queued_again(
+    tracker: Tracker, writer: SecondWriter, wall_clock: FakeWallClock, handoff: int
+) -> None:
+    broken = SolverConfig.from_text("npub1-not-a-key", "write")
+    deliver = ScriptedDeliver()
+    async with dispatcher_cycles(
+        tracker, deliver, solvers=[broken, B], wall_clock=wall_clock
+    ) as cycle:
+        await cycle()
+    assert writer.rows("SELECT COUNT(*) FROM notification_outbox") == [(0,)]
 
 
 async def test_fallback_flag_flows_into_row_and_audit(
