@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import httpx
 
 from tests.support.scripted_llm import json_reply, openai_reply, scripted_llm_thread
+
+REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 
 
 def test_thread_server_answers_in_script_order_then_default() -> None:
@@ -24,3 +30,17 @@ def test_thread_server_answers_in_script_order_then_default() -> None:
     ]
     assert llm.requests[1].json() == {"n": 2}
     assert llm.requests[2].body == b"raw"
+
+
+def test_process_server_answers_until_stdin_closes() -> None:
+    command = [sys.executable, "-m", "tests.support.scripted_llm", "--format", "anthropic"]
+    command += ["--content", "pong", "--delay", "0.01"]
+    with subprocess.Popen(
+        command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT
+    ) as server:
+        assert server.stdin is not None and server.stdout is not None
+        url = server.stdout.readline().strip()
+        reply = httpx.post(url + "/v1/messages", json={"model": "m"})
+        server.stdin.close()
+        assert server.wait(10) == 0
+    assert reply.json()["content"] == [{"type": "text", "text": "pong"}]

@@ -7,13 +7,21 @@ headers, body, arrival time), so a test can check the exact wire shape an adapte
 
 Inside a Trio test: `async with open_scripted_llm() as llm: ...`. From code that is not in
 a Trio loop (a daemon in a subprocess, the demo): `with scripted_llm_thread() as llm: ...`
-runs the same server on its own Trio loop in a thread.
+runs the same server on its own Trio loop in a thread. As its own process (so its CPU is
+not the caller's, as for a benchmark):
+
+    .venv/bin/python -m tests.support.scripted_llm --format openai --content TEXT [--delay S]
+
+answers every request with that content, prints its URL on one stdout line once it
+listens, and serves until its stdin closes.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
+import sys
 import threading
 import time
 from collections import deque
@@ -240,3 +248,30 @@ def scripted_llm_thread(default: Reply | Responder | None = None) -> Iterator[Sc
     finally:
         trio.from_thread.run_sync(stop[0].cancel, trio_token=token[0])
         thread.join(10)
+
+
+def _parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="A scripted model API on loopback.")
+    parser.add_argument("--format", choices=("openai", "anthropic"), required=True)
+    parser.add_argument("--content", required=True, help="the answer text of every reply")
+    parser.add_argument("--delay", type=float, default=0.0, help="seconds before each reply")
+    return parser.parse_args(argv)
+
+
+async def _serve_until_stdin_closes(reply: Reply) -> None:
+    llm = ScriptedLLM(reply)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(llm.serve)
+        print(llm.url, flush=True)
+        await trio.to_thread.run_sync(sys.stdin.read, abandon_on_cancel=True)
+        nursery.cancel_scope.cancel()
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parse_args(sys.argv[1:] if argv is None else argv)
+    make = openai_reply if args.format == "openai" else anthropic_reply
+    trio.run(_serve_until_stdin_closes, make(args.content, delay=args.delay))
+
+
+if __name__ == "__main__":
+    main()
