@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import cast
 
+import msgspec
 import trio
 
 from serbero.actors.delivery import SEND_FAILED_PREFIX, DmIdentity, PoolCourier
@@ -37,23 +40,38 @@ class RecordingPool:
         return await self._pool.publish(event)
 
 
-async def test_delivered_dm_opens_in_an_independent_inbox(local_relay: LocalRelayProcess) -> None:
+class Reached(msgspec.Struct, frozen=True):
+    """A connected pool as Serbero, and a solver whose independent inbox is listening."""
+
+    serbero: Keys
+    solver: SolverConfig
+    inbox: SolverInbox
+    pool: RelayPool
+
+
+@asynccontextmanager
+async def reaching_a_solver(relay_url: str) -> AsyncIterator[Reached]:
     serbero, solver_keys = Keys.generate(), Keys.generate()
     solver = SolverConfig.from_text(solver_keys.public_hex)
-    inbox = SolverInbox(solver_keys.secret.hex(), [local_relay.url])
+    inbox = SolverInbox(solver_keys.secret.hex(), [relay_url])
     await trio.to_thread.run_sync(inbox.start)
     try:
-        async with open_relay_pool([local_relay.url], serbero, timing=FAST) as pool:
+        async with open_relay_pool([relay_url], serbero, timing=FAST) as pool:
             await pool.wait_connected()
-            identity = dm(1)
-            courier = PoolCourier(pool, serbero, salt=SALT)
-            delivery = await courier.deliver(solver, "hello\nsolver", identity)
-        assert delivery.ok and delivery.error is None
-        dms = await trio.to_thread.run_sync(inbox.wait_for_count, 1, 10.0)
+            yield Reached(serbero, solver, inbox, pool)
     finally:
         await trio.to_thread.run_sync(inbox.close)
+
+
+async def test_delivered_dm_opens_in_an_independent_inbox(local_relay: LocalRelayProcess) -> None:
+    async with reaching_a_solver(local_relay.url) as to:
+        identity = dm(1)
+        courier = PoolCourier(to.pool, to.serbero, salt=SALT)
+        delivery = await courier.deliver(to.solver, "hello\nsolver", identity)
+        assert delivery.ok and delivery.error is None
+        dms = await trio.to_thread.run_sync(to.inbox.wait_for_count, 1, 10.0)
     assert dms[0].content == "hello\nsolver"
-    assert dms[0].sender_hex == serbero.public_hex
+    assert dms[0].sender_hex == to.serbero.public_hex
     assert dms[0].rumor_created_at == identity.created_at
 
 
@@ -62,33 +80,25 @@ async def test_a_dm_sent_again_is_the_same_event_and_the_solver_sees_it_once(
 ) -> None:
     """BEY-26: a resend by a courier made afresh (a restart), keys prepared or not, is the
     very same event; the relay takes it as a duplicate (still a delivery, BEY-1)."""
-    serbero, solver_keys = Keys.generate(), Keys.generate()
-    solver = SolverConfig.from_text(solver_keys.public_hex)
-    inbox = SolverInbox(solver_keys.secret.hex(), [local_relay.url])
-    await trio.to_thread.run_sync(inbox.start)
-    try:
-        async with open_relay_pool([local_relay.url], serbero, timing=FAST) as pool:
-            await pool.wait_connected()
-            recording = RecordingPool(pool)
-            identity, other = dm(41), dm(42)
-            prepared = PoolCourier(
-                cast(RelayPool, recording),
-                serbero,
-                salt=SALT,
-                spares_for=[solver_keys.public_hex],
-                outbox_ids_after=40,
-            )
-            while prepared.prepare_spare():
-                pass
-            first = await prepared.deliver(solver, "notice", identity)
-            await prepared.deliver(solver, "notice", other)
-            restarted = PoolCourier(cast(RelayPool, recording), serbero, salt=SALT)
-            again = await restarted.deliver(solver, "notice", identity)
-            await trio.to_thread.run_sync(inbox.wait_for_count, 2, 10.0)
-            await trio.sleep(0.3)
-        dms = inbox.messages()
-    finally:
-        await trio.to_thread.run_sync(inbox.close)
+    async with reaching_a_solver(local_relay.url) as to:
+        recording = RecordingPool(to.pool)
+        identity, other = dm(41), dm(42)
+        prepared = PoolCourier(
+            cast(RelayPool, recording),
+            to.serbero,
+            salt=SALT,
+            spares_for=[to.solver.pubkey],
+            outbox_ids_after=40,
+        )
+        while prepared.prepare_spare():
+            pass
+        first = await prepared.deliver(to.solver, "notice", identity)
+        await prepared.deliver(to.solver, "notice", other)
+        restarted = PoolCourier(cast(RelayPool, recording), to.serbero, salt=SALT)
+        again = await restarted.deliver(to.solver, "notice", identity)
+        await trio.to_thread.run_sync(to.inbox.wait_for_count, 2, 10.0)
+        await trio.sleep(0.3)
+        dms = to.inbox.messages()
     assert first.ok and again.ok
     sent, sent_other, resent = recording.published
     assert resent == sent, "byte for byte"
