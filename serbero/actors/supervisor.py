@@ -63,6 +63,7 @@ from serbero.protocol.keys import KeyFormatError, Keys, parse_public_key
 from serbero.protocol.messages import Filter
 from serbero.store.disputes import SINCE_SKEW_SECONDS, Since
 from serbero.store.errors import StoreError
+from serbero.store.sending import SendingOrigin
 
 __all__ = [
     "CRASH_WINDOW_SECONDS",
@@ -446,7 +447,7 @@ class Supervisor:
                 ring_sender=self.doorbell.ring,
                 snapshot=self.snapshot,
             )
-            specs = self._core_actors(context, subscription, sending.last_outbox_id)
+            specs = self._core_actors(context, subscription, sending)
             specs += [
                 ActorSpec(name=extra.name, run=_bind(extra, context), restart=extra.restart)
                 for extra in optional_actors(context)
@@ -467,16 +468,16 @@ class Supervisor:
                     await self._recorder.record_stop()
 
     def _core_actors(
-        self, context: DaemonContext, subscription: Subscription, last_outbox_id: int
+        self, context: DaemonContext, subscription: Subscription, sending: SendingOrigin
     ) -> list[ActorSpec]:
         config, tracker = context.config, context.tracker
-        receivers = {s.pubkey_hex for s in config.solvers if s.pubkey_hex is not None}
         courier = PoolCourier(
             context.pool,
             context.identity,
             salt=context.wrap_salt,
-            spares_for=sorted(receivers),
-            outbox_ids_after=last_outbox_id,
+            spares_for=config.solvers,
+            last_outbox_id=sending.last_outbox_id,
+            last_outbox_solver=sending.last_outbox_solver,
         )
         sender = OutboxSender(
             tracker,

@@ -167,8 +167,14 @@ class SeededWrapper:
 
     def prepare(self, outbox_id: int, receivers: Iterable[str]) -> None:
         """Make outbox row `outbox_id`'s one-time key and its conversation keys with
-        `receivers` (parsed keys), which include the row's receiver if the caller guessed it."""
-        keys = _one_time_keys(self._seed, _key_binding("outbox", outbox_id, ""))
+        `receivers` (parsed keys), the row's receiver among them if the caller guessed it.
+        Asked again for the same row, the key is kept and the conversation keys replaced."""
+        prepared = self._prepared.get(outbox_id)
+        keys = (
+            prepared.keys
+            if prepared is not None
+            else _one_time_keys(self._seed, _key_binding("outbox", outbox_id, ""))
+        )
         conversation = {}
         for receiver in receivers:
             self.seal_key(receiver)

@@ -3,8 +3,8 @@
 Gift wraps are derived from our secret, a salt and the DM's outbox id. The salt is drawn
 once per database and kept in `serbero_daemon_health` (key `wrap_salt`): a database started
 afresh numbers its outbox from 1 again, and its wraps must not repeat an older database's
-one-time keys. The last outbox id tells the sender which ids come next, so their keys can
-be made before the DMs exist.
+one-time keys. The last outbox id (and whom it was for) tells the sender which ids come
+next, and for whom, so their keys can be made before the DMs exist.
 """
 
 from __future__ import annotations
@@ -22,10 +22,12 @@ SALT_BYTES: Final = 16
 
 
 class SendingOrigin(msgspec.Struct, frozen=True):
-    """The database's wrap salt, and the highest outbox id handed out so far (0: none)."""
+    """The database's wrap salt, the highest outbox id handed out so far (0: none), and
+    the solver that row is for (None when it is gone)."""
 
     salt: bytes
     last_outbox_id: int
+    last_outbox_solver: str | None = None
 
 
 def sending_origin(
@@ -46,6 +48,14 @@ def sending_origin(
             "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'notification_outbox'),"
             " (SELECT MAX(id) FROM notification_outbox), 0)"
         ).fetchone()
+        last_id = 0 if last is None else int(last[0])
+        solver = conn.execute(
+            "SELECT solver_pubkey FROM notification_outbox WHERE id = ?", (last_id,)
+        ).fetchone()
     # The stored text is the salt as it is: nothing to parse, nothing to reject.
     salt = str(row[0]).encode() if row is not None else b""
-    return SendingOrigin(salt=salt, last_outbox_id=0 if last is None else int(last[0]))
+    return SendingOrigin(
+        salt=salt,
+        last_outbox_id=last_id,
+        last_outbox_solver=None if solver is None else str(solver[0]),
+    )

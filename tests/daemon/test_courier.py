@@ -5,18 +5,19 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from typing import cast
 
 import msgspec
 import trio
 
-from serbero.actors.delivery import SEND_FAILED_PREFIX, DmIdentity, PoolCourier
+from serbero.actors.delivery import SEND_FAILED_PREFIX, DmIdentity, PoolCourier, _UpcomingKeys
 from serbero.actors.relay_pool import PublishResult, RelayPool, open_relay_pool
 from serbero.config import SolverConfig
 from serbero.protocol.event import Event
 from serbero.protocol.keys import Keys
+from serbero.protocol.wrap_seed import SeededWrapper
 from tests.daemon.support import FAST, open_rejecting_relay
 from tests.support.relay_fixtures import LocalRelayProcess
 from tests.support.solver_inbox import SolverInbox
@@ -87,8 +88,8 @@ async def test_a_dm_sent_again_is_the_same_event_and_the_solver_sees_it_once(
             cast(RelayPool, recording),
             to.serbero,
             salt=SALT,
-            spares_for=[to.solver.pubkey],
-            outbox_ids_after=40,
+            spares_for=[to.solver],
+            last_outbox_id=40,
         )
         while prepared.prepare_spare():
             pass
@@ -106,19 +107,72 @@ async def test_a_dm_sent_again_is_the_same_event_and_the_solver_sees_it_once(
     assert sorted(d.wrap_id for d in dms) == sorted([sent.id, sent_other.id])
 
 
-async def test_prepare_spare_fills_the_window_after_the_last_outbox_id() -> None:
-    """Keys are made for the outbox ids after the last one seen, as many as the window
-    holds, and the window moves with the ids delivered."""
-    serbero, solvers = Keys.generate(), [Keys.generate().public_hex for _ in range(2)]
-    courier = PoolCourier(
-        cast(RelayPool, None), serbero, salt=SALT, spares_for=solvers, outbox_ids_after=100
-    )
-    prepared = 0
-    while courier.prepare_spare():
-        prepared += 1
-    assert prepared == 1024, "512 disputes' worth for two solvers"
-    assert not courier.prepare_spare()
-    assert PoolCourier(cast(RelayPool, None), serbero, salt=SALT).prepare_spare() is False
+class SpyWrapper(SeededWrapper):
+    """The real wrapper, noting for whom each outbox id's keys were made."""
+
+    def __init__(self) -> None:
+        super().__init__(Keys.generate(), SALT)
+        self.made: dict[int, tuple[str, ...]] = {}
+
+    def prepare(self, outbox_id: int, receivers: Iterable[str]) -> None:
+        self.made[outbox_id] = tuple(receivers)
+        super().prepare(outbox_id, self.made[outbox_id])
+
+
+def prepare_all(upcoming: _UpcomingKeys) -> int:
+    count = 0
+    while upcoming.prepare_next():
+        count += 1
+    return count
+
+
+def test_keys_are_made_ahead_for_the_solvers_in_turn_after_the_last_outbox_row() -> None:
+    """Ids after the last row go to the configured solvers in turn (a solver whose key does
+    not parse gets no key); the window holds 512 ids per solver."""
+    a, b = (SolverConfig.from_text(Keys.generate().public_hex) for _ in range(2))
+    broken = SolverConfig.from_text("not-a-key")
+    wrapper = SpyWrapper()
+    upcoming = _UpcomingKeys(wrapper, [a, broken, b], last_id=100, last_solver=broken.pubkey)
+    assert prepare_all(upcoming) == 3 * 512
+    assert [wrapper.made.get(n) for n in (101, 102, 103, 104)] == [
+        (b.pubkey_hex,),
+        (a.pubkey_hex,),
+        None,
+        (b.pubkey_hex,),
+    ]
+    assert not upcoming.prepare_next()
+
+
+def test_a_wrong_guess_is_corrected_from_the_row_that_showed_it() -> None:
+    """A row for one solver only (a reminder to a subset, say) shifts the turn: the ids
+    after it are prepared again for the right solvers, keeping their one-time keys."""
+    a, b = (SolverConfig.from_text(Keys.generate().public_hex) for _ in range(2))
+    wrapper = SpyWrapper()
+    upcoming = _UpcomingKeys(wrapper, [a, b], last_id=0, last_solver=None)
+    for _ in range(6):
+        upcoming.prepare_next()
+    assert [wrapper.made[n] for n in (1, 2, 3)] == [
+        (a.pubkey_hex,),
+        (b.pubkey_hex,),
+        (a.pubkey_hex,),
+    ]
+    upcoming.going_out(1, b.pubkey)
+    while upcoming.prepare_next():
+        pass
+    assert [wrapper.made[n] for n in (2, 3, 4)] == [
+        (a.pubkey_hex,),
+        (b.pubkey_hex,),
+        (a.pubkey_hex,),
+    ]
+    dm_2 = DmIdentity("outbox", 2, int(time.time()))
+    fresh = SeededWrapper(wrapper.sender, SALT).private_dm(a.pubkey_hex, "x", dm_2)
+    assert wrapper.private_dm(a.pubkey_hex, "x", dm_2) == fresh
+    assert 2 not in wrapper.prepared_ids()
+
+
+async def test_a_courier_without_solvers_prepares_nothing() -> None:
+    courier = PoolCourier(cast(RelayPool, None), Keys.generate(), salt=SALT)
+    assert courier.prepare_spare() is False
 
 
 async def test_invalid_pubkey_makes_no_network_attempt(local_relay: LocalRelayProcess) -> None:

@@ -12,7 +12,7 @@ from serbero.store.connection import open_database
 from serbero.store.disputes import record_detected
 from serbero.store.outbox import enqueue_notifications
 from serbero.store.sending import SALT_BYTES, sending_origin
-from tests.store.helpers import T0, event, messages
+from tests.store.helpers import SOLVERS, T0, event, messages
 
 
 def test_the_salt_is_drawn_once_per_database_and_kept(conn: apsw.Connection, db_path: str) -> None:
@@ -48,6 +48,8 @@ def test_the_last_outbox_id_counts_rows_deleted_since(conn: apsw.Connection) -> 
         messages=messages("assignment"),
         now=T0,
     )
-    assert sending_origin(conn, now=T0, rand=os.urandom).last_outbox_id == ids[-1]
+    origin = sending_origin(conn, now=T0, rand=os.urandom)
+    assert (origin.last_outbox_id, origin.last_outbox_solver) == (ids[-1], SOLVERS[-1])
     conn.execute("DELETE FROM notification_outbox")
-    assert sending_origin(conn, now=T0, rand=os.urandom).last_outbox_id == ids[-1]
+    origin = sending_origin(conn, now=T0, rand=os.urandom)
+    assert (origin.last_outbox_id, origin.last_outbox_solver) == (ids[-1], None)
