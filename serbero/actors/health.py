@@ -21,6 +21,7 @@ __all__ = [
     "BIND_RETRY_SECONDS",
     "ActorView",
     "HealthView",
+    "MediationView",
     "health_answer",
     "run_health_endpoint",
 ]
@@ -48,6 +49,23 @@ class ActorView(Protocol):
     def restarts(self) -> int: ...
     @property
     def last_error(self) -> str | None: ...
+
+
+class MediationView(Protocol):
+    """What `/health` shows of mediation's bring-up (MED-10)."""
+
+    @property
+    def state(self) -> str: ...
+    @property
+    def provider(self) -> str | None: ...
+    @property
+    def model(self) -> str | None: ...
+    @property
+    def policy_hash(self) -> str | None: ...
+    @property
+    def stage(self) -> str | None: ...
+    @property
+    def error(self) -> str | None: ...
 
 
 class HealthView(Protocol):
@@ -82,6 +100,8 @@ class HealthView(Protocol):
     def delivery_failures(self) -> int: ...
     @property
     def actors(self) -> Sequence[ActorView]: ...
+    @property
+    def mediation(self) -> MediationView: ...
 
 
 def health_answer(snapshot: HealthView) -> HealthAnswer:
@@ -92,10 +112,13 @@ def health_answer(snapshot: HealthView) -> HealthAnswer:
     reconnect_attempts, last_error), `last_dispute_event_at` and `last_dispute_event_age`
     (null before the first event), `events_received`, `queues` (ingest_backlog,
     decisions_in_flight, outbox_pending, outbox_in_flight), `deliveries` (delivered,
-    failed), `actors` (name -> state, restarts, last_error).
+    failed), `actors` (name -> state, restarts, last_error), `mediation` (state `off` /
+    `starting` / `ready` / `failed`, provider, model, policy_hash, and for a failure its
+    stage and error). Mediation never changes the status: the core runs without it.
     """
     up = snapshot.relays_connected > 0
     event_at = snapshot.last_dispute_event_at
+    mediation = snapshot.mediation
     document: dict[str, Any] = {
         "status": STATUS_OK if up else STATUS_NO_RELAY,
         "taken_at": snapshot.taken_at,
@@ -134,6 +157,14 @@ def health_answer(snapshot: HealthView) -> HealthAnswer:
                 "last_error": actor.last_error,
             }
             for actor in snapshot.actors
+        },
+        "mediation": {
+            "state": mediation.state,
+            "provider": mediation.provider,
+            "model": mediation.model,
+            "policy_hash": mediation.policy_hash,
+            "stage": mediation.stage,
+            "error": mediation.error,
         },
     }
     return HealthAnswer(up=up, document=document)

@@ -37,6 +37,7 @@ import os
 from collections import deque
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
+from pathlib import Path
 from typing import Final, Literal
 
 import msgspec
@@ -58,6 +59,7 @@ from serbero.actors.tracker_requests import ComputeSince, RequeueInFlight, Start
 from serbero.clock import WallClock
 from serbero.config import Config, shown_pubkey
 from serbero.log import get_logger
+from serbero.mediation.bringup import MediationBringUp, MediationStatus
 from serbero.protocol.dispute_event import DISPUTE_EVENT_KIND
 from serbero.protocol.keys import KeyFormatError, Keys, parse_public_key
 from serbero.protocol.messages import Filter
@@ -131,6 +133,7 @@ class DaemonSnapshot(msgspec.Struct, frozen=True, kw_only=True):
     - `delivered` / `delivery_failures`: DM attempts since start, by outcome.
     - `renotify_cycles`: re-notification timer cycles since start.
     - `actors`: every supervised actor's `ActorStatus`, in start order.
+    - `mediation`: how mediation's bring-up ended (`off`, `starting`, `ready`, `failed`).
     """
 
     taken_at: int
@@ -149,6 +152,7 @@ class DaemonSnapshot(msgspec.Struct, frozen=True, kw_only=True):
     delivery_failures: int
     renotify_cycles: int
     actors: tuple[ActorStatus, ...]
+    mediation: MediationStatus
 
 
 SnapshotProvider = Callable[[], DaemonSnapshot]
@@ -158,7 +162,8 @@ class DaemonContext(msgspec.Struct, frozen=True, kw_only=True):
     """What a running daemon shares with optional actors and in-process callers (CORE-12).
 
     `ring_sender()` tells the outbox sender that new DMs were queued (it also finds them
-    within `IDLE_RECHECK_SECONDS` without a ring); `snapshot()` is the live view.
+    within `IDLE_RECHECK_SECONDS` without a ring); `snapshot()` is the live view;
+    `mediation.wait_settled()` gives the mediation engine its context once bring-up is over.
     """
 
     config: Config
@@ -171,6 +176,7 @@ class DaemonContext(msgspec.Struct, frozen=True, kw_only=True):
     wrap_salt: bytes
     ring_sender: Callable[[], None]
     snapshot: SnapshotProvider
+    mediation: MediationBringUp
 
 
 class OptionalActor(msgspec.Struct, frozen=True, kw_only=True):
@@ -300,17 +306,6 @@ def _log_since(since: Since) -> None:
         )
 
 
-def _log_mediation(config: Config) -> None:
-    """CORE-8 step 9 / CORE-17: mediation needs both switches; bring-up failures never stop
-    the core. No mediation engine ships in this build, so turning it on is such a failure."""
-    if not config.mediation.enabled:
-        return
-    if not config.reasoning.enabled:
-        log.info("mediation_disabled", reason="[reasoning].enabled = false")
-        return
-    log.error("mediation_bringup_failed", error="the mediation engine is not part of this build")
-
-
 class Supervisor:
     """Owns the start-up sequence, the actors' nursery and the live snapshot."""
 
@@ -335,6 +330,8 @@ class Supervisor:
         self._subscription: Subscription | None = None
         self._identity_hex = ""
         self._recorder: HealthRecorder | None = None
+        # Prompt paths are relative to the working directory, as in the reference.
+        self.mediation = MediationBringUp(config, cwd=Path.cwd())
 
     # --- the live view -------------------------------------------------------------------------
 
@@ -361,6 +358,7 @@ class Supervisor:
             delivery_failures=self.sender_stats.failed,
             renotify_cycles=self.renotify_stats.cycles,
             actors=tuple(record.status() for record in self._actors.values()),
+            mediation=self.mediation.status(),
         )
 
     # --- start-up ------------------------------------------------------------------------------
@@ -407,7 +405,7 @@ class Supervisor:
                 log.info("solvers_ready", solver_count=len(config.solvers))
             else:
                 log.warning("no_solvers_configured")
-            _log_mediation(config)
+            await self.mediation.prepare(stack)
             try:
                 identity = config.identity()
             except KeyFormatError as exc:
@@ -446,6 +444,7 @@ class Supervisor:
                 wrap_salt=sending.salt,
                 ring_sender=self.doorbell.ring,
                 snapshot=self.snapshot,
+                mediation=self.mediation,
             )
             specs = self._core_actors(context, subscription, sending)
             specs += [
@@ -456,6 +455,8 @@ class Supervisor:
                 for spec in specs:
                     self._actors[spec.name] = _ActorRecord(spec.name)
                     nursery.start_soon(self.supervise, spec, name=f"actor {spec.name}")
+                # The provider's health check must not hold up the core (MED-10).
+                nursery.start_soon(self.mediation.check_health, name="mediation bring-up")
                 log.info("event_loop_started")
                 task_status.started(context)
                 if shutdown is not None:

@@ -18,6 +18,7 @@ from serbero.config import (
     Config,
     EscalationConfig,
     MediationConfig,
+    PromptsConfig,
     ReasoningConfig,
     RelayConfig,
     Secret,
@@ -104,6 +105,7 @@ async def test_optional_features_are_reported(tmp_path: Path) -> None:
             port,
             mediation=MediationConfig(enabled=True),
             reasoning=ReasoningConfig(enabled=True, api_key=Secret("k")),
+            prompts=PromptsConfig(system_instructions_path=str(tmp_path / "missing.md")),
         )
         both_logs = await start_and_stop(both)
     (enabled,) = [entry for entry in logs if entry["event"] == "phase4_dispatcher_enabled"]
@@ -113,6 +115,7 @@ async def test_optional_features_are_reported(tmp_path: Path) -> None:
     assert "mediation_disabled" in names(logs)
     (failed,) = [entry for entry in both_logs if entry["event"] == "mediation_bringup_failed"]
     assert failed["log_level"] == "error"
+    assert failed["stage"] == "bundle"
     assert "event_loop_started" in names(both_logs)
 
 

@@ -21,6 +21,7 @@ from serbero.actors.health import health_answer, run_health_endpoint
 from serbero.actors.health_http import MAX_HEADERS, HealthAnswer, HttpLimits, serve_health
 from serbero.actors.relay import RelayState
 from serbero.actors.supervisor import ActorStatus, DaemonSnapshot
+from serbero.mediation.bringup import MediationStatus
 
 LIMITS = HttpLimits(
     max_head_bytes=1024,
@@ -343,6 +344,15 @@ def daemon_snapshot(*, connected: bool, event_at: int | None = 1_700_000_090) ->
                 last_crash_at=1_700_000_095,
             ),
         ),
+        mediation=MediationStatus(
+            state="failed",
+            provider="openai",
+            model="gpt-4o-mini",
+            bundle_id="phase3-default",
+            policy_hash="9d" * 32,
+            stage="health_check",
+            error="unreachable: http 503: busy",
+        ),
     )
 
 
@@ -384,6 +394,14 @@ def test_health_answer_document() -> None:
         "actors": {
             "ingest": {"state": "running", "restarts": 0, "last_error": None},
             "sender": {"state": "restarting", "restarts": 2, "last_error": "RuntimeError('boom')"},
+        },
+        "mediation": {
+            "state": "failed",
+            "provider": "openai",
+            "model": "gpt-4o-mini",
+            "policy_hash": "9d" * 32,
+            "stage": "health_check",
+            "error": "unreachable: http 503: busy",
         },
     }
 
