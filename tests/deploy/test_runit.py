@@ -136,3 +136,44 @@ def _run_through_real_chpst(tmp_path: Path) -> None:
         "config": "/etc/serbero/config.toml",
         "key_set": "yes",
     }
+
+
+VERDICT_CHPST = """#!/bin/sh
+cat "$FAKE_VERDICT_FILE"
+exit 1
+"""
+
+
+def test_check_says_why_once_per_sv_command_not_once_per_poll(tmp_path: Path) -> None:
+    """sv runs ./check about twice a second for up to 7 s, all from one sv process: the
+    same verdict is printed once for that process, a new one when it changes, and again for
+    the next sv command."""
+    verdict = tmp_path / "verdict"
+    env = {
+        **fake_chpst_env(tmp_path, VERDICT_CHPST),
+        "FAKE_VERDICT_FILE": str(verdict),
+        "SERBERO_SV_HOME": str(tmp_path),
+        "SERBERO_SV_CHECK_STATE": str(tmp_path / "check.last"),
+    }
+
+    def polls(*verdicts: str) -> tuple[list[int], str]:
+        """One parent (like one `sv check`) running ./check once per verdict."""
+        script = 'for line in "$@"; do printf "%s\\n" "$line" > "$FAKE_VERDICT_FILE"; '
+        script += '"$CHECK" 2>&1; echo "status $?"; done'
+        result = subprocess.run(
+            ["sh", "-c", script, "sh", *verdicts],
+            env={**env, "CHECK": str(CHECK)},
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT_S,
+        )
+        lines = result.stdout.splitlines()
+        statuses = [int(line.split()[1]) for line in lines if line.startswith("status ")]
+        said = "".join(f"{line}\n" for line in lines if not line.startswith("status "))
+        return statuses, said
+
+    down = "down: HTTP 503, 0 of 1 relays connected"
+    refused = "unreachable: http://127.0.0.1:9797/health: [Errno 111] Connection refused"
+    assert polls(down, down, down, down) == ([1, 1, 1, 1], f"{down}\n")
+    assert polls(refused, refused, down, down) == ([1, 1, 1, 1], f"{refused}\n{down}\n")
+    assert polls(down) == ([1], f"{down}\n")
