@@ -110,4 +110,6 @@ class OpenAIAdapter(ChatAdapter):
         error = document.get("error")
         code = error.get("code") if isinstance(error, dict) else None
         if isinstance(code, int) and not isinstance(code, bool) and 400 <= code <= 599:
-            raise self._transport.status_error(code, msgspec.json.encode(error))
+            message = error.get("message") if isinstance(error, dict) else None
+            quoted = message.encode("utf-8", "replace") if isinstance(message, str) else b""
+            raise self._transport.status_error(code, quoted)

@@ -250,7 +250,7 @@ async def test_openrouter_error_inside_a_200_is_its_status(
     with pytest.raises(ReasoningUnreachable) as caught:
         await openai(llm, client, retries=3).health_check()
     assert caught.value.status == 402
-    assert "insufficient credits" in caught.value.message
+    assert caught.value.message == "http 402: insufficient credits"
     assert len(llm.requests) == 3
 
 
