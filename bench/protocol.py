@@ -6,18 +6,13 @@ mean time per call, in microseconds, so a noisy neighbour on a small box inflate
 
 from __future__ import annotations
 
-import statistics
-import time
-from collections.abc import Callable
-
 import nostr_sdk
 
+from bench.timing import CALLS_PER_ROUND, ROUNDS, per_call_us
 from serbero.protocol.event import decode_event, encode_event, sign_event, verify_event
 from serbero.protocol.keys import Keys
 from serbero.protocol.nip59 import build_private_dm, unwrap_gift
 
-ROUNDS = 7
-CALLS_PER_ROUND = 300
 TARGET_VERIFY_US = 100.0
 TARGET_BUILD_US = 600.0
 NOW = 1_700_000_000
@@ -27,18 +22,6 @@ TEXT = (
     "initiator: buyer\n"
     "status: initiated"
 )
-
-
-def per_call_us(fn: Callable[[], object], calls: int = CALLS_PER_ROUND) -> tuple[float, float]:
-    """(best, median) over ROUNDS of the mean µs per call."""
-    fn()  # warm caches and lazy imports outside the timed region
-    samples = []
-    for _ in range(ROUNDS):
-        start = time.perf_counter_ns()
-        for _ in range(calls):
-            fn()
-        samples.append((time.perf_counter_ns() - start) / calls / 1000)
-    return min(samples), statistics.median(samples)
 
 
 def row(label: str, figures: tuple[float, float], target: float | None = None) -> None:

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Final
@@ -30,6 +30,7 @@ import httpx
 import msgspec
 import trio
 
+from bench.timing import per_call_us
 from serbero.config import PromptsConfig, ReasoningConfig, Secret
 from serbero.mediation.guard import check_summary
 from serbero.mediation.policy import AskClarification, Initial, decide
@@ -41,7 +42,6 @@ from serbero.reasoning.provider import build_provider
 from serbero.reasoning.types import ClassifyRequest, TranscriptEntry
 from tests.support.scripted_llm import anthropic_reply, open_scripted_llm, openai_reply
 
-ROUNDS: Final = 7
 CALLS_PER_ROUND: Final = 2_000
 ADAPTER_CALLS_PER_ROUND: Final = 300
 TARGET_DECIDE_US: Final = 50.0
@@ -82,18 +82,6 @@ def transcript(messages: int = 40) -> tuple[TranscriptEntry, ...]:
     return tuple(
         TranscriptEntry(speakers[i % 3], 1_700_000_000 + 60 * i, line) for i in range(messages)
     )
-
-
-def per_call_us(fn: Callable[[], object], calls: int) -> tuple[float, float]:
-    """(best, median) over ROUNDS of the mean µs per call."""
-    fn()
-    samples = []
-    for _ in range(ROUNDS):
-        start = time.perf_counter_ns()
-        for _ in range(calls):
-            fn()
-        samples.append((time.perf_counter_ns() - start) / calls / 1000)
-    return min(samples), statistics.median(samples)
 
 
 def row(label: str, figures: tuple[float, float], target: float) -> None:

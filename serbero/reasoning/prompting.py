@@ -77,13 +77,12 @@ def transcript_lines(transcript: Iterable[TranscriptEntry]) -> str:
 
 def classification_prompt(request: ClassifyRequest, bundle: PromptBundle) -> str:
     """The user message of a classification call: metadata, four policy files, transcript."""
-    metadata = (
-        f"session_id: {request.session_id}\n"
-        f"dispute_id: {request.dispute_id}\n"
-        f"initiator_role: {request.initiator_role}\n"
-        f"bundle_id: {bundle.bundle_id}\n"
-        f"policy_hash: {bundle.policy_hash}\n"
-        f"round_count: {request.round_count}"
+    metadata = _metadata(
+        request.session_id,
+        request.dispute_id,
+        bundle,
+        initiator_role=request.initiator_role,
+        round_count=str(request.round_count),
     )
     return _join(
         ("Task", "Classify this Mostro dispute and suggest one next action."),
@@ -100,13 +99,12 @@ def classification_prompt(request: ClassifyRequest, bundle: PromptBundle) -> str
 def summary_prompt(request: SummarizeRequest, bundle: PromptBundle) -> str:
     """The user message of a summary call: metadata with the verdict, three policy files,
     transcript."""
-    metadata = (
-        f"session_id: {request.session_id}\n"
-        f"dispute_id: {request.dispute_id}\n"
-        f"bundle_id: {bundle.bundle_id}\n"
-        f"policy_hash: {bundle.policy_hash}\n"
-        f"classification: {request.label}\n"
-        f"confidence: {request.confidence!r}"
+    metadata = _metadata(
+        request.session_id,
+        request.dispute_id,
+        bundle,
+        classification=request.label,
+        confidence=repr(request.confidence),
     )
     return _join(
         ("Task", "Summarise this Mostro dispute for the human solver who will decide it."),
@@ -117,6 +115,17 @@ def summary_prompt(request: SummarizeRequest, bundle: PromptBundle) -> str:
         ("Transcript", _fenced(request.transcript)),
         ("Answer format", _SUMMARY_CONTRACT),
     )
+
+
+def _metadata(session_id: str, dispute_id: str, bundle: PromptBundle, **extra: str) -> str:
+    fields = {
+        "session_id": session_id,
+        "dispute_id": dispute_id,
+        "bundle_id": bundle.bundle_id,
+        "policy_hash": bundle.policy_hash,
+        **extra,
+    }
+    return "\n".join(f"{name}: {value}" for name, value in fields.items())
 
 
 def _fenced(transcript: Iterable[TranscriptEntry]) -> str:
