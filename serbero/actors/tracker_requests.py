@@ -13,6 +13,20 @@ import apsw
 import msgspec
 
 from serbero.actors.tracker import Context, Request
+from serbero.store.chat import (
+    InboundEnvelope,
+    IngestOutcome,
+    OutboundRound,
+    SessionChatKeys,
+    UnsentOutbound,
+    ingest_inbound,
+    live_session_chat_keys,
+    record_outbound_round,
+    record_outbound_sent,
+    record_trade_pubkeys,
+    session_chat_keys,
+    unsent_outbound,
+)
 from serbero.store.disputes import (
     AssignmentResult,
     DetectionResult,
@@ -354,3 +368,73 @@ class WriteHealth(Request[None], frozen=True):
             prune_relays=self.prune_relays,
             clear=self.clear,
         )
+
+
+class RecordTradePubkeys(Request[None], frozen=True):
+    """The parties' trade pubkeys on the session row, so a restart re-derives keys (BEY-16)."""
+
+    session_id: str
+    buyer_trade_pubkey: str
+    seller_trade_pubkey: str
+
+    def apply(self, conn: apsw.Connection, ctx: Context) -> None:
+        record_trade_pubkeys(
+            conn, self.session_id, self.buyer_trade_pubkey, self.seller_trade_pubkey
+        )
+
+
+class GetSessionChatKeys(Request[SessionChatKeys | None], frozen=True):
+    """One session's pubkeys, state and pinned bundle, or None."""
+
+    session_id: str
+
+    def apply(self, conn: apsw.Connection, ctx: Context) -> SessionChatKeys | None:
+        return session_chat_keys(conn, self.session_id)
+
+
+class ListLiveSessionChatKeys(Request[tuple[SessionChatKeys, ...]], frozen=True):
+    """Every Live session's keys: the restart's re-derivation list (MED-151, BEY-16)."""
+
+    def apply(self, conn: apsw.Connection, ctx: Context) -> tuple[SessionChatKeys, ...]:
+        return live_session_chat_keys(conn)
+
+
+class RecordOutboundRound(Request[tuple[int, int]], frozen=True):
+    """Both outbound rows of a round with their wraps, before publishing (MED-82)."""
+
+    outbound: OutboundRound
+
+    def apply(self, conn: apsw.Connection, ctx: Context) -> tuple[int, int]:
+        return record_outbound_round(conn, self.outbound, ctx.now)
+
+
+class RecordOutboundSent(Request[int | None], frozen=True):
+    """`outbound_sent` after a relay accepted one party's wrap (MED-83); None if already."""
+
+    session_id: str
+    shared_pubkey: str
+    inner_event_id: str
+
+    def apply(self, conn: apsw.Connection, ctx: Context) -> int | None:
+        return record_outbound_sent(
+            conn, self.session_id, self.shared_pubkey, self.inner_event_id, ctx.now
+        )
+
+
+class ListUnsentOutbound(Request[tuple[UnsentOutbound, ...]], frozen=True):
+    """Outbound rows of Live sessions still lacking `outbound_sent` (Q-4)."""
+
+    session_id: str | None = None
+
+    def apply(self, conn: apsw.Connection, ctx: Context) -> tuple[UnsentOutbound, ...]:
+        return unsent_outbound(conn, self.session_id)
+
+
+class IngestInbound(Request[IngestOutcome], frozen=True):
+    """One inbound envelope, one transaction (MED-102, Q-12)."""
+
+    session_id: str
+    envelope: InboundEnvelope
+
+    def apply(self, conn: apsw.Connection, ctx: Context) -> IngestOutcome:
+        return ingest_inbound(conn, self.session_id, self.envelope, ctx.now)

@@ -36,6 +36,14 @@ class UnknownDispute(StoreError):
         self.dispute_id = dispute_id
 
 
+class UnknownSession(StoreError):
+    """The step needs a `mediation_sessions` row that does not exist."""
+
+    def __init__(self, session_id: str) -> None:
+        super().__init__(f"unknown mediation session {session_id}")
+        self.session_id = session_id
+
+
 class UnknownOutboxRow(StoreError):
     """A completion names an outbox row that does not exist."""
 

@@ -1,4 +1,4 @@
-"""The database schema: the reference's versions 1-5 verbatim, then our additive versions 6-7.
+"""The database schema: the reference's versions 1-5 verbatim, then our additive versions 6-8.
 
 Versions 1-5 are the Rust serbero 0.1.1 schema exactly as core.md §14 spells it (table and
 column names, declared types, NOT NULL, defaults, keys, index names, the CHECK), so an
@@ -53,6 +53,19 @@ Version 7 is ours and only adds (Q-16):
     (`classification` or `summary`), `dispute_id` (FK `disputes`), `session_id` (NULL for
     the verdict before a session exists), `provider`, `model`, `prompt_bundle_id`,
     `policy_hash`, `generated_at`. Indexed by rationale and by dispute.
+
+Version 8 is ours and only adds (BEY-16, Q-4):
+
+`serbero_session_trade_keys`
+    The parties' trade pubkeys (public data) learnt from the take, one row per session
+    (`session_id`, `buyer_trade_pubkey`, `seller_trade_pubkey`), so a restart re-derives the
+    chat keys; a session opened before (or by the reference) has none. A table of its own
+    rather than columns, so the reference's tables stay exactly as the reference made them.
+
+`serbero_outbound_wraps`
+    The exact chat wrap of each outbound `mediation_messages` row (`message_id`, `wrap_json`),
+    stored in the transaction that writes the row, so a row whose publish never got an
+    `outbound_sent` is republished after a crash as the same event.
 """
 
 from __future__ import annotations
@@ -63,7 +76,7 @@ from typing import Final
 import apsw
 
 REFERENCE_SCHEMA_VERSION: Final = 5
-SCHEMA_VERSION: Final = 7
+SCHEMA_VERSION: Final = 8
 
 SCHEMA_VERSION_DDL: Final = (
     "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY)"
@@ -297,6 +310,21 @@ CREATE INDEX IF NOT EXISTS serbero_idx_rationale_occurrences_dispute
     ON serbero_rationale_occurrences(dispute_id);
 """
 
+V8_DDL: Final = """
+CREATE TABLE IF NOT EXISTS serbero_session_trade_keys (
+    session_id           TEXT PRIMARY KEY,
+    buyer_trade_pubkey   TEXT NOT NULL,
+    seller_trade_pubkey  TEXT NOT NULL,
+    FOREIGN KEY (session_id) REFERENCES mediation_sessions(session_id)
+);
+
+CREATE TABLE IF NOT EXISTS serbero_outbound_wraps (
+    message_id  INTEGER PRIMARY KEY,
+    wrap_json   TEXT NOT NULL,
+    FOREIGN KEY (message_id) REFERENCES mediation_messages(id)
+);
+"""
+
 
 def _add_columns_if_missing(
     conn: apsw.Connection, table: str, columns: tuple[tuple[str, str], ...]
@@ -337,6 +365,10 @@ def _apply_v7(conn: apsw.Connection) -> None:
     conn.execute(V7_DDL)
 
 
+def _apply_v8(conn: apsw.Connection) -> None:
+    conn.execute(V8_DDL)
+
+
 MIGRATIONS: Final[tuple[tuple[int, Callable[[apsw.Connection], None]], ...]] = (
     (1, _apply_v1),
     (2, _apply_v2),
@@ -345,4 +377,5 @@ MIGRATIONS: Final[tuple[tuple[int, Callable[[apsw.Connection], None]], ...]] = (
     (5, _apply_v5),
     (6, _apply_v6),
     (7, _apply_v7),
+    (8, _apply_v8),
 )

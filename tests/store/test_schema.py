@@ -22,6 +22,8 @@ OUR_TABLES = {
     "serbero_relay_health",
     "serbero_daemon_health",
     "serbero_rationale_occurrences",
+    "serbero_session_trade_keys",
+    "serbero_outbound_wraps",
 }
 
 
