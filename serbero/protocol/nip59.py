@@ -168,7 +168,7 @@ def build_gift_wrap(
     ``pinned`` fixes random inputs for vectors; anything not pinned is drawn from ``rand``.
     The ephemeral key signs exactly one wrap and is then dropped.
     ``seal_key`` (the sender->receiver conversation key) and ``one_time`` (an ephemeral key
-    prepared for this receiver) carry work done in advance (`GiftWrapper`).
+    prepared for this receiver) carry work done in advance (`wrap_seed.SeededWrapper`).
     """
     receiver = parse_public_key(receiver_pk)
     author = sender.public_hex
