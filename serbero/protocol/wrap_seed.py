@@ -116,21 +116,24 @@ def derive_one_time_keys(seed: bytes, dm: DmIdentity, receiver: str) -> Keys:
 def derive_wrap_inputs(seed: bytes, dm: DmIdentity, receiver: str, text: str) -> WrapInputs:
     """Nonces, timestamps and signature randomness of the DM `text` to `receiver`; the
     one-time key is left to `derive_one_time_keys`. The timestamps lie up to two days
-    before the rumor's, uniformly spread (PROTO-5)."""
-    binding = hashlib.sha256(
+    before the rumor's, uniformly spread (PROTO-5). One stream serves every input, each
+    taking the next bytes of it: one keyed hash of the text per DM."""
+    draw = _stream(
+        seed,
+        b"wrap-inputs",
         _encode(
             _key_binding(dm.scope, dm.number, receiver),
             receiver.encode(),
             str(dm.created_at).encode(),
             text.encode(),
-        )
-    ).digest()
+        ),
+    )
     return WrapInputs(
-        seal_nonce=_stream(seed, b"seal-nonce", binding)(_NONCE_LEN),
-        wrap_nonce=_stream(seed, b"wrap-nonce", binding)(_NONCE_LEN),
-        aux_rand=_stream(seed, b"aux-rand", binding)(_AUX_LEN),
-        seal_created_at=tweaked_timestamp(dm.created_at, _stream(seed, b"seal-time", binding)),
-        wrap_created_at=tweaked_timestamp(dm.created_at, _stream(seed, b"wrap-time", binding)),
+        seal_nonce=draw(_NONCE_LEN),
+        wrap_nonce=draw(_NONCE_LEN),
+        aux_rand=draw(_AUX_LEN),
+        seal_created_at=tweaked_timestamp(dm.created_at, draw),
+        wrap_created_at=tweaked_timestamp(dm.created_at, draw),
     )
 
 
@@ -157,7 +160,8 @@ class SeededWrapper:
     ) -> None:
         self.sender = sender
         self._seed = seed_key(sender.secret, salt)
-        self._prepared: dict[int, _Prepared] = {}
+        # Ascending ids, mostly: keys are made for the ids after the highest one seen.
+        self._prepared: OrderedDict[int, _Prepared] = OrderedDict()
         self._seal_keys: OrderedDict[str, bytes] = OrderedDict()
         self._seal_cache_size = max(1, seal_cache_size)
 
@@ -182,9 +186,13 @@ class SeededWrapper:
         self._prepared[outbox_id] = _Prepared(keys, conversation)
 
     def forget_below(self, outbox_id: int) -> None:
-        """Drop prepared keys of rows before `outbox_id` (never sent: abandoned, say)."""
-        for stale in [number for number in self._prepared if number < outbox_id]:
-            del self._prepared[stale]
+        """Drop prepared keys of rows before `outbox_id` (never sent: abandoned, say), from
+        the oldest made on; a key made out of order waits until those before it go."""
+        while self._prepared:
+            oldest = next(iter(self._prepared))
+            if oldest >= outbox_id:
+                return
+            del self._prepared[oldest]
 
     def seal_key(self, receiver: str) -> bytes:
         """The sender->`receiver` conversation key (a parsed, lowercase-hex key)."""
