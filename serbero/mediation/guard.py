@@ -88,21 +88,14 @@ _CONFUSABLES: Final = str.maketrans(
         "\u2032": "'",
     }
 )
-# A lower-case letter before an upper-case one: `ReleaseFunds` -> `Release Funds`.
-_CAMEL: Final = re.compile(r"[a-z](?=[A-Z])")
-# Contractions, so "I'll" reads as "i will" and "won't" as "will not".
-_CONTRACTION: Final = re.compile(r"\b(won|can|shan)'t\b|n't\b|'(ll|re|ve|m|d|s)\b")
-_EXPANSIONS: Final = {
-    "won": "will not",
-    "can": "can not",
-    "shan": "shall not",
-    "ll": " will",
-    "re": " are",
-    "ve": " have",
-    "m": " am",
-    "d": " would",
-    "s": "",
-}
+# An upper-case letter right after a lower-case one: `ReleaseFunds` -> `Release Funds`.
+# Starting with the upper-case class lets the regex engine skip ahead to capitals.
+_CAMEL: Final = re.compile(r"[A-Z](?<=[a-z][A-Z])")
+# Contractions, so "I'll" reads as "i will" and "won't" as "will not": whole words first,
+# then the endings (the pattern starts with the apostrophe, a literal the engine jumps to).
+_NEGATIONS: Final = (("won't", "will not"), ("can't", "can not"), ("shan't", "shall not"))
+_CONTRACTION: Final = re.compile(r"'(ll|re|ve|m|d|s)\b")
+_ENDINGS: Final = {"ll": " will", "re": " are", "ve": " have", "m": " am", "d": " would", "s": ""}
 # Every ASCII character but letters and digits separates words (non-ASCII punctuation is
 # turned into spaces by `_fold`).
 _SEPARATORS: Final = str.maketrans(
@@ -111,6 +104,7 @@ _SEPARATORS: Final = str.maketrans(
 # Three or more one-letter words in a row spell a word out ("r e l e a s e"); shorter runs
 # are ordinary text ("a", "I").
 _MIN_SPELLED_RUN: Final = 3
+_SPELLED_PROBE: Final = re.compile(r" [^\W\d_] [^\W\d_] [^\W\d_] ")
 
 _DET: Final = (
     r"(?:(?:all|of|the|your|their|his|her|my|our|these|those|this|that|any|some|its|both"
@@ -145,6 +139,16 @@ _PHRASES: Final = re.compile(
     r")\b"
 )
 _ADMIN_SQUASHED: Final = re.compile(r"admin(?:settle|cancel)")
+# Every phrase above contains one of these words: a text with none of them skips the regex.
+# fmt: off
+_ANCHORS: Final = frozenset((
+    "release", "releasing", "released", "disburse", "disbursement", "unlock", "unfreeze",
+    "refund", "refunded", "return", "returned", "reimburse", "reimbursed", "compensate",
+    "compensated", "send", "transfer", "move", "pay", "paid", "settle", "settled", "cancel",
+    "cancelled", "canceled", "close", "terminate", "abort", "finalize", "finalise", "force",
+    "back", "admin",
+))
+# fmt: on
 
 
 class GuardViolation(msgspec.Struct, frozen=True, kw_only=True):
@@ -172,12 +176,15 @@ def _fold(text: str) -> str:
     return "".join(kept)
 
 
-def _contraction(match: re.Match[str]) -> str:
-    if match.group(1) is not None:
-        return _EXPANSIONS[match.group(1)]
-    if match.group(2) is not None:
-        return _EXPANSIONS[match.group(2)]
-    return " not"
+def _ending(match: re.Match[str]) -> str:
+    return _ENDINGS[match.group(1)]
+
+
+def _expand_contractions(text: str) -> str:
+    text = text.replace("`", "'")
+    for contraction, words in _NEGATIONS:
+        text = text.replace(contraction, words)
+    return _CONTRACTION.sub(_ending, text.replace("n't", " not"))
 
 
 def _join_spelled(words: list[str]) -> list[str]:
@@ -204,21 +211,23 @@ def _normalised(text: str) -> str:
     if not text.isascii():
         text = _fold(text)
     if _CAMEL.search(text):
-        text = _CAMEL.sub(r"\g<0> ", text)
+        text = _CAMEL.sub(r" \g<0>", text)
     text = text.casefold()
     if "'" in text or "`" in text:
-        text = _CONTRACTION.sub(_contraction, text.replace("`", "'"))
+        text = _expand_contractions(text)
     words = text.translate(_SEPARATORS).split()
-    if sum(len(word) == 1 for word in words) >= _MIN_SPELLED_RUN:
-        words = _join_spelled(words)
-    return f" {' '.join(words)} "
+    joined = f" {' '.join(words)} "
+    if _SPELLED_PROBE.search(joined):
+        joined = f" {' '.join(_join_spelled(words))} "
+    return joined
 
 
 def _find(text: str) -> str | None:
     words = _normalised(text)
-    found = _PHRASES.search(words)
-    if found is not None:
-        return found.group(0).strip()
+    if not _ANCHORS.isdisjoint(words.split()):
+        found = _PHRASES.search(words)
+        if found is not None:
+            return found.group(0).strip()
     if "admin" not in words:
         return None
     squashed = _ADMIN_SQUASHED.search(words.replace(" ", ""))

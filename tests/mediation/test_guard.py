@@ -77,6 +77,10 @@ WIDER = [
     "you are going to be paid",
     "you'll get your sats back",
     "you will receive the funds back",
+    "We won't cancel the order",
+    "Serbero's going to refund you",
+    "'release' 'the' 'funds'",
+    "Don`t worry, we`ll release it",
 ]
 
 # Tricks that hide a phrase from a plain lower-case substring search.
@@ -121,6 +125,8 @@ HARMLESS = [
     "Which payment method did you use?",
     "Has the fiat arrived in your account?",
     "Hello, I am Serbero, an automated assistant helping with this Mostro dispute.",
+    "It's the buyer's bank that hasn't confirmed the transfer yet, isn't it?",
+    "Don't worry: we'll look at both answers and a solver will decide.",
 ]
 
 
