@@ -1,9 +1,10 @@
 """The daemon's `/health` document and the endpoint that serves it (BEY-11).
 
-`/health` answers 200 when at least one relay is connected and 503 when none is, with a
-JSON body either way (relays connected, last dispute event age, queue depths, actor
-states; see `health_answer`). The HTTP side, with its bounds, is `health_http`; this module
-says what the document holds and keeps the endpoint up while its address cannot be bound.
+`/health` answers 200 when at least one relay is connected and the database takes the
+daemon's work, and 503 otherwise, with a JSON body either way (relays connected, database,
+last dispute event age, queue depths, actor states; see `health_answer`). The HTTP side,
+with its bounds, is `health_http`; this module says what the document holds and keeps the
+endpoint up while its address cannot be bound.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ BIND_RETRY_SECONDS: Final = 30.0
 # The document's `status`: up while at least one relay is connected.
 STATUS_OK: Final = "ok"
 STATUS_NO_RELAY: Final = "no_relay_connected"
+# Decisions wait for the database (busy, locked, I/O); they commit once it clears (BEY-25).
+STATUS_DATABASE_UNAVAILABLE: Final = "database_unavailable"
 
 
 # --- the daemon's answer ------------------------------------------------------------------
@@ -99,15 +102,21 @@ class HealthView(Protocol):
     @property
     def delivery_failures(self) -> int: ...
     @property
+    def database_unavailable_since(self) -> int | None: ...
+    @property
+    def database_error(self) -> str | None: ...
+    @property
     def actors(self) -> Sequence[ActorView]: ...
     @property
     def mediation(self) -> MediationView: ...
 
 
 def health_answer(snapshot: HealthView) -> HealthAnswer:
-    """The `/health` document for one daemon snapshot; up iff a relay is connected.
+    """The `/health` document for one daemon snapshot; up iff a relay is connected and the
+    database is available.
 
-    Fields: `status` (`ok` / `no_relay_connected`), `taken_at`, `uptime_seconds`,
+    Fields: `status` (`ok` / `no_relay_connected` / `database_unavailable`), `taken_at`,
+    `uptime_seconds`, `database` (available, unavailable_since, error),
     `relays_connected`, `relays_total`, `relays` (url, connected, since,
     reconnect_attempts, last_error), `last_dispute_event_at` and `last_dispute_event_age`
     (null before the first event), `events_received`, `queues` (ingest_backlog,
@@ -116,13 +125,24 @@ def health_answer(snapshot: HealthView) -> HealthAnswer:
     `starting` / `ready` / `failed`, provider, model, policy_hash, and for a failure its
     stage and error). Mediation never changes the status: the core runs without it.
     """
-    up = snapshot.relays_connected > 0
+    database_since = snapshot.database_unavailable_since
+    if snapshot.relays_connected == 0:
+        status = STATUS_NO_RELAY
+    elif database_since is not None:
+        status = STATUS_DATABASE_UNAVAILABLE
+    else:
+        status = STATUS_OK
     event_at = snapshot.last_dispute_event_at
     mediation = snapshot.mediation
     document: dict[str, Any] = {
-        "status": STATUS_OK if up else STATUS_NO_RELAY,
+        "status": status,
         "taken_at": snapshot.taken_at,
         "uptime_seconds": max(0, snapshot.taken_at - snapshot.started_at),
+        "database": {
+            "available": database_since is None,
+            "unavailable_since": database_since,
+            "error": snapshot.database_error,
+        },
         "relays_connected": snapshot.relays_connected,
         "relays_total": len(snapshot.relays),
         "relays": [
@@ -167,7 +187,7 @@ def health_answer(snapshot: HealthView) -> HealthAnswer:
             "error": mediation.error,
         },
     }
-    return HealthAnswer(up=up, document=document)
+    return HealthAnswer(up=status == STATUS_OK, document=document)
 
 
 async def run_health_endpoint(

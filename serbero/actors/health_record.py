@@ -96,6 +96,11 @@ class HealthRecorder:
     async def run(self) -> None:
         next_beat = trio.current_time()
         while True:
+            if not self._tracker.outage.available:
+                # The database takes no work (BEY-25): a write would only wait in the
+                # tracker's queue behind the decisions; the record resumes when it clears.
+                await trio.sleep(self._poll)
+                continue
             if await self._flush(force=trio.current_time() >= next_beat):
                 next_beat = trio.current_time() + self._heartbeat
             await self._count_outbox()

@@ -5,8 +5,8 @@ input), routed on its `s` tag, and turned into exactly one tracker request that 
 event's effect *and* the DMs it owes in one transaction (BEY-2): a new dispute with its
 initial notices, a take with its assignment notices, a resolution with its closing notices
 and, when mediation was involved, the resolution report. Nothing is sent from here: before
-each decision ingest asks the sender for room (`reserve`), the decision claims that many of
-its DMs, and once it is committed they are handed over (`hand_over`) and delivered in
+each decision ingest takes a `Lease` on room in the sender, the decision claims that many of
+its DMs, and once it is committed the lease hands them over and they are delivered in
 parallel; the rest wait in the outbox for the sender's poll. Room is never waited for, so a
 slow relay never holds up the next decision (BEY-22).
 
@@ -16,19 +16,24 @@ events are still decided one at a time in arrival order; the answers are read (a
 by a second task, at most `DECISION_PIPELINE` behind.
 
 A bad event is logged once and stored nowhere; a failed decision is logged and the next
-event is decided anyway (CORE-6, CORE-28).
+event is decided anyway (CORE-6, CORE-28). A decision held up by an unavailable database
+is not failed: the tracker runs it once the database takes work again, in order, and ingest
+waits for it however long that takes (BEY-25), reading no further events meanwhile once
+`DECISION_PIPELINE` decisions wait, which pushes back on the relays instead of losing events.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any, Final, Literal, Protocol
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import ClassVar, Final, Generic, Literal, Protocol, TypeVar
 
 import msgspec
 import trio
 
+from serbero.actors.handover import Lease
 from serbero.actors.relay_pool import ReceivedEvent
-from serbero.actors.tracker import Pending, Tracker
+from serbero.actors.tracker import UNTIL_ANSWERED, Pending, Tracker
 from serbero.actors.tracker_requests import (
     RecordAssignment,
     RecordDetected,
@@ -58,7 +63,7 @@ from serbero.store.disputes import (
     DisputeEvent,
 )
 from serbero.store.errors import StoreError
-from serbero.store.outbox import OutboxMessage, OutboxRow
+from serbero.store.outbox import OutboxMessage
 from serbero.store.resolution import ResolutionOutcome
 
 __all__ = [
@@ -110,23 +115,48 @@ class IngestStats:
 class DeliveryLane(Protocol):
     """The sender's hot path as ingest sees it (`OutboxSender` implements it)."""
 
-    def reserve(self, count: int) -> int:
-        """Room for up to `count` DMs the next decision may claim itself (maybe 0)."""
-        ...
-
-    def hand_over(self, rows: Sequence[OutboxRow], *, reserved: int, left_behind: bool) -> None:
-        """The rows a committed decision claimed; `reserved` is given back either way."""
+    def reserve(self, count: int) -> Lease:
+        """A lease on room for up to `count` DMs the next decision may claim (maybe 0)."""
         ...
 
 
-class _Decision(msgspec.Struct, frozen=True):
-    """A submitted request whose answer the reporter still has to read and log; `reserved`
-    is the sender's room it holds."""
+R = TypeVar("R", DetectionResult, AssignmentResult, ResolutionOutcome)
 
-    handler: Handler
+
+class _Decision(msgspec.Struct, Generic[R], frozen=True):
+    """A submitted decision whose answer the reporter still has to read and log; it owns
+    `lease`, the sender's room for the DMs it may claim, until the answer ends it."""
+
+    handler: ClassVar[Handler]
     dispute: Dispute
-    pending: Pending[Any]
-    reserved: int
+    pending: Pending[R]
+    lease: Lease
+
+
+class _Detection(_Decision[DetectionResult], frozen=True):
+    handler = "detection"
+
+
+class _Assignment(_Decision[AssignmentResult], frozen=True):
+    handler = "assignment"
+
+
+class _Resolution(_Decision[ResolutionOutcome], frozen=True):
+    handler = "resolution"
+
+
+AnyDecision = _Detection | _Assignment | _Resolution
+
+
+@contextmanager
+def _released_on_error(lease: Lease) -> Iterator[None]:
+    """A decision that fails, or is cancelled, before its lease ended gives the room back."""
+    try:
+        yield
+    except BaseException:
+        if not lease.ended:
+            lease.release()
+        raise
 
 
 def _clip(value: str) -> str:
@@ -172,7 +202,7 @@ class Ingest:
 
     async def run(self, events: trio.MemoryReceiveChannel[ReceivedEvent]) -> None:
         """Decide every event; returns only when the subscription's stream ends (CORE-11)."""
-        send, receive = trio.open_memory_channel[_Decision](DECISION_PIPELINE)
+        send, receive = trio.open_memory_channel[AnyDecision](DECISION_PIPELINE)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._report, receive)
             async with send:
@@ -184,7 +214,7 @@ class Ingest:
 
     # --- validation and routing --------------------------------------------------------------
 
-    async def _decide(self, received: ReceivedEvent) -> _Decision | None:
+    async def _decide(self, received: ReceivedEvent) -> AnyDecision | None:
         event = received.event
         if event.pubkey != self._mostro:
             log.warning(
@@ -244,87 +274,90 @@ class Ingest:
             )
         return None
 
-    async def _submit(self, handler: Handler, dispute: Dispute) -> _Decision:
-        """Build the decision's request (bodies included) and put it in the tracker's inbox."""
+    async def _submit(self, handler: Handler, dispute: Dispute) -> AnyDecision:
+        """Build the decision's request (bodies included) and put it in the tracker's inbox;
+        waits while the inbox is full (back-pressure), never fails for slowness."""
         facts = _facts(dispute)
-        request: RecordDetected | RecordAssignment | ResolveDispute
         if handler == "detection":
             messages = self._messages(initial_notification(dispute))
-            reserved = self._lane.reserve(len(messages))
-            request = RecordDetected(event=facts, messages=messages, claim=reserved)
-        elif handler == "assignment":
+            lease = self._lane.reserve(len(messages))
+            with _released_on_error(lease):
+                detected = RecordDetected(event=facts, messages=messages, claim=lease.granted)
+                pending = await self._tracker.submit(detected, timeout=UNTIL_ANSWERED)
+                return _Detection(dispute, pending, lease)
+        if handler == "assignment":
             body = assignment_notification(dispute.dispute_id, dispute.assigned_solver)
             messages = self._messages(body)
-            reserved = self._lane.reserve(len(messages))
-            request = RecordAssignment(
-                event=facts,
-                assigned_solver=dispute.assigned_solver,
-                messages=messages,
-                claim=reserved,
-            )
-        else:
-            # CORE-49 step 2 comes before the load.
-            log.info(
-                "dispute_resolved_externally",
-                dispute_id=dispute.dispute_id,
-                resolution_status=str(dispute.status),
-            )
-            notices = (
-                self._messages(resolution_notice(dispute.dispute_id, str(dispute.status)))
-                if self._resolution_notices
-                else ()
-            )
-            # The mediation report, when one is owed, is rare: it waits for the poll.
-            reserved = self._lane.reserve(len(notices))
-            request = ResolveDispute(
+            lease = self._lane.reserve(len(messages))
+            with _released_on_error(lease):
+                assignment = RecordAssignment(
+                    event=facts,
+                    assigned_solver=dispute.assigned_solver,
+                    messages=messages,
+                    claim=lease.granted,
+                )
+                taken = await self._tracker.submit(assignment, timeout=UNTIL_ANSWERED)
+                return _Assignment(dispute, taken, lease)
+        # CORE-49 step 2 comes before the load.
+        log.info(
+            "dispute_resolved_externally",
+            dispute_id=dispute.dispute_id,
+            resolution_status=str(dispute.status),
+        )
+        notices = (
+            self._messages(resolution_notice(dispute.dispute_id, str(dispute.status)))
+            if self._resolution_notices
+            else ()
+        )
+        # The mediation report, when one is owed, is rare: it waits for the poll.
+        lease = self._lane.reserve(len(notices))
+        with _released_on_error(lease):
+            resolution = ResolveDispute(
                 event=facts,
                 notices=notices,
                 report_recipients=self._recipients,
-                claim=reserved,
+                claim=lease.granted,
             )
-        try:
-            pending: Pending[Any] = await self._tracker.submit(request)
-        except BaseException:
-            self._lane.hand_over((), reserved=reserved, left_behind=False)
-            raise
-        return _Decision(handler=handler, dispute=dispute, pending=pending, reserved=reserved)
+            resolved = await self._tracker.submit(resolution, timeout=UNTIL_ANSWERED)
+            return _Resolution(dispute, resolved, lease)
 
     def _messages(self, body: str) -> tuple[OutboxMessage, ...]:
         return tuple(OutboxMessage(solver_pubkey=pubkey, body=body) for pubkey in self._recipients)
 
     # --- answers -----------------------------------------------------------------------------
 
-    async def _report(self, decisions: trio.MemoryReceiveChannel[_Decision]) -> None:
+    async def _report(self, decisions: trio.MemoryReceiveChannel[AnyDecision]) -> None:
         async for decision in decisions:
             try:
-                value = await decision.pending.result()
-            except BaseException as exc:
-                # Nothing was claimed: the room goes back (also when cancelled).
-                self._lane.hand_over((), reserved=decision.reserved, left_behind=False)
-                if not isinstance(exc, StoreError):
-                    raise
+                with _released_on_error(decision.lease):
+                    self._answered(decision, await self._result(decision))
+            except StoreError as exc:
                 self._log_store_failure(decision.handler, decision.dispute, exc)
-                continue
             finally:
                 self.stats.decisions_in_flight -= 1
-            if decision.handler == "detection":
-                self._detected(decision.dispute, value)
-                self._hand_over(decision, value.claimed, value.outbox_ids)
-            elif decision.handler == "assignment":
-                self._assigned(decision.dispute, value)
-                self._hand_over(decision, value.claimed, value.outbox_ids)
-            else:
-                self._resolved(decision.dispute, value)
-                queued = value.resolution.outbox_ids + value.report_outbox_ids
-                self._hand_over(decision, value.claimed, queued)
 
-    def _hand_over(
-        self, decision: _Decision, claimed: Sequence[OutboxRow], queued: Sequence[int]
+    @staticmethod
+    async def _result(
+        decision: AnyDecision,
+    ) -> DetectionResult | AssignmentResult | ResolutionOutcome:
+        return await decision.pending.result(timeout=UNTIL_ANSWERED)
+
+    def _answered(
+        self, decision: AnyDecision, value: DetectionResult | AssignmentResult | ResolutionOutcome
     ) -> None:
-        """Claimed rows go out now; any other row the decision queued waits in the outbox."""
-        self._lane.hand_over(
-            claimed, reserved=decision.reserved, left_behind=len(queued) > len(claimed)
-        )
+        """Log the decision's effect and end its lease: the claimed rows go out now; any
+        other row it queued waits in the outbox for the sender's poll."""
+        if isinstance(value, DetectionResult):
+            self._detected(decision.dispute, value)
+            claimed, queued = value.claimed, len(value.outbox_ids)
+        elif isinstance(value, AssignmentResult):
+            self._assigned(decision.dispute, value)
+            claimed, queued = value.claimed, len(value.outbox_ids)
+        else:
+            self._resolved(decision.dispute, value)
+            claimed = value.claimed
+            queued = len(value.resolution.outbox_ids) + len(value.report_outbox_ids)
+        decision.lease.hand_over(claimed, left_behind=queued > len(claimed))
 
     def _log_store_failure(self, handler: Handler, dispute: Dispute, exc: StoreError) -> None:
         if handler == "detection":

@@ -7,9 +7,9 @@ which writes the `notifications` attempt row and the lifecycle bookkeeping. Fail
 publishes are retried by the store's backoff (BEY-3); an unparsable key fails once, for
 good (CORE-37).
 
-Two ways in. The hot path: before ingest submits a decision it `reserve`s room, the
-decision's transaction claims that many of its own rows, and ingest `hand_over`s them once
-committed; the DMs go out with no further transaction, and a crash re-sends them like any
+Two ways in. The hot path: before ingest submits a decision it `reserve`s room (a `Lease`),
+the decision's transaction claims that many of its own rows, and the lease hands them over
+once committed; the DMs go out with no further transaction, and a crash re-sends them like any
 claimed row. The outbox poll (`ClaimOutbox`) serves everything else: retries, rows decided
 while the sender was full, the timer's and escalation's DMs, recovery after a restart.
 While rows wait in the outbox, nothing takes the hot path, so they go out oldest first.
@@ -26,8 +26,9 @@ import msgspec
 import trio
 
 from serbero.actors.delivery import SEND_FAILED_PREFIX, Courier, Delivery, DmIdentity
+from serbero.actors.handover import Lease
 from serbero.actors.relay_pool import RelayPool
-from serbero.actors.tracker import Tracker
+from serbero.actors.tracker import UNTIL_ANSWERED, Tracker
 from serbero.actors.tracker_requests import (
     ClaimOutbox,
     CompleteOutboxes,
@@ -215,20 +216,20 @@ class OutboxSender:
 
     # --- the hot path (called by the deciding actor, on the same Trio thread) -----------------
 
-    def reserve(self, count: int) -> int:
-        """Room for up to `count` DMs that the decision about to be submitted may claim
-        itself; 0 while the sender is not running or rows wait in the outbox. Whatever is
-        granted must be given back through `hand_over`, claimed rows or not."""
-        if self._running is None or self._waiting:
-            return 0
-        granted = max(0, min(count, self._free()))
+    def reserve(self, count: int) -> Lease:
+        """A lease on room for up to `count` DMs that the decision about to be submitted
+        may claim itself; room for none while the sender is not running or rows wait in
+        the outbox. Its owner ends it once: `hand_over` the claimed rows, or `release`."""
+        granted = 0
+        if self._running is not None and not self._waiting:
+            granted = max(0, min(count, self._free()))
         self._reserved += granted
-        return granted
+        return Lease(granted, self._settle)
 
-    def hand_over(self, rows: Sequence[OutboxRow], *, reserved: int, left_behind: bool) -> None:
-        """Deliver the rows a committed decision claimed (at most `reserved`, what `reserve`
-        granted it); `left_behind` says it queued rows it did not claim."""
-        self._reserved -= reserved
+    def _settle(self, lease: Lease, rows: Sequence[OutboxRow], left_behind: bool) -> None:
+        """A lease ends: deliver the rows its committed decision claimed; `left_behind`
+        says the decision queued rows it did not claim."""
+        self._reserved -= lease.granted
         running = self._running
         if running is not None:
             for row in rows:
@@ -289,7 +290,7 @@ class OutboxSender:
         # The claim's slots are taken until its rows are in flight.
         self._reserved += free
         try:
-            claim = await self._tracker.ask(ClaimOutbox(limit=free))
+            claim = await self._tracker.ask(ClaimOutbox(limit=free), timeout=UNTIL_ANSWERED)
         finally:
             self._reserved -= free
         for row in claim.rows:
@@ -385,7 +386,7 @@ class OutboxSender:
             )
             results: Sequence[OutboxCompletion | StoreError]
             try:
-                answered = await self._tracker.ask(request)
+                answered = await self._tracker.ask(request, timeout=UNTIL_ANSWERED)
             except StoreError as exc:
                 results = (exc,) * len(batch)
             else:

@@ -54,6 +54,7 @@ from serbero.actors.relay import RelayState, RelayTiming
 from serbero.actors.relay_pool import RelayPool, Subscription, open_relay_pool
 from serbero.actors.renotify import Renotifier, RenotifyStats
 from serbero.actors.sender import Doorbell, OutboxSender, SenderStats
+from serbero.actors.store_outage import StoreOutage
 from serbero.actors.tracker import Tracker, open_tracker
 from serbero.actors.tracker_requests import ComputeSince, RequeueInFlight, StartSending
 from serbero.clock import WallClock
@@ -131,6 +132,9 @@ class DaemonSnapshot(msgspec.Struct, frozen=True, kw_only=True):
     - `outbox_pending`: DMs decided and still owed (counted about once a second; None
       before the first count); `outbox_in_flight`: DMs being published right now.
     - `delivered` / `delivery_failures`: DM attempts since start, by outcome.
+    - `database_unavailable_since` / `database_error`: while the database refuses the
+      tracker's work for a reason that can clear (busy, locked, I/O), when that started and
+      the last error; None while it works (BEY-25).
     - `renotify_cycles`: re-notification timer cycles since start.
     - `actors`: every supervised actor's `ActorStatus`, in start order.
     - `mediation`: how mediation's bring-up ended (`off`, `starting`, `ready`, `failed`).
@@ -150,6 +154,8 @@ class DaemonSnapshot(msgspec.Struct, frozen=True, kw_only=True):
     outbox_in_flight: int
     delivered: int
     delivery_failures: int
+    database_unavailable_since: int | None
+    database_error: str | None
     renotify_cycles: int
     actors: tuple[ActorStatus, ...]
     mediation: MediationStatus
@@ -325,6 +331,7 @@ class Supervisor:
         self.sender_stats = SenderStats()
         self.renotify_stats = RenotifyStats()
         self.health_stats = HealthStats()
+        self.store_outage = StoreOutage()
         self._actors: dict[str, _ActorRecord] = {}
         self._pool: RelayPool | None = None
         self._subscription: Subscription | None = None
@@ -356,6 +363,8 @@ class Supervisor:
             outbox_in_flight=self.sender_stats.in_flight,
             delivered=self.sender_stats.delivered,
             delivery_failures=self.sender_stats.failed,
+            database_unavailable_since=self.store_outage.unavailable_since,
+            database_error=self.store_outage.error,
             renotify_cycles=self.renotify_stats.cycles,
             actors=tuple(record.status() for record in self._actors.values()),
             mediation=self.mediation.status(),
@@ -390,6 +399,7 @@ class Supervisor:
                         wall_clock=self._wall_clock,
                         rand=self._rand,
                         offload=offload,
+                        outage=self.store_outage,
                     )
                 )
                 since = await tracker.ask(ComputeSince())

@@ -14,6 +14,12 @@ gets its own answer. A request answered with a result was committed; one answere
 error left nothing behind. Requests run strictly in inbox order; `submit` lets a caller
 keep several in flight without giving up that order.
 
+An error that can clear (busy or locked database, I/O; see `store_outage`) answers nobody:
+the batch is rolled back and run again after a short pause, in order, until it commits,
+while later requests wait in the inbox (BEY-25). Only an error of the request itself (a
+constraint the schema enforces, a bug) fails that one request. A caller whose wait runs out
+during such an outage gets `StoreUnavailable`: its request is still queued and will run.
+
 `offload=False` runs the same batches on the Trio thread: for tests under
 `autojump_clock`, whose virtual time would otherwise jump past `ask` timeouts while a
 worker thread holds the answer.
@@ -21,6 +27,7 @@ worker thread holds the answer.
 
 from __future__ import annotations
 
+import math
 import os
 import queue
 import threading
@@ -33,6 +40,8 @@ import apsw
 import msgspec
 import trio
 
+from serbero.actors.oneshot import OneShot
+from serbero.actors.store_outage import StoreOutage, retry_delay, transient_cause
 from serbero.clock import WallClock
 from serbero.log import get_logger
 from serbero.store.connection import open_database
@@ -43,6 +52,10 @@ from serbero.store.transaction import transaction
 log = get_logger("serbero.tracker")
 
 ASK_TIMEOUT_SECONDS: Final = 10.0
+# The wait for a request whose answer must not be abandoned (a decision, a claim, recorded
+# outcomes): the tracker answers every request, and one held up by an unavailable database
+# still commits once it clears (BEY-25), so giving up on it would only lose the answer.
+UNTIL_ANSWERED: Final = math.inf
 INBOX_SIZE: Final = 256
 MAX_BATCH: Final = 64
 
@@ -56,6 +69,11 @@ class TrackerClosed(StoreError):
 
 class TrackerTimeout(StoreError):
     """No answer within the caller's timeout; the step may still commit later."""
+
+
+class StoreUnavailable(TrackerTimeout):
+    """No answer within the caller's timeout because the database is unavailable (BEY-25);
+    the request stays queued and runs once the database takes work again."""
 
 
 class Context(msgspec.Struct, frozen=True):
@@ -85,43 +103,45 @@ class Answer(msgspec.Struct, frozen=True):
     error: StoreError | None = None
 
 
-class Reply:
-    """A one-shot slot the tracker fills and the asker awaits."""
-
-    __slots__ = ("_answer", "_event")
-
-    def __init__(self) -> None:
-        self._event = trio.Event()
-        self._answer: Answer | None = None
-
-    def set(self, answer: Answer) -> None:
-        """Deliver the answer (the first one wins)."""
-        if self._answer is None:
-            self._answer = answer
-            self._event.set()
-
-    async def wait(self) -> Any:
-        """The answer's value, or raise its error."""
-        await self._event.wait()
-        answer = cast(Answer, self._answer)
-        if answer.error is not None:
-            raise answer.error
-        return answer.value
-
-
 class Envelope(msgspec.Struct, frozen=True):
     """What travels on the tracker's inbox: a request and where to put its answer."""
 
     request: Request[Any]
-    reply: Reply
+    reply: OneShot[Any]
+
+    def answer(self, answer: Answer) -> None:
+        """Hand `answer` to the asker: its value, or its error to raise."""
+        if answer.error is None:
+            self.reply.set(answer.value)
+        else:
+            self.reply.fail(answer.error)
 
 
 class _BatchLost(Exception):
     """SQLite rolled the whole batch transaction back under us."""
 
 
+class TransientFailure(Exception):
+    """A batch stopped on an error that can clear. `done` answers its first requests
+    (committed, or failed for good); the rest left nothing behind and are to run again."""
+
+    def __init__(self, error: apsw.Error, done: list[Answer]) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.done = done
+
+
+class _Transient(Exception):
+    """One request hit an error that can clear; carries it out of the batch."""
+
+    def __init__(self, error: apsw.Error) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 def _execute(conn: apsw.Connection, request: Request[Any], ctx: Context) -> Answer:
-    """Run one request as one transaction (a savepoint inside a batch); never raises."""
+    """Run one request as one transaction (a savepoint inside a batch); its answer, or
+    `_Transient` when the error can clear (nothing of the request is then committed)."""
     try:
         if conn.in_transaction:
             with conn:
@@ -131,6 +151,9 @@ def _execute(conn: apsw.Connection, request: Request[Any], ctx: Context) -> Answ
     except StoreError as exc:
         return Answer(error=exc)
     except apsw.Error as exc:
+        transient = transient_cause(exc)
+        if transient is not None:
+            raise _Transient(transient) from exc
         log.warning("store_request_failed", request=type(request).__name__, error=str(exc))
         failure = StoreFailure(f"{type(request).__name__}: {exc}")
         failure.__cause__ = exc
@@ -148,53 +171,75 @@ def run_batch(
 ) -> list[Answer]:
     """Run requests in order under one commit, each in its own savepoint; one answer each.
 
-    If the shared transaction cannot start (the write lock stays busy), every request fails
-    with that error and none runs. If it fails later (commit error, SQLite rolling
-    everything back), nothing of it is committed and each request is re-run on its own,
-    so every answer still tells the truth about what was committed.
+    An error that can clear (the write lock stays busy, an I/O error) rolls the batch back
+    and raises `TransientFailure`, so the caller can run it again. If the batch fails
+    otherwise (commit error, SQLite rolling everything back), nothing of it is committed
+    and each request is re-run on its own, so every answer still tells the truth about
+    what was committed; an error that can clear then stops the re-run where it struck.
     """
-    if len(requests) == 1:
-        return [_execute(conn, requests[0], ctx)]
     answers: list[Answer] = []
     try:
+        if len(requests) == 1:
+            return [_execute(conn, requests[0], ctx)]
         with transaction(conn):
             for request in requests:
                 answers.append(_execute(conn, request, ctx))
                 if not conn.in_transaction:
                     raise _BatchLost
+    except _Transient as exc:
+        raise TransientFailure(exc.error, []) from exc
     except (apsw.Error, _BatchLost) as exc:
-        if not answers:
-            log.warning("store_batch_not_started", requests=len(requests), error=str(exc))
-            failure = StoreFailure(f"cannot start a transaction: {exc}")
-            return [Answer(error=failure) for _ in requests]
-        return [_execute(conn, request, ctx) for request in requests]
+        transient = transient_cause(exc)
+        if transient is not None:
+            raise TransientFailure(transient, []) from exc
+        answers = []
+        try:
+            for request in requests:
+                answers.append(_execute(conn, request, ctx))
+        except _Transient as lost:
+            raise TransientFailure(lost.error, answers) from lost
     return answers
 
 
 class Pending(Generic[R]):
     """A request already in the tracker's inbox; its answer comes later, in inbox order."""
 
-    __slots__ = ("_name", "_reply")
+    __slots__ = ("_name", "_outage", "_reply")
 
-    def __init__(self, name: str, reply: Reply) -> None:
+    def __init__(self, name: str, reply: OneShot[R], outage: StoreOutage) -> None:
         self._name = name
         self._reply = reply
+        self._outage = outage
 
     async def result(self, *, timeout: float = ASK_TIMEOUT_SECONDS) -> R:
-        """The request's result, or raise the `StoreError` it failed with (or timed out)."""
+        """The request's result, or raise the `StoreError` it failed with (or timed out:
+        `StoreUnavailable` while the database is unavailable, `TrackerTimeout` otherwise)."""
         try:
             with trio.fail_after(timeout):
-                return cast(R, await self._reply.wait())
+                return await self._reply.wait()
         except trio.TooSlowError:
-            raise TrackerTimeout(f"{self._name} unanswered after {timeout} s") from None
+            raise _too_slow(self._outage, f"{self._name} unanswered after {timeout} s") from None
+
+
+def _too_slow(outage: StoreOutage, what: str) -> TrackerTimeout:
+    if outage.available:
+        return TrackerTimeout(what)
+    return StoreUnavailable(f"{what}: database unavailable ({outage.error}), still queued")
 
 
 class Tracker:
     """The caller-side handle, shared by every task that needs the store."""
 
-    def __init__(self, send: trio.MemorySendChannel[Envelope], schema: SchemaStatus) -> None:
+    def __init__(
+        self,
+        send: trio.MemorySendChannel[Envelope],
+        schema: SchemaStatus,
+        outage: StoreOutage | None = None,
+    ) -> None:
         self._send = send
         self.schema = schema
+        # Shared with the serving task: whether the database takes work right now.
+        self.outage = outage if outage is not None else StoreOutage()
 
     async def submit(
         self, request: Request[R], *, timeout: float = ASK_TIMEOUT_SECONDS
@@ -205,16 +250,16 @@ class Tracker:
         time in arrival order (BEY-22) can keep several in flight and collect the answers
         afterwards; they then share commits instead of paying one round trip each.
         """
-        reply = Reply()
+        reply = OneShot[R]()
         name = type(request).__name__
         try:
             with trio.fail_after(timeout):
                 await self._send.send(Envelope(request=request, reply=reply))
         except trio.TooSlowError:
-            raise TrackerTimeout(f"{name} not accepted within {timeout} s") from None
+            raise _too_slow(self.outage, f"{name} not accepted within {timeout} s") from None
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             raise TrackerClosed(f"tracker closed before {name} ran") from None
-        return Pending(name, reply)
+        return Pending(name, reply, self.outage)
 
     async def ask(self, request: Request[R], *, timeout: float = ASK_TIMEOUT_SECONDS) -> R:
         """Run `request` and return its result, or raise the `StoreError` it failed with.
@@ -286,7 +331,7 @@ def _refuse_rest(receive: trio.MemoryReceiveChannel[Envelope]) -> None:
     closed = Answer(error=TrackerClosed("tracker stopped before the request ran"))
     while True:
         try:
-            receive.receive_nowait().reply.set(closed)
+            receive.receive_nowait().answer(closed)
         except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
             return
 
@@ -298,23 +343,63 @@ async def _serve(
     wall_clock: WallClock,
     rand: Callable[[int], bytes],
     worker: _SqliteThread | None,
+    outage: StoreOutage,
 ) -> None:
     """Answer envelopes batch by batch until the inbox closes; finish a started batch even
-    when cancelled, and refuse whatever is still queued after that."""
+    when cancelled, and refuse whatever is still queued after that.
+
+    A batch stopped by an error that can clear is run again (what it had not answered yet)
+    after a pause, until it commits; the inbox waits meanwhile, so order is kept (BEY-25).
+    Once the inbox is closed (shutting down) an unavailable database is not waited for.
+    """
     async with receive:
         try:
             async for first in receive:
                 batch = _take_batch(first, receive)
-                ctx = Context(now=wall_clock(), rand=rand)
-                requests = [envelope.request for envelope in batch]
-                if worker is None:
-                    answers = run_batch(conn, requests, ctx)
-                else:
-                    answers = await worker.run(run_batch, conn, requests, ctx)
-                for envelope, answer in zip(batch, answers, strict=True):
-                    envelope.reply.set(answer)
+                try:
+                    await _answer_batch(conn, batch, receive, outage, wall_clock, rand, worker)
+                finally:
+                    gone = Answer(error=TrackerClosed("tracker stopped before the request ran"))
+                    for envelope in batch:
+                        envelope.answer(gone)
+                if not outage.available and receive.statistics().open_send_channels == 0:
+                    break
         finally:
             _refuse_rest(receive)
+
+
+async def _answer_batch(
+    conn: apsw.Connection,
+    batch: list[Envelope],
+    receive: trio.MemoryReceiveChannel[Envelope],
+    outage: StoreOutage,
+    wall_clock: WallClock,
+    rand: Callable[[int], bytes],
+    worker: _SqliteThread | None,
+) -> None:
+    """Run `batch` until every envelope in it is answered (answered ones leave the list)."""
+    while batch:
+        ctx = Context(now=wall_clock(), rand=rand)
+        requests = [envelope.request for envelope in batch]
+        try:
+            if worker is None:
+                answers = run_batch(conn, requests, ctx)
+            else:
+                answers = await worker.run(run_batch, conn, requests, ctx)
+        except TransientFailure as failure:
+            for envelope, answer in zip(batch, failure.done, strict=False):
+                envelope.answer(answer)
+            del batch[: len(failure.done)]
+            waiting = len(batch) + receive.statistics().current_buffer_used
+            outage.failed(failure.error, now=ctx.now, waiting=waiting)
+            if receive.statistics().open_send_channels == 0:
+                return  # Shutting down: the caller refuses what is left.
+            await trio.sleep(retry_delay(outage.attempts))
+            continue
+        outage.cleared(now=ctx.now)
+        for envelope, answer in zip(batch, answers, strict=True):
+            envelope.answer(answer)
+        batch.clear()
 
 
 @asynccontextmanager
@@ -325,11 +410,14 @@ async def open_tracker(
     rand: Callable[[int], bytes] = os.urandom,
     offload: bool = True,
     inbox_size: int = INBOX_SIZE,
+    outage: StoreOutage | None = None,
 ) -> AsyncIterator[Tracker]:
     """Open (create, migrate) the database and serve requests until the block exits.
 
     Opening failures raise `StoreFailure` (fatal at start-up, CORE-8 step 6). On exit the
-    inbox closes, queued requests are still answered, then the connection closes.
+    inbox closes, queued requests are still answered (unless the database is unavailable:
+    then they are refused), then the connection closes. `outage` is where the tracker keeps
+    the database's availability, for a health view made before the tracker opens.
     """
     worker = _SqliteThread() if offload else None
     try:
@@ -339,13 +427,22 @@ async def open_tracker(
             conn, schema = await worker.run(open_database, db_path)
         log.info("database_ready", db_path=db_path, schema_version=schema.current)
         send, receive = trio.open_memory_channel[Envelope](inbox_size)
+        outage = outage if outage is not None else StoreOutage()
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(
-                    partial(_serve, conn, receive, wall_clock=wall_clock, rand=rand, worker=worker)
+                    partial(
+                        _serve,
+                        conn,
+                        receive,
+                        wall_clock=wall_clock,
+                        rand=rand,
+                        worker=worker,
+                        outage=outage,
+                    )
                 )
                 async with send:
-                    yield Tracker(send, schema)
+                    yield Tracker(send, schema, outage)
         except BaseExceptionGroup as group:
             if len(group.exceptions) == 1:
                 raise group.exceptions[0] from None

@@ -216,19 +216,21 @@ async def test_rows_a_decision_claimed_go_out_without_a_claim_and_complete_in_on
         counting = CountingTracker(tracker)
         sender = stub_sender(counting, fake_deliver)
         stats = sender.stats
-        assert sender.reserve(2) == 0, "no room before the sender runs"
+        empty = sender.reserve(2)
+        assert empty.granted == 0, "no room before the sender runs"
+        empty.release()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(sender.run)
             await trio.sleep(1)
             asked_before = counting.asked.copy()
-            reserved = sender.reserve(len(SOLVERS))
-            assert reserved == len(SOLVERS)
+            lease = sender.reserve(len(SOLVERS))
+            assert lease.granted == len(SOLVERS)
             messages = tuple(OutboxMessage(s.pubkey, "initial") for s in SOLVERS)
             result = await tracker.ask(
-                RecordDetected(event=event("initiated"), messages=messages, claim=reserved)
+                RecordDetected(event=event("initiated"), messages=messages, claim=lease.granted)
             )
             start = trio.current_time()
-            sender.hand_over(result.claimed, reserved=reserved, left_behind=False)
+            lease.hand_over(result.claimed, left_behind=False)
             assert stats.in_flight == len(SOLVERS)
             await trio.sleep(5)
             nursery.cancel_scope.cancel()
@@ -268,12 +270,12 @@ async def test_outcomes_a_few_ms_apart_share_one_commit(
             nursery.start_soon(sender.run)
             await trio.sleep(1)
             asked_before = counting.asked.copy()
-            reserved = sender.reserve(len(solvers))
+            lease = sender.reserve(len(solvers))
             messages = tuple(OutboxMessage(s.pubkey, "initial") for s in solvers)
             result = await tracker.ask(
-                RecordDetected(event=event("initiated"), messages=messages, claim=reserved)
+                RecordDetected(event=event("initiated"), messages=messages, claim=lease.granted)
             )
-            sender.hand_over(result.claimed, reserved=reserved, left_behind=False)
+            lease.hand_over(result.claimed, left_behind=False)
             await trio.sleep(1 + COMPLETION_LINGER * 2)
             assert stats.delivered == 3, "the first three, together"
             assert (counting.asked - asked_before)["CompleteOutboxes"] == 1
@@ -303,21 +305,23 @@ async def test_room_is_refused_while_rows_wait_in_the_outbox_so_the_oldest_go_fi
         sender = stub_sender(tracker, fake_deliver, solver, concurrency=1)
 
         async def decide(dispute_id: str) -> None:
-            reserved = sender.reserve(1)
+            lease = sender.reserve(1)
             facts = DisputeEvent(dispute_id, f"ev-{dispute_id}", "ab" * 32, T0, "initiated", "x")
             messages = (OutboxMessage(solver[0].pubkey, dispute_id),)
             result = await tracker.ask(
-                RecordDetected(event=facts, messages=messages, claim=reserved)
+                RecordDetected(event=facts, messages=messages, claim=lease.granted)
             )
             left = len(result.outbox_ids) > len(result.claimed)
-            sender.hand_over(result.claimed, reserved=reserved, left_behind=left)
+            lease.hand_over(result.claimed, left_behind=left)
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(sender.run)
             await trio.sleep(1)
             await decide("d-1")
             await decide("d-2")
-            assert sender.reserve(1) == 0, "d-2 waits in the outbox"
+            refused = sender.reserve(1)
+            assert refused.granted == 0, "d-2 waits in the outbox"
+            refused.release()
             await decide("d-3")
             await trio.sleep(10)
             nursery.cancel_scope.cancel()
@@ -338,15 +342,15 @@ async def test_a_claimed_assignment_waits_for_the_initial_in_flight_for_its_solv
         async with trio.open_nursery() as nursery:
             nursery.start_soon(sender.run)
             await trio.sleep(1)
-            reserved = sender.reserve(2)
+            lease = sender.reserve(2)
             messages = tuple(OutboxMessage(s.pubkey, "initial") for s in SOLVERS)
             detected = await tracker.ask(
-                RecordDetected(event=event("initiated"), messages=messages, claim=reserved)
+                RecordDetected(event=event("initiated"), messages=messages, claim=lease.granted)
             )
-            sender.hand_over(detected.claimed, reserved=reserved, left_behind=False)
+            lease.hand_over(detected.claimed, left_behind=False)
             await trio.sleep(1)
-            reserved = sender.reserve(2)
-            assert reserved == 2
+            lease = sender.reserve(2)
+            assert lease.granted == 2
             taken = tuple(OutboxMessage(s.pubkey, "assignment") for s in SOLVERS)
             assigned = await tracker.ask(
                 RecordAssignment(
@@ -354,7 +358,7 @@ async def test_a_claimed_assignment_waits_for_the_initial_in_flight_for_its_solv
                 )
             )
             assert assigned.claimed == ()
-            sender.hand_over(assigned.claimed, reserved=reserved, left_behind=True)
+            lease.hand_over(assigned.claimed, left_behind=True)
             await trio.sleep(10)
             nursery.cancel_scope.cancel()
     for solver in SOLVERS:

@@ -305,7 +305,12 @@ async def test_a_failing_snapshot_is_500_and_the_server_lives_on(
 # --- the daemon's snapshot as /health -----------------------------------------------------
 
 
-def daemon_snapshot(*, connected: bool, event_at: int | None = 1_700_000_090) -> DaemonSnapshot:
+def daemon_snapshot(
+    *,
+    connected: bool,
+    event_at: int | None = 1_700_000_090,
+    database_unavailable_since: int | None = None,
+) -> DaemonSnapshot:
     relays = (
         RelayState(url="wss://one", connected=connected, since=1_700_000_050),
         RelayState(
@@ -331,6 +336,8 @@ def daemon_snapshot(*, connected: bool, event_at: int | None = 1_700_000_090) ->
         outbox_in_flight=3,
         delivered=10,
         delivery_failures=1,
+        database_unavailable_since=database_unavailable_since,
+        database_error=None if database_unavailable_since is None else "database is locked",
         renotify_cycles=5,
         actors=(
             ActorStatus(
@@ -363,6 +370,7 @@ def test_health_answer_document() -> None:
         "status": "ok",
         "taken_at": 1_700_000_100,
         "uptime_seconds": 100,
+        "database": {"available": True, "unavailable_since": None, "error": None},
         "relays_connected": 1,
         "relays_total": 2,
         "relays": [
@@ -412,6 +420,20 @@ def test_health_answer_without_relays_or_events_is_down() -> None:
     assert answer.document["status"] == "no_relay_connected"
     assert answer.document["relays_connected"] == 0
     assert answer.document["last_dispute_event_age"] is None
+
+
+def test_health_answer_while_the_database_is_unavailable_is_down() -> None:
+    """BEY-25: decisions wait for the database; a supervisor sees it, with the reason."""
+    answer = health_answer(
+        daemon_snapshot(connected=True, database_unavailable_since=1_700_000_080)
+    )
+    assert not answer.up
+    assert answer.document["status"] == "database_unavailable"
+    assert answer.document["database"] == {
+        "available": False,
+        "unavailable_since": 1_700_000_080,
+        "error": "database is locked",
+    }
 
 
 async def test_run_health_endpoint_serves_the_live_snapshot() -> None:

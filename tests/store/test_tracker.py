@@ -154,21 +154,6 @@ def test_a_lost_batch_is_rerun_request_by_request(conn: apsw.Connection) -> None
     assert count(conn, "disputes") == 2
 
 
-def test_a_batch_that_cannot_start_fails_without_running(
-    conn: apsw.Connection, db_path: str
-) -> None:
-    conn.set_busy_timeout(50)
-    other = apsw.Connection(db_path)
-    other.execute("BEGIN IMMEDIATE")
-    ctx = Context(now=T0, rand=lambda n: bytes(n))
-    answers = run_batch(conn, [RecordDetected(event("d-1")), _Slow(seconds=5.0)], ctx)
-    assert [type(a.error) for a in answers] == [StoreFailure, StoreFailure]
-    assert "locked" in str(answers[0].error)
-    other.execute("ROLLBACK")
-    other.close()
-    assert count(conn, "disputes") == 0
-
-
 def test_a_batch_commits_once_and_isolates_failures(conn: apsw.Connection) -> None:
     commits = []
     conn.set_commit_hook(lambda: commits.append(1) or False)
