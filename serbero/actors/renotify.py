@@ -148,7 +148,12 @@ class Renotifier:
                 )
                 continue
             enqueued += 1
-            log.debug("renotification_enqueued", dispute_id=dispute.dispute_id)
+            log.debug(
+                "renotification_enqueued",
+                dispute_id=dispute.dispute_id,
+                solvers=len(result.outbox_ids),
+                held_back=result.held_back,
+            )
             if not self._any_valid:
                 # CORE-54: every recipient key is unparsable, so this reminder cannot reach
                 # anyone; its `failed` rows are still written (CORE-55).

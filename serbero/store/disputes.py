@@ -127,11 +127,13 @@ class UnattendedDispute(msgspec.Struct, frozen=True):
 class RenotificationResult(msgspec.Struct, frozen=True):
     """`enqueued`: DMs queued. `not_due`: no longer notified-and-due (BEY-6).
 
-    `already_pending`: an earlier re-notification for it is still owed, none added.
+    `already_pending`: every solver is still owed an earlier re-notification, none added.
+    `held_back`: solvers skipped because their earlier reminder is still owed.
     """
 
     outcome: Literal["enqueued", "not_due", "already_pending"]
     outbox_ids: tuple[int, ...]
+    held_back: int = 0
 
 
 class Since(msgspec.Struct, frozen=True):
@@ -356,8 +358,9 @@ def enqueue_renotification(
     """BEY-6: re-check "still notified and due" and queue the re-notifications, atomically.
 
     `cycle_now` is the timer cycle's single `now` (CORE-52); a dispute that was taken, or
-    re-notified, since the cycle's query gets nothing. While an earlier re-notification is
-    still owed (relays down), no second one is stacked on it.
+    re-notified, since the cycle's query gets nothing. A solver still owed an earlier
+    re-notification (its relays refuse it) gets no second one stacked on it; the other
+    solvers get theirs, so one unreachable solver holds back only its own reminders.
     """
     cutoff = cycle_now - renotification_seconds
     with transaction(conn):
@@ -368,22 +371,29 @@ def enqueue_renotification(
         ).fetchone()
         if due is None:
             return RenotificationResult(outcome="not_due", outbox_ids=())
-        pending = conn.execute(
-            "SELECT 1 FROM notification_outbox WHERE state = 'pending' AND dispute_id = ?"
-            " AND notif_type = ? LIMIT 1",
-            (dispute_id, str(NotifType.RENOTIFICATION)),
-        ).fetchone()
-        if pending is not None:
-            return RenotificationResult(outcome="already_pending", outbox_ids=())
+        owed = {
+            str(row[0])
+            for row in conn.execute(
+                "SELECT DISTINCT solver_pubkey FROM notification_outbox"
+                " WHERE state = 'pending' AND dispute_id = ? AND notif_type = ?",
+                (dispute_id, str(NotifType.RENOTIFICATION)),
+            )
+        }
+        fresh = [message for message in messages if message.solver_pubkey not in owed]
+        held_back = len(messages) - len(fresh)
+        if not fresh:
+            return RenotificationResult(
+                outcome="already_pending", outbox_ids=(), held_back=held_back
+            )
         ids = enqueue(
             conn,
             dispute_id=dispute_id,
             notif_type=NotifType.RENOTIFICATION,
             cause=RENOTIFICATION_CAUSE,
-            messages=messages,
+            messages=fresh,
             now=now,
         )
-    return RenotificationResult(outcome="enqueued", outbox_ids=ids)
+    return RenotificationResult(outcome="enqueued", outbox_ids=ids, held_back=held_back)
 
 
 def compute_since(conn: apsw.Connection, now: int) -> Since:

@@ -382,6 +382,36 @@ def test_renotification_is_not_stacked_while_one_is_owed(conn: apsw.Connection) 
     assert count(conn, "notification_outbox", "notif_type = 're-notification'") == 3
 
 
+def test_a_solver_still_owed_a_reminder_holds_back_only_its_own(conn: apsw.Connection) -> None:
+    """Solver a's reminder is stuck (every relay refuses it); b and c got theirs, so the
+    dispute is due again: b and c get another, a none stacked on the one it is owed."""
+    detect(conn)
+    set_state(conn, "d-1", "notified", T0 - 400)
+    first = enqueue_renotification(
+        conn, "d-1", cycle_now=T0, renotification_seconds=300, messages=messages("x"), now=T0
+    )
+    assert (first.outcome, len(first.outbox_ids), first.held_back) == ("enqueued", 3, 0)
+    conn.execute(
+        "UPDATE notification_outbox SET state = 'sent' WHERE notif_type = 're-notification'"
+        " AND solver_pubkey != ?",
+        (SOLVERS[0],),
+    )
+    set_state(conn, "d-1", "notified", T0)
+    later = T0 + 400
+    second = enqueue_renotification(
+        conn, "d-1", cycle_now=later, renotification_seconds=300, messages=messages("y"), now=later
+    )
+    assert (second.outcome, len(second.outbox_ids), second.held_back) == ("enqueued", 2, 1)
+    owed = rows(
+        conn,
+        "SELECT solver_pubkey, body FROM notification_outbox"
+        " WHERE notif_type = 're-notification' AND state = 'pending' ORDER BY id",
+    )
+    assert owed == [(SOLVERS[0], f"x for {SOLVERS[0][:4]}")] + [
+        (solver, f"y for {solver[:4]}") for solver in SOLVERS[1:]
+    ]
+
+
 def test_renotification_of_an_unknown_dispute_is_not_due(conn: apsw.Connection) -> None:
     result = enqueue_renotification(
         conn, "nope", cycle_now=T0, renotification_seconds=0, messages=(), now=T0
