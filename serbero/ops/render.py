@@ -115,6 +115,8 @@ def render_status(report: StatusReport, *, short: bool) -> str:
         f"serbero status: {verdict}",
         f"database    {printable(report.database)} (schema version {report.schema_version})",
     ]
+    if report.write_lock_holder is not None:
+        lines.append(f"write lock  held by process {report.write_lock_holder}")
     if report.heartbeat is None:
         lines.append(f"heartbeat   {NONE_SHOWN}")
     else:

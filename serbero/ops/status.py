@@ -6,9 +6,11 @@ ESC-12 handoff predicate. A reference (v5) database has no health record; the re
 says so instead of guessing, and counts what the reference tables hold.
 
 Health verdict (the exit status of `serbero status`): healthy when the heartbeat is younger
-than the stale limit and at least one relay was connected at the last flush. A daemon that
-shut down cleanly recorded it (`stopped_at`) and is reported stopped at once; a crash leaves
-no such record and shows as a heartbeat going stale.
+than the stale limit, at least one relay was connected at the last flush, and no other
+process holds the database's write lock (the daemon's decisions would wait for it, and its
+health record cannot say so meanwhile: see `write_lock`). A daemon that shut down cleanly
+recorded it (`stopped_at`) and is reported stopped at once; a crash leaves no such record
+and shows as a heartbeat going stale.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Final, Literal
 import msgspec
 
 from serbero.ops.database import ReadOnlyDatabase
+from serbero.ops.write_lock import write_lock_holder
 from serbero.store.escalation import count_pending_handoffs
 from serbero.store.health import (
     KEY_HEARTBEAT_AT,
@@ -50,6 +53,9 @@ OUTBOX_TABLE: Final = "notification_outbox"
 PROBLEM_NO_HEALTH_RECORD: Final = "no health record: the daemon never ran on this database"
 PROBLEM_NO_RELAY: Final = "no relay connected"
 PROBLEM_STOPPED: Final = "stopped: the daemon shut down cleanly"
+PROBLEM_WRITE_LOCK: Final = (
+    "database unavailable: process {pid} holds its write lock; the daemon's decisions wait"
+)
 
 
 class RelayStatus(msgspec.Struct, frozen=True, kw_only=True):
@@ -91,7 +97,8 @@ class OutboxStatus(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class StatusReport(msgspec.Struct, frozen=True, kw_only=True):
-    """The whole `serbero status` answer; None fields are parts the database cannot tell."""
+    """The whole `serbero status` answer; None fields are parts the database cannot tell.
+    `write_lock_holder`: the process holding the database's write lock, while one does."""
 
     database: str
     schema_version: int
@@ -109,6 +116,7 @@ class StatusReport(msgspec.Struct, frozen=True, kw_only=True):
     outbox: OutboxStatus | None
     pending_handoffs: int
     unavailable: tuple[str, ...]
+    write_lock_holder: int | None = None
 
 
 def _int_or_none(text: str | None) -> int | None:
@@ -220,6 +228,9 @@ def read_status(
             problems.append(f"heartbeat stale: {heartbeat.age}s old (limit {stale_after}s)")
         if connected == 0:
             problems.append(PROBLEM_NO_RELAY)
+    holder = write_lock_holder(db.path)
+    if holder is not None:
+        problems.append(PROBLEM_WRITE_LOCK.format(pid=holder))
     counts = _lifecycle_counts(db)
     return StatusReport(
         database=db.path,
@@ -237,4 +248,5 @@ def read_status(
         outbox=_outbox(db),
         pending_handoffs=_pending_handoffs(db),
         unavailable=tuple(unavailable),
+        write_lock_holder=holder,
     )

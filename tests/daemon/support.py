@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
@@ -141,6 +142,13 @@ def count_rows(db_path: str, table: str, where: str = "1", args: tuple[Any, ...]
 
 def scalar(db_path: str, sql: str, args: tuple[Any, ...] = ()) -> Any:
     return query(db_path, sql, args)[0][0]
+
+
+def free_port() -> int:
+    """A loopback TCP port nobody listens on right now (for an endpoint a test configures)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 async def eventually(

@@ -119,6 +119,7 @@ def test_status_json_shape_and_exit_0_when_healthy(
         "outbox",
         "pending_handoffs",
         "unavailable",
+        "write_lock_holder",
     }
     assert data["healthy"] is True and data["problems"] == []
     # The seed's clock, from its health flush at seed + 500 (`now` may be a second later).

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -16,14 +15,8 @@ from serbero.cli import main
 from serbero.config import HealthConfig
 from serbero.ops.healthcheck import probe
 from serbero.protocol.keys import Keys
-from tests.daemon.support import eventually, make_config, running_daemon
+from tests.daemon.support import eventually, free_port, make_config, running_daemon
 from tests.relay.raw_relay import RawConnection, open_raw_relay
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def quiet_relay(conn: RawConnection) -> None:

@@ -35,6 +35,11 @@ class SqliteProcess:
         )
         assert self._read() == {"ready": True}
 
+    @property
+    def pid(self) -> int:
+        """The child's process id (what a lock probe names as the holder)."""
+        return self._process.pid
+
     def __enter__(self) -> SqliteProcess:
         return self
 
