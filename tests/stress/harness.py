@@ -7,7 +7,9 @@ runs the simulated Mostro, the outage plan, the /proc sampler and the daemon's l
 
 Mostro opens disputes at a steady pace and publishes each to both relays. A seeded plan
 stops and restarts the relays while that goes on: each relay alone a few times, and once
-both. Every client reaches a relay through a gate (`gate.py`), which takes it down without
+both; another seeded plan has a second process hold the database's write lock a few times
+for 8-15 s (`db_locks.py`), during which the daemon must hold its decisions back and lose
+none. Every client reaches a relay through a gate (`gate.py`), which takes it down without
 the relay dropping events it has just acknowledged. At the end every solver must hold a DM
 for every dispute, each as exactly one event id (a DM re-sent after an outage cut its OK is
 the same event, BEY-26); the daemon's memory and descriptors must be back at the plateau
@@ -54,6 +56,7 @@ from serbero.protocol.keys import Keys
 from serbero.protocol.messages import encode_event_message
 from tests.daemon.process import DaemonProcess
 from tests.stress.analysis import dispute_states, read_database
+from tests.stress.db_locks import DbLock, DbLockRunner, plan_db_locks
 from tests.stress.deliveries import Deliveries, InboxWorker
 from tests.stress.feed import DisputeFeed
 from tests.stress.gate import Gates
@@ -348,6 +351,12 @@ class StressRun:
         self._print_plan(plan)
         runner = OutageRunner(relays, gates, plan)
         stack.callback(runner.stop)
+        lock_plan = plan_db_locks(
+            self.rng, (OUTAGES_FROM, load_seconds - OUTAGES_END_BEFORE_LOAD_END)
+        )
+        self._print_lock_plan(lock_plan)
+        locker = DbLockRunner(str(self.workdir / "serbero.db"), lock_plan)
+        stack.callback(locker.stop)
         feed = DisputeFeed(
             sim,
             dispute_ids,
@@ -360,12 +369,15 @@ class StressRun:
         t0, t0_wall = time.monotonic(), time.time()
         say(f"load: starts at +{t0 - self.started:.1f} s")
         runner.start(t0)
+        locker.start(t0)
         feed.start(t0)
         stop_reason = self._follow(t0, deliveries, feed, runner, sampler, health_port, daemon)
         finished = stop_reason is None
         delivered_at = deliveries.last_first_arrival() if finished else None
         runner.wait(max(0.0, self.deadline - TEARDOWN_RESERVE - time.monotonic()))
         runner.stop()  # every relay runs from here on
+        locker.wait(max(0.0, self.deadline - TEARDOWN_RESERVE - time.monotonic()))
+        locker.stop()  # the database is free from here on
         feed.stop()
 
         reconnect_wait = min(RECONNECT_WAIT, self.deadline - SETTLE_SECONDS - 20 - time.monotonic())
@@ -408,6 +420,9 @@ class StressRun:
             planned_outages=len(plan),
             outages=runner.records(),
             outage_errors=runner.errors(),
+            planned_db_locks=len(lock_plan),
+            db_locks=locker.records(),
+            db_lock_errors=locker.errors(),
             records=list(daemon.records),
             urls=urls,
             samples=sampler.samples(),
@@ -426,6 +441,11 @@ class StressRun:
         for number, outage in enumerate(plan, 1):
             who = "+".join(RELAY_LABELS[i] for i in outage.relays)
             say(f"  {number:2}. {who:<3} down at +{outage.at:6.1f} s for {outage.seconds:.1f} s")
+
+    def _print_lock_plan(self, plan: Sequence[DbLock]) -> None:
+        say("database lock plan, seconds from the start of the load:")
+        for number, lock in enumerate(plan, 1):
+            say(f"  {number:2}. write lock held at +{lock.at:6.1f} s for {lock.seconds:.1f} s")
 
     def _follow(
         self,

@@ -26,6 +26,7 @@ from tests.stress.analysis import (
     resource_figures,
     subscriptions_sent,
 )
+from tests.stress.db_locks import DbLockRecord
 from tests.stress.deliveries import Deliveries
 from tests.stress.feed import FeedStats
 from tests.stress.outages import OutageRecord
@@ -96,6 +97,9 @@ class Observations(msgspec.Struct, frozen=True, kw_only=True):
     planned_outages: int
     outages: list[OutageRecord]
     outage_errors: list[str]
+    planned_db_locks: int
+    db_locks: list[DbLockRecord]
+    db_lock_errors: list[str]
     records: list[dict[str, Any]]
     urls: list[str]
     samples: list[Sample]
@@ -137,6 +141,7 @@ class _Evaluation:
         self.delivery()
         self.duplicates()
         self.outages()
+        self.database_locks()
         self.resources()
         self.database()
         self.check(
@@ -329,6 +334,36 @@ class _Evaluation:
             str(crashes[:SHOWN_IDS]),
         )
         self.check("clean exit on SIGTERM", obs.exit_code == 0, f"exit status {obs.exit_code}")
+
+    def database_locks(self) -> None:
+        """Every lock ridden out as one outage in the daemon's log: a warning when it began,
+        an info line when it cleared, and no decision dropped (BEY-25)."""
+        obs = self.obs
+        say("database write locks held by another process (seconds from the start of the load):")
+        for number, record in enumerate(obs.db_locks, 1):
+            say(
+                f"  {number:2}. held at +{self.rel(record.held_wall):6.1f} s for "
+                f"{record.released_wall - record.held_wall:4.1f} s"
+            )
+        began = [r for r in obs.records if r.get("event") == "database_unavailable"]
+        cleared = [r for r in obs.records if r.get("event") == "database_available"]
+        for record in cleared:
+            say(
+                f"      daemon: database unavailable for {record.get('unavailable_seconds')} s, "
+                f"{record.get('attempts')} attempts ({record.get('last_error')})"
+            )
+        dropped = [r for r in obs.records if r.get("event") == "persistence_failed"]
+        self.check(
+            "database lock plan carried out",
+            not obs.db_lock_errors and len(obs.db_locks) == obs.planned_db_locks,
+            f"{len(obs.db_locks)} of {obs.planned_db_locks} locks, errors {obs.db_lock_errors}",
+        )
+        self.check(
+            "database locks ridden out",
+            len(began) == len(cleared) == len(obs.db_locks) and not dropped,
+            f"{len(obs.db_locks)} locks, {len(began)} database_unavailable, "
+            f"{len(cleared)} database_available, {len(dropped)} persistence_failed",
+        )
 
     def resources(self) -> None:
         obs = self.obs
