@@ -11,12 +11,12 @@ between two locks, so each is one outage in the daemon's log.
 from __future__ import annotations
 
 import random
-import threading
 import time
 from typing import Final
 
 import msgspec
 
+from tests.stress.schedule import PlanRunner
 from tests.support.sqlite_process import SqliteProcess
 
 LOCKS: Final = 2
@@ -55,59 +55,19 @@ def plan_db_locks(rng: random.Random, window: tuple[float, float]) -> list[DbLoc
     return locks
 
 
-class DbLockRunner:
+class DbLockRunner(PlanRunner[DbLock, DbLockRecord]):
     """Carries out a lock plan on a thread, from a process of its own (APSW and the stdlib
-    SQLite in one process would not see each other's locks); `records()` says what it did.
-    `stop()` ends it early and releases a held lock."""
+    SQLite in one process would not see each other's locks). `stop()` ends it early and
+    releases a held lock."""
 
     def __init__(self, db_path: str, plan: list[DbLock]) -> None:
+        super().__init__(plan, "db-locks")
         self._db_path = db_path
-        self._plan = plan
-        self._records: list[DbLockRecord] = []
-        self._errors: list[str] = []
-        self._guard = threading.Lock()
-        self._cancel = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="db-locks", daemon=True)
-        self._t0 = 0.0
 
-    def start(self, t0: float) -> None:
-        self._t0 = t0
-        self._thread.start()
-
-    def wait(self, timeout: float) -> bool:
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
-
-    def stop(self) -> None:
-        self._cancel.set()
-        if self._thread.is_alive():
-            self._thread.join()
-
-    def records(self) -> list[DbLockRecord]:
-        with self._guard:
-            return list(self._records)
-
-    def errors(self) -> list[str]:
-        with self._guard:
-            return list(self._errors)
-
-    def _run(self) -> None:
-        for lock in self._plan:
-            if self._cancel.wait(max(0.0, self._t0 + lock.at - time.monotonic())):
-                return
-            try:
-                record = self._hold(lock)
-            except Exception as exc:
-                with self._guard:
-                    self._errors.append(f"lock {lock}: {exc!r}")
-                return
-            with self._guard:
-                self._records.append(record)
-
-    def _hold(self, lock: DbLock) -> DbLockRecord:
+    def carry_out(self, lock: DbLock) -> DbLockRecord:
         with SqliteProcess(self._db_path) as holder:
             holder.execute("BEGIN EXCLUSIVE")
             held_at, held_wall = time.monotonic(), time.time()
-            self._cancel.wait(max(0.0, held_at + lock.seconds - time.monotonic()))
+            self.cancelled.wait(max(0.0, held_at + lock.seconds - time.monotonic()))
             holder.execute("ROLLBACK")
             return DbLockRecord(lock=lock, held_wall=held_wall, released_wall=time.time())

@@ -27,6 +27,7 @@ from typing import Final
 import msgspec
 
 from tests.stress.gate import Gates
+from tests.stress.schedule import PlanRunner
 from tests.support.relay_fixtures import LocalRelayProcess
 
 # A relay's solo outages (each relay is down this many times on its own).
@@ -92,39 +93,19 @@ def plan_outages(rng: random.Random, relay_count: int, window: tuple[float, floa
     return plan
 
 
-class OutageRunner:
+class OutageRunner(PlanRunner[Outage, OutageRecord]):
     """Carries out a plan against running relays and their gates on a thread; `records()`
     says what it did. `stop()` ends it early and leaves every relay running and reachable."""
 
     def __init__(
         self, relays: Sequence[LocalRelayProcess], gates: Gates, plan: Sequence[Outage]
     ) -> None:
+        super().__init__(plan, "outages")
         self._relays = list(relays)
         self._gates = gates
-        self._plan = list(plan)
-        self._records: list[OutageRecord] = []
-        self._errors: list[str] = []
-        self._lock = threading.Lock()
-        self._cancel = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="outages", daemon=True)
-        self._t0 = 0.0
-
-    def start(self, t0: float) -> None:
-        """Run the plan with `t0` (monotonic) as its zero."""
-        self._t0 = t0
-        self._thread.start()
-
-    def done(self) -> bool:
-        return not self._thread.is_alive()
-
-    def wait(self, timeout: float) -> bool:
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
 
     def stop(self) -> None:
-        self._cancel.set()
-        if self._thread.is_alive():
-            self._thread.join()
+        super().stop()
         for index, relay in enumerate(self._relays):
             if not relay.running:
                 relay.start()
@@ -134,32 +115,13 @@ class OutageRunner:
         """Indexes of the relays stopped right now."""
         return [index for index, relay in enumerate(self._relays) if not relay.running]
 
-    def records(self) -> list[OutageRecord]:
-        with self._lock:
-            return list(self._records)
-
-    def errors(self) -> list[str]:
-        with self._lock:
-            return list(self._errors)
-
-    def _run(self) -> None:
-        for outage in self._plan:
-            if self._cancel.wait(max(0.0, self._t0 + outage.at - time.monotonic())):
-                return
-            try:
-                self._record(self._carry_out(outage))
-            except Exception as exc:  # a relay that will not restart ends the plan
-                with self._lock:
-                    self._errors.append(f"outage {outage}: {exc!r}")
-                return
-
-    def _carry_out(self, outage: Outage) -> OutageRecord:
+    def carry_out(self, outage: Outage) -> OutageRecord:
         relays = [self._relays[index] for index in outage.relays]
         _at_once([partial(self._gates.close, index) for index in outage.relays])
         # The outage starts when the clients are cut off.
         stopped_at, stopped_wall = time.monotonic(), time.time()
         _at_once([relay.stop for relay in relays])
-        self._cancel.wait(max(0.0, stopped_at + outage.seconds - time.monotonic()))
+        self.cancelled.wait(max(0.0, stopped_at + outage.seconds - time.monotonic()))
         _at_once([relay.start for relay in relays])
         _at_once([partial(self._gates.open, index) for index in outage.relays])
         return OutageRecord(
@@ -169,10 +131,6 @@ class OutageRunner:
             restarted_at=time.monotonic(),
             restarted_wall=time.time(),
         )
-
-    def _record(self, record: OutageRecord) -> None:
-        with self._lock:
-            self._records.append(record)
 
 
 def _at_once(actions: Sequence[Callable[[], None]]) -> None:
