@@ -91,9 +91,14 @@ class Renotifier:
 
     async def cycle(self) -> int:
         """One CORE-52 cycle; returns how many disputes got reminders recorded. A failure is
-        logged and left for the next cycle (CORE-6)."""
+        logged and left for the next cycle (CORE-6). While the database is unavailable the
+        cycle is skipped: its requests would only wait behind the held-back decisions, and
+        the next cycle after the outage finds every dispute still due (BEY-25)."""
         now = self._wall_clock()
         self.stats.cycles += 1
+        if not self._tracker.outage.available:
+            log.debug("renotification_cycle_skipped", reason="database unavailable")
+            return 0
         try:
             return await self._cycle(now)
         except Exception as exc:

@@ -79,13 +79,19 @@ async def run(
 ) -> None:
     """Run a cycle on every slot of the interval grid, the first one interval after start.
 
-    A failed scan is logged and the next slot awaited (ESC-10); cancellation stops it.
+    A failed scan is logged and the next slot awaited (ESC-10); cancellation stops it. While
+    the database is unavailable a slot is skipped: the scan would only wait behind the
+    held-back decisions, and the next slot after the outage finds every handoff (BEY-25).
     """
     async with handoffs, done:
         deadline = trio.current_time() + interval_seconds
         task_status.started()
         while True:
             await trio.sleep_until(deadline)
+            if not tracker.outage.available:
+                log.debug("phase4_dispatcher_cycle_skipped", reason="database unavailable")
+                deadline = next_deadline(deadline, interval_seconds, trio.current_time())
+                continue
             try:
                 report = await scan_cycle(tracker, handoffs, done)
             except StoreError as exc:

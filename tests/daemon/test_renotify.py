@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import apsw
 import trio
 import trio.testing
 from structlog.testing import capture_logs
@@ -138,6 +139,27 @@ async def test_due_disputes_are_renotified_on_schedule_and_never_stacked(
         ("notified",),
         ("taken",),
     ], "re-notifying writes no transition row"
+
+
+async def test_cycles_are_skipped_while_the_database_is_unavailable(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """BEY-25: a cycle during an outage asks nothing (its requests would only queue behind
+    the held-back decisions); the first cycle after it records the reminders still due."""
+    db = str(tmp_path / "serbero.db")
+    rings = Rings()
+    async with tracker_at(tmp_path) as tracker:
+        await notified_dispute(tracker)
+        renotifier = timer(tracker, rings)
+        await trio.sleep_until(RENOTIFY_AFTER + PERIOD)
+        tracker.outage.failed(apsw.BusyError("database is locked"), now=T0, waiting=0)
+        with capture_logs() as logs:
+            assert await renotifier.cycle() == 0
+        assert [e["event"] for e in logs] == ["renotification_cycle_skipped"]
+        assert renotifications(db) == 0
+        tracker.outage.cleared(now=T0 + 1)
+        assert await renotifier.cycle() == 1
+        assert renotifications(db, "pending") == 1 and rings.count == 1
 
 
 async def test_an_overrunning_cycle_skips_missed_periods(

@@ -254,6 +254,7 @@ class FaultyTracker:
     def __init__(self, inner: Tracker, fault: Callable[[Request[Any]], Exception | None]) -> None:
         self.inner = inner
         self.fault = fault
+        self.outage = inner.outage
 
     async def ask(self, request: Request[Any], **kwargs: Any) -> Any:
         problem = self.fault(request)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
+import apsw
 import pytest
 import trio
 from structlog.testing import capture_logs
@@ -118,6 +119,37 @@ async def test_a_failed_scan_is_logged_and_the_next_cycle_still_runs(
     assert failed["log_level"] == "error"
     assert "locked" in failed["error"]
     assert clock.scans == [10, 20]
+    assert writer.count("escalation_dispatches") == 1
+    writer.close()
+
+
+async def test_slots_are_skipped_while_the_database_is_unavailable(
+    autojump_clock: trio.abc.Clock, inline_tracker: Tracker, db_path: str
+) -> None:
+    """BEY-25: no scan queues behind held-back decisions; the first slot after the outage
+    dispatches what waited."""
+    writer = SecondWriter(db_path)
+    writer.add_dispute("d-1")
+    writer.add_handoff(package("d-1"))
+    clock = ScanClock()
+    outage = inline_tracker.outage
+    outage.failed(apsw.BusyError("database is locked"), now=0, waiting=0)
+
+    def watch(request: Request[Any]) -> Exception | None:
+        clock(request)
+        return None
+
+    async def clear_later() -> None:
+        await trio.sleep(15)
+        outage.cleared(now=15)
+
+    with capture_logs() as logs:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(clear_later)
+            await run_for(25, FaultyTracker(inline_tracker, watch), ScriptedDeliver())
+    skipped = [e for e in logs if e["event"] == "phase4_dispatcher_cycle_skipped"]
+    assert len(skipped) == 1 and skipped[0]["log_level"] == "debug"
+    assert clock.scans == [20]
     assert writer.count("escalation_dispatches") == 1
     writer.close()
 
