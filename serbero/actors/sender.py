@@ -309,7 +309,7 @@ class OutboxSender:
         while True:
             seen = await self._pool.wait_link_opened(seen)
             try:
-                count = await self._tracker.ask(ExpediteRetries())
+                count = await self._tracker.ask(ExpediteRetries(), timeout=UNTIL_ANSWERED)
             except StoreError as exc:
                 log.warning("outbox_expedite_failed", error=str(exc))
                 continue
@@ -330,7 +330,7 @@ class OutboxSender:
 
     async def _idle_timeout(self) -> float:
         """Seconds until the earliest claimable row falls due (capped)."""
-        due = await self._tracker.ask(NextOutboxDue())
+        due = await self._tracker.ask(NextOutboxDue(), timeout=UNTIL_ANSWERED)
         if due is None:
             return IDLE_RECHECK_SECONDS
         wait = due - self._wall_clock()
