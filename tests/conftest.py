@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 from hypothesis import settings
 
 # Hypothesis's default 200 ms deadline per example judges the machine, not the code: on two
@@ -39,3 +40,12 @@ def serbero_free_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterato
             monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
     yield
+
+
+@pytest.fixture
+def restored_structlog() -> Iterator[None]:
+    """For a test that configures logging itself: structlog's global configuration (its level
+    filter above all, which would hide debug events from later tests' `capture_logs`) is put
+    back afterwards."""
+    yield
+    structlog.reset_defaults()

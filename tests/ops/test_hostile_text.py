@@ -228,6 +228,7 @@ FIELDS: Final[dict[str, Any]] = {
 }
 
 
+@pytest.mark.usefixtures("restored_structlog")
 def test_the_console_renderer_escapes_and_clips_field_values() -> None:
     stream = io.StringIO()
     configure_logging("info", stream=stream, json=False)
@@ -244,6 +245,7 @@ def test_the_console_renderer_escapes_and_clips_field_values() -> None:
     assert "RuntimeError: relay said ansi-\\x1b[2J" in out  # the traceback, escaped
 
 
+@pytest.mark.usefixtures("restored_structlog")
 def test_the_json_log_keeps_every_value_exact() -> None:
     stream = io.StringIO()
     configure_logging("info", stream=stream, json=True)
