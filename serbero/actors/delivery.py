@@ -175,7 +175,7 @@ class PoolCourier:
         """The rumor is dated `dm.created_at`; seal and wrap are back-dated from it (PROTO-5)."""
         if solver.pubkey_hex is None:
             error = solver.pubkey_error or f"{INVALID_PUBKEY_PREFIX}unparsable public key"
-            log.debug("dm_not_attempted", solver=solver.pubkey, error=error)
+            log.debug("dm_not_attempted", solver=solver.key, error=error)
             return Delivery(ok=False, error=error, retryable=False)
         if dm.scope == "outbox" and self._upcoming is not None:
             self._upcoming.going_out(dm.number, solver.pubkey)
@@ -183,8 +183,8 @@ class PoolCourier:
         result = await self._pool.publish(wrap)
         outcomes = {outcome.relay: outcome.status.value for outcome in result.outcomes}
         if result.sent:
-            log.debug("dm_published", solver=solver.pubkey, wrap_id=wrap.id, outcomes=outcomes)
+            log.debug("dm_published", solver=solver.key, wrap_id=wrap.id, outcomes=outcomes)
             return Delivery(ok=True, error=None, retryable=True)
         reason = _refusal_reason(result)
-        log.info("dm_refused", solver=solver.pubkey, wrap_id=wrap.id, outcomes=outcomes)
+        log.info("dm_refused", solver=solver.key, wrap_id=wrap.id, outcomes=outcomes)
         return Delivery(ok=False, error=SEND_FAILED_PREFIX + reason, retryable=True)

@@ -266,7 +266,7 @@ class Gate:
         try:
             return await self._deliver(solver, body, dm)
         except Exception as exc:
-            log.error("phase4_recipient_crashed", solver=solver.pubkey, error=repr(exc))
+            log.error("phase4_recipient_crashed", solver=solver.key, error=repr(exc))
             return Delivery(ok=False, error=f"{SEND_FAILED_PREFIX}{exc!r}", retryable=True)
 
     async def _dispatch(
@@ -281,20 +281,20 @@ class Gate:
             # The handoff names the DM: a retry of it builds the same wrap (BEY-26).
             delivery = await self._attempt(solver, body, DmIdentity("handoff", handoff.id, sent_at))
             if delivery.ok:
-                log.debug("phase4_recipient_sent", dispute_id=dispute_id, solver=solver.pubkey)
+                log.debug("phase4_recipient_sent", dispute_id=dispute_id, solver=solver.key)
             else:
                 log.warning(
                     "phase4_recipient_failed",
                     dispute_id=dispute_id,
-                    solver=solver.pubkey,
+                    solver=solver.key,
                     error=delivery.error,
                 )
-            outcomes.append(RecipientOutcome(solver.pubkey, delivery.ok))
+            outcomes.append(RecipientOutcome(solver.key, delivery.ok))
             if not delivery.ok and delivery.retryable:
-                retries.append(OutboxMessage(solver.pubkey, body))
+                retries.append(OutboxMessage(solver.key, body))
             record = NotificationRecord(
                 dispute_id=dispute_id,
-                solver_pubkey=solver.pubkey,
+                solver_pubkey=solver.key,
                 sent_at=sent_at,
                 status=STATUS_SENT if delivery.ok else STATUS_FAILED,
                 notif_type=HANDOFF_NOTIF_TYPE,

@@ -194,7 +194,7 @@ class Ingest:
     ) -> None:
         self._tracker = tracker
         self._mostro = mostro_pubkey
-        self._recipients = tuple(solver.pubkey for solver in solvers)
+        self._recipients = tuple(solver.key for solver in solvers)
         self._resolution_notices = resolution_notices
         self._lane = lane
         self._wall_clock = wall_clock

@@ -69,7 +69,7 @@ class Renotifier:
         stats: RenotifyStats,
     ) -> None:
         self._tracker = tracker
-        self._recipients = tuple(solver.pubkey for solver in solvers)
+        self._recipients = tuple(solver.key for solver in solvers)
         self._any_valid = any(solver.pubkey_hex is not None for solver in solvers)
         self._renotification_seconds = timeouts.renotification_seconds
         self.period = timer_period(timeouts)

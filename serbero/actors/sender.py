@@ -38,6 +38,7 @@ from serbero.actors.tracker_requests import (
 from serbero.clock import WallClock
 from serbero.config import SolverConfig
 from serbero.log import get_logger
+from serbero.protocol.keys import normalise_public_key
 from serbero.store.errors import StoreError
 from serbero.store.notifications import NotifType
 from serbero.store.outbox import OutboxCompletion, OutboxOutcome, OutboxRow
@@ -200,7 +201,7 @@ class OutboxSender:
         self._courier = courier
         self._solvers: dict[str, SolverConfig] = {}
         for solver in solvers:
-            self._solvers.setdefault(solver.pubkey, solver)
+            self._solvers.setdefault(solver.key, solver)
         self._doorbell = doorbell
         self.stats = stats
         self._wall_clock = wall_clock
@@ -339,12 +340,12 @@ class OutboxSender:
         return float(min(wait, IDLE_RECHECK_SECONDS))
 
     def _solver(self, pubkey: str) -> SolverConfig:
-        solver = self._solvers.get(pubkey)
+        solver = self._solvers.get(pubkey) or self._solvers.get(normalise_public_key(pubkey))
         if solver is None:
             # Decided while the solver was configured (the config changed since): the
             # decision stands, the key is parsed as any configured one would be.
             solver = SolverConfig.from_text(pubkey)
-            self._solvers[pubkey] = solver
+        self._solvers[pubkey] = solver
         return solver
 
     # --- one DM, and the outcomes ---------------------------------------------------------

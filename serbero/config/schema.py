@@ -136,6 +136,12 @@ class SolverConfig(msgspec.Struct, frozen=True, kw_only=True):
         return cls(pubkey=pubkey, permission=permission, pubkey_hex=pubkey_hex)
 
     @property
+    def key(self) -> str:
+        """The key stored and logged for this solver: lowercase hex whatever the config's
+        spelling (BEY-12), or the text as written when it does not parse (AS-3)."""
+        return self.pubkey if self.pubkey_hex is None else self.pubkey_hex
+
+    @property
     def can_write(self) -> bool:
         return self.permission == "write"
 

@@ -23,6 +23,7 @@ from typing import Any, Final
 import msgspec
 
 from serbero.ops.database import ReadOnlyDatabase
+from serbero.protocol.keys import normalise_public_key
 from serbero.store.audit import payload_field
 from serbero.store.disputes import Dispute, get_dispute
 
@@ -226,7 +227,7 @@ def _notifications(db: ReadOnlyDatabase, dispute_id: str) -> list[TimelineEntry]
             ref=str(row["id"]),
             details={
                 "notif_type": row["notif_type"],
-                "solver": row["solver_pubkey"],
+                "solver": normalise_public_key(row["solver_pubkey"]),
                 "error": row["error_message"],
             },
         )
@@ -250,7 +251,7 @@ def _outbox(db: ReadOnlyDatabase, dispute_id: str) -> list[TimelineEntry]:
             ref=str(row["id"]),
             details={
                 "notif_type": row["notif_type"],
-                "solver": row["solver_pubkey"],
+                "solver": normalise_public_key(row["solver_pubkey"]),
                 "cause": row["cause"],
                 "state": row["state"],
                 "attempts": int(row["attempts"]),
@@ -460,7 +461,7 @@ def _dispatches(db: ReadOnlyDatabase, dispute_id: str) -> list[TimelineEntry]:
             details={
                 "session_id": row["session_id"],
                 "handoff_event_id": row["handoff_event_id"],
-                "target_solver": row["target_solver"],
+                "target_solver": _solver_list(row["target_solver"]),
                 "fallback_broadcast": bool(row["fallback_broadcast"]),
             },
         )
@@ -472,6 +473,11 @@ def _dispatches(db: ReadOnlyDatabase, dispute_id: str) -> list[TimelineEntry]:
             (dispute_id,),
         )
     ]
+
+
+def _solver_list(text: str) -> str:
+    """`target_solver` names one key or several, comma-joined; each shown as stored now."""
+    return ",".join(normalise_public_key(key) for key in text.split(","))
 
 
 def read_timeline(db: ReadOnlyDatabase, dispute_id: str) -> Timeline | None:

@@ -30,6 +30,7 @@ __all__ = [
     "Keys",
     "encode_npub",
     "encode_nsec",
+    "normalise_public_key",
     "parse_public_key",
     "parse_secret_key",
     "shared_x",
@@ -173,6 +174,15 @@ def parse_public_key(text: str) -> str:
     except ValueError:
         raise KeyFormatError("public key is not a point on secp256k1 (lift_x failed)") from None
     return pk_hex
+
+
+def normalise_public_key(text: str) -> str:
+    """A solver key as Serbero stores it: lowercase hex when `text` parses (BEY-12), else the
+    text unchanged (an unusable key is recorded as written, core AS-3)."""
+    try:
+        return parse_public_key(text)
+    except KeyFormatError:
+        return text
 
 
 def encode_npub(pk_hex: str) -> str:

@@ -37,7 +37,8 @@ FORBIDDEN_NOTIF_TYPES: Final = frozenset({"admin_settle", "admin_cancel"})
 
 
 class NotificationRecord(msgspec.Struct, frozen=True):
-    """One attempt to DM one recipient; `solver_pubkey` exactly as configured."""
+    """One attempt to DM one recipient; `solver_pubkey` in lowercase hex (BEY-12), as written
+    only when it does not parse (AS-3)."""
 
     dispute_id: str
     solver_pubkey: str

@@ -41,6 +41,7 @@ from typing import Any, Final, cast
 import apsw
 import msgspec
 
+from serbero.protocol.keys import normalise_public_key
 from serbero.store.errors import InvalidRecord, UnknownOutboxRow
 from serbero.store.lifecycle import (
     TRIGGER_INITIAL_NOTIFICATION,
@@ -353,15 +354,17 @@ def complete(
             not ok and state == PENDING and retry and not is_obsolete(notif_type, lifecycle_state)
         )
         notification_id: int | None = None
+        # A row queued by an earlier version may spell the key as the config did (BEY-12).
+        recorded_key = normalise_public_key(solver)
         quiet = stays_pending and _failure_recorded_lately(
-            conn, dispute_id, solver, notif_type, int(attempts), now
+            conn, dispute_id, recorded_key, notif_type, int(attempts), now
         )
         if not quiet:
             notification_id = insert_notification(
                 conn,
                 NotificationRecord(
                     dispute_id=dispute_id,
-                    solver_pubkey=solver,
+                    solver_pubkey=recorded_key,
                     sent_at=now,
                     status=STATUS_SENT if ok else STATUS_FAILED,
                     notif_type=notif_type,

@@ -16,8 +16,9 @@ Version 6 is ours and only adds (BEY-2, BEY-3, BEY-10, BEY-22):
 
     - `id`: decision order; rows for one (`dispute_id`, `solver_pubkey`) pair are handed
       out strictly in this order, one at a time.
-    - `dispute_id` (FK `disputes`), `solver_pubkey` (exactly as configured), `notif_type`
-      (the `notifications.notif_type` the attempt will record), `body` (the DM text).
+    - `dispute_id` (FK `disputes`), `solver_pubkey` (lowercase hex, BEY-12; as written when
+      it does not parse), `notif_type` (the `notifications.notif_type` the attempt will
+      record), `body` (the DM text).
     - `cause`: what decided it: the dispute event id, `renotification`, `handoff:<id>`...
     - `created_at`: when it was decided. `attempts`: times handed to a sender.
       `next_attempt_at`: not handed out before this (retry backoff).

@@ -19,6 +19,7 @@ from serbero.actors.tracker_requests import (
     ScanPendingHandoffs,
 )
 from serbero.config import SolverConfig
+from serbero.protocol.keys import encode_npub
 from serbero.store.errors import StoreFailure
 from serbero.store.outbox import RETRY_MAX_SECONDS, OutboxOutcome
 from tests.escalation.helpers import (
@@ -112,6 +113,23 @@ async def test_partial_success_is_dispatched_in_attempt_order(
     ]
     (warning,) = events(logs, "phase4_recipient_failed")
     assert (warning["log_level"], warning["solver"]) == ("warning", A.pubkey)
+
+
+async def test_keys_are_recorded_in_lowercase_hex_whatever_the_config_spelling(
+    tracker: Tracker, writer: SecondWriter, wall_clock: FakeWallClock, handoff: int
+) -> None:
+    """BEY-12: `target_solver` and the notifications rows hold the normalised key."""
+    spelled = [
+        SolverConfig.from_text(encode_npub(A.key), "write"),
+        SolverConfig.from_text(B.key.upper(), "write"),
+    ]
+    async with dispatcher_cycles(
+        tracker, ScriptedDeliver(), solvers=spelled, wall_clock=wall_clock
+    ) as cycle:
+        await cycle()
+    ((_, *row),) = writer.dispatches()
+    assert row[3] == f"{A.key},{B.key}"
+    assert [n[1] for n in writer.notifications()] == [A.key, B.key]
 
 
 async def test_all_failed_is_send_failed_and_consumed(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import apsw
 import pytest
 
+from serbero.protocol.keys import Keys, encode_npub
 from serbero.store.connection import open_database
 from serbero.store.disputes import get_dispute, record_assignment, record_detected
 from serbero.store.errors import InvalidRecord, UnknownOutboxRow
@@ -129,6 +130,16 @@ def test_delivered_initial_notifies_the_dispute_once(conn: apsw.Connection) -> N
         ("sent", T0 + 3, None),
         ("sent", T0 + 4, None),
     ]
+
+
+def test_a_row_queued_with_another_key_spelling_is_recorded_in_hex(conn: apsw.Connection) -> None:
+    """BEY-12: an outbox row an earlier version queued as the config spelled the key."""
+    key = Keys.generate().public_hex
+    for spelling in (encode_npub(key), key.upper()):
+        record_detected(conn, event(f"d-{spelling[:4]}"), messages("initial", (spelling,)), T0)
+        (row,) = claim_due(conn, T0, 10).rows
+        complete(conn, row.id, ok=False, error="no relay", retry=True, now=T0 + 1)
+    assert rows(conn, "SELECT solver_pubkey FROM notifications") == [(key,), (key,)]
 
 
 def test_a_retryable_failure_backs_off(conn: apsw.Connection) -> None:
