@@ -62,7 +62,7 @@ async def queue_owed_notices(
             except TextError as exc:
                 log.warning("owed_notice_unusable", dispute_id=dispute.dispute_id, error=str(exc))
                 continue
-            messages = tuple(OutboxMessage(solver.pubkey, body) for solver in solvers)
+            messages = tuple(OutboxMessage(solver.key, body) for solver in solvers)
             initial.append(OwedInitial(dispute.dispute_id, messages))
     retries = []
     for dispatch in owed.dispatches if escalation else ():
