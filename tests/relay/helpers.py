@@ -11,6 +11,7 @@ import trio
 
 from serbero.actors.relay import RelayState, RelayTiming
 from serbero.actors.relay_pool import RelayPool, open_relay_pool
+from serbero.clock import WallClock
 from serbero.protocol.event import Event, sign_event
 from serbero.protocol.keys import Keys
 from tests.support.clocks import FakeWallClock
@@ -44,7 +45,7 @@ def pool_for(
     *urls: str,
     keys: Keys | None = None,
     timing: RelayTiming | None = None,
-    wall_clock: FakeWallClock | None = None,
+    wall_clock: WallClock | None = None,
     state_changes: trio.MemorySendChannel[RelayState] | None = None,
 ) -> AbstractAsyncContextManager[RelayPool]:
     return open_relay_pool(

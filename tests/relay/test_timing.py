@@ -18,6 +18,7 @@ from serbero.actors.relay import RelayState
 from serbero.protocol.messages import Filter
 from tests.relay.helpers import pool_for, refused_port
 from tests.relay.raw_relay import RawConnection, open_raw_relay
+from tests.support.clocks import TrioWallClock
 
 
 async def test_a_relay_refusing_connections_is_tried_every_two_seconds_however_long(
@@ -167,6 +168,32 @@ async def test_started_with_every_relay_down_each_is_resubscribed_within_three_s
     for relay in relays:
         assert len(relay.reqs) == 1
         assert relay.reqs[0] - relay.returns[0] <= 3.0
+
+
+async def test_an_outage_keeps_the_time_it_began(autojump_clock: Any) -> None:
+    """Refused retries every 2 s are no change of the link: the state's `since` stays at the
+    drop (so the health record is not rewritten every 2 s and status shows when it began)."""
+    relay = Resubscriptions(free_port())
+    states_send, states_recv = trio.open_memory_channel[RelayState](1000)
+    clock = TrioWallClock()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(relay.serve, 20)
+        async with pool_for(
+            f"ws://127.0.0.1:{relay.port}", wall_clock=clock, state_changes=states_send
+        ):
+            await trio.sleep(20 + 30)
+    states: list[RelayState] = []
+    while True:
+        try:
+            states.append(states_recv.receive_nowait())
+        except trio.WouldBlock:
+            break
+    [up] = [s for s in states if s.connected]
+    down = [s for s in states if not s.connected]
+    assert up.since == clock.start  # connected at once
+    assert len(down) >= 10  # the drop, then a refused retry every 2 s
+    assert {s.since for s in down} == {clock.start + 20}
+    assert [s.reconnect_attempts for s in down] == list(range(1, len(down) + 1))
 
 
 async def test_a_relay_away_for_long_does_not_delay_the_next_outage(autojump_clock: Any) -> None:

@@ -121,8 +121,9 @@ class RelayConnection:
 
     # --- state ---------------------------------------------------------------------------------
 
-    async def _publish_state(self, **changes: object) -> None:
-        self._state = msgspec.structs.replace(self._state, since=self._wall_clock(), **changes)
+    async def _publish_state(self, *, keep_since: bool = False, **changes: object) -> None:
+        since = self._state.since if keep_since else self._wall_clock()
+        self._state = msgspec.structs.replace(self._state, since=since, **changes)
         await self._states.send(self._state)
 
     # --- reconnect loop --------------------------------------------------------------------------
@@ -191,7 +192,10 @@ class RelayConnection:
             else:
                 delay = backoff_delay(self._attempt, timing, self._rand)
                 self._attempt += 1
+            # A failed attempt during an outage (one every ~2 s while the relay refuses) is
+            # no change of the link: `since` keeps the moment it went down.
             await self._publish_state(
+                keep_since=connected_at is None,
                 connected=False,
                 last_error=reason,
                 reconnect_attempts=self._state.reconnect_attempts + 1,

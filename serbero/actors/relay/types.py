@@ -40,9 +40,10 @@ def clip(text: str) -> str:
 class RelayState(msgspec.Struct, frozen=True):
     """An observable snapshot of one relay link (logs now, the health endpoint later).
 
-    `since` is the wall-clock second of the last change; `reconnect_attempts` counts reconnects
-    scheduled since the last successful connection; `last_error` is why the link last went
-    down (kept while connected again, so the health record can show it).
+    `since` is the wall-clock second the link last came up or went down (failed attempts
+    during an outage keep it, so it says when the outage began); `reconnect_attempts` counts
+    reconnects scheduled since the last successful connection; `last_error` is why the link
+    last went down (kept while connected again, so the health record can show it).
     """
 
     url: str
