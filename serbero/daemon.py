@@ -21,12 +21,8 @@ from typing import Final
 import trio
 
 from serbero.actors.relay import RelayTiming
-from serbero.actors.supervisor import (
-    DaemonContext,
-    DaemonFatal,
-    describe_error,
-    run_supervisor,
-)
+from serbero.actors.restart import DaemonFatal, describe_error
+from serbero.actors.supervisor import DaemonContext, run_supervisor
 from serbero.clock import WallClock, system_wall_clock
 from serbero.config import Config, LoadedConfig
 from serbero.log import get_logger
@@ -104,14 +100,8 @@ async def serve(
 async def _watch_signals(
     shutdown: trio.Event, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
 ) -> None:
-    """CORE-10: the first SIGINT/SIGTERM starts the shutdown; later ones are only noted.
-    Where SIGTERM cannot be caught, warn and rely on SIGINT."""
-    try:
-        receiver = trio.open_signal_receiver(*SHUTDOWN_SIGNALS)
-    except (ValueError, RuntimeError, OSError) as exc:
-        log.warning("sigterm_handler_unavailable", error=str(exc))
-        receiver = trio.open_signal_receiver(signal.SIGINT)
-    with receiver as signals:
+    """CORE-10: the first SIGINT/SIGTERM starts the shutdown; later ones are only noted."""
+    with trio.open_signal_receiver(*SHUTDOWN_SIGNALS) as signals:
         task_status.started()
         async for signum in signals:
             name = signal.Signals(signum).name

@@ -156,13 +156,12 @@ def _log_failed(row: OutboxRow, delivery: Delivery, completion: OutboxCompletion
 class SenderStats:
     """The sender's running figures; written by the sender only, read by the health snapshot."""
 
-    __slots__ = ("delivered", "failed", "in_flight", "last_delivery_at")
+    __slots__ = ("delivered", "failed", "in_flight")
 
     def __init__(self) -> None:
         self.in_flight = 0
         self.delivered = 0
         self.failed = 0
-        self.last_delivery_at: int | None = None
 
 
 # A finished DM on its way to be recorded.
@@ -406,7 +405,6 @@ class OutboxSender:
                 self._idle.ring()
 
     def _completed(self, row: OutboxRow, delivery: Delivery, completion: OutboxCompletion) -> None:
-        self.stats.last_delivery_at = self._wall_clock()
         if delivery.ok:
             self.stats.delivered += 1
             _log_delivered(row)

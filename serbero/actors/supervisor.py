@@ -1,30 +1,12 @@
-"""The supervisor: start-up in CORE-8 order, every actor in one nursery, restarts, a live view.
+"""The supervisor: start-up in CORE-8 order, every actor in one nursery, a live view.
 
 Start-up (CORE-8 steps 4-14): log the config; parse the Mostro key; open and migrate the
 database (the tracker); compute the subscription's `since` (CORE-20/21); release outbox
 claims a killed process left behind, so they are delivered again (BEY-2); report solvers
 and optional features; derive Serbero's identity; start the relay pool; subscribe to the
 dispute feed; start the actors; log `event_loop_started`. Every failure up to the pool is
-fatal (`DaemonFatal`); unreachable relays are not.
-
-Restart policy, decided per actor (design.md, "Failure model"):
-
-- **tracker** and **relay pool** are not restarted: they are the ground everything else
-  stands on. Their failure ends the supervisor with `DaemonFatal`, the daemon exits 1 and
-  runit starts a fresh process.
-- **ingest** is restarted with backoff. Its input (the subscription's channel) outlives it,
-  so events keep queueing (bounded) meanwhile; only the event being decided at the crash
-  is dropped, and relays replay it on the next reconnect. If the event stream *ends*, that
-  is fatal (CORE-11, `event_stream_ended`).
-- **sender** is restarted with backoff, after `RequeueInFlight` releases the rows it held,
-  so they are delivered again rather than after the claim lease.
-- **renotify** and **health_record** are restarted with backoff.
-- **optional actors** (`optional_actors`) choose with their `restart` flag.
-
-Backoff doubles from `RESTART_BACKOFF_FIRST` to `RESTART_BACKOFF_CAP` and starts afresh
-after an actor ran `RESTART_HEALTHY_AFTER` seconds. An actor that crashes `MAX_CRASHES`
-times within `CRASH_WINDOW_SECONDS` is fatal: a fault that keeps firing is better met by a
-fresh process (and a loud supervisor log) than by a quiet loop.
+fatal (`DaemonFatal`); unreachable relays are not. Each actor then runs under the restart
+policy of `serbero.actors.restart`; a shutdown stops them and records the clean stop.
 
 Live view: `Supervisor.snapshot()` returns a `DaemonSnapshot` (relay states, last dispute
 event, queue depths, actor states), cheap and synchronous, for a health endpoint; it is
@@ -34,11 +16,10 @@ handed out as `DaemonContext.snapshot`.
 from __future__ import annotations
 
 import os
-from collections import deque
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import Final, Literal
+from typing import Final
 
 import msgspec
 import trio
@@ -53,6 +34,13 @@ from serbero.actors.owed import queue_owed_notices
 from serbero.actors.relay import RelayState, RelayTiming
 from serbero.actors.relay_pool import RelayPool, Subscription, open_relay_pool
 from serbero.actors.renotify import Renotifier, RenotifyStats
+from serbero.actors.restart import (
+    ActorRecord,
+    ActorSpec,
+    ActorStatus,
+    DaemonFatal,
+    supervise,
+)
 from serbero.actors.sender import Doorbell, OutboxSender, SenderStats
 from serbero.actors.store_outage import StoreOutage
 from serbero.actors.tracker import Tracker, open_tracker
@@ -69,15 +57,8 @@ from serbero.store.errors import StoreError
 from serbero.store.sending import SendingOrigin
 
 __all__ = [
-    "CRASH_WINDOW_SECONDS",
     "DISPUTE_SUBSCRIPTION",
-    "MAX_CRASHES",
-    "RESTART_BACKOFF_CAP",
-    "RESTART_BACKOFF_FIRST",
-    "RESTART_HEALTHY_AFTER",
     "ActorSpec",
-    "ActorState",
-    "ActorStatus",
     "DaemonContext",
     "DaemonFatal",
     "DaemonSnapshot",
@@ -90,32 +71,11 @@ __all__ = [
 
 log = get_logger("serbero.daemon")
 
-RESTART_BACKOFF_FIRST: Final = 1.0
-RESTART_BACKOFF_CAP: Final = 30.0
-RESTART_HEALTHY_AFTER: Final = 60.0
-MAX_CRASHES: Final = 5
-CRASH_WINDOW_SECONDS: Final = 300.0
 # A clean shutdown waits this long at most to record itself (a busy database must not hold
 # the exit past what a service supervisor tolerates).
 STOP_RECORD_SECONDS: Final = 3.0
 # The dispute feed's subscription name (logs, `subscription_sent`).
 DISPUTE_SUBSCRIPTION: Final = "disputes"
-
-ActorState = Literal["running", "restarting", "stopped"]
-
-
-class DaemonFatal(Exception):
-    """The daemon cannot go on (CORE-9): logged as `daemon_terminated`, exit status 1."""
-
-
-class ActorStatus(msgspec.Struct, frozen=True, kw_only=True):
-    """One supervised actor: what it is doing and how often it crashed."""
-
-    name: str
-    state: ActorState
-    restarts: int
-    last_error: str | None
-    last_crash_at: int | None
 
 
 class DaemonSnapshot(msgspec.Struct, frozen=True, kw_only=True):
@@ -231,52 +191,6 @@ def _health_endpoint(address: tuple[str, int]) -> Callable[[DaemonContext], Awai
     return run
 
 
-class ActorSpec(msgspec.Struct, frozen=True, kw_only=True):
-    """How the supervisor runs one actor: `run` it, and on a crash restart it (after
-    `before_restart`) or, with `restart=False`, end the daemon."""
-
-    name: str
-    run: Callable[[], Awaitable[None]]
-    restart: bool = True
-    # Runs before each restart (not before the first start).
-    before_restart: Callable[[], Awaitable[None]] | None = None
-    # Returning is normal for most actors; for ingest it means the stream ended (CORE-11).
-    fatal_on_return: str | None = None
-
-
-class _ActorRecord:
-    __slots__ = ("last_crash_at", "last_error", "name", "restarts", "state")
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.state: ActorState = "running"
-        self.restarts = 0
-        self.last_error: str | None = None
-        self.last_crash_at: int | None = None
-
-    def status(self) -> ActorStatus:
-        return ActorStatus(
-            name=self.name,
-            state=self.state,
-            restarts=self.restarts,
-            last_error=self.last_error,
-            last_crash_at=self.last_crash_at,
-        )
-
-
-def describe_error(exc: BaseException) -> str:
-    """One line for a log field; exception groups list their leaves."""
-    if isinstance(exc, BaseExceptionGroup):
-        return "; ".join(describe_error(inner) for inner in exc.exceptions)
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def restart_delay(attempt: int) -> float:
-    """Backoff before restart number `attempt` (0-based)."""
-    return float(min(RESTART_BACKOFF_CAP, RESTART_BACKOFF_FIRST * 2 ** min(attempt, 16)))
-
-
 def _log_startup(config: Config, config_path: str) -> None:
     """Say what is starting and with which settings, before anything can fail (CORE-8 step 4)."""
     log.info("starting", version=__version__, config_path=config_path)
@@ -332,7 +246,7 @@ class Supervisor:
         self.renotify_stats = RenotifyStats()
         self.health_stats = HealthStats()
         self.store_outage = StoreOutage()
-        self._actors: dict[str, _ActorRecord] = {}
+        self._actors: dict[str, ActorRecord] = {}
         self._pool: RelayPool | None = None
         self._subscription: Subscription | None = None
         self._identity_hex = ""
@@ -463,7 +377,7 @@ class Supervisor:
             ]
             async with trio.open_nursery() as nursery:
                 for spec in specs:
-                    self._actors[spec.name] = _ActorRecord(spec.name)
+                    self._actors[spec.name] = ActorRecord(spec.name)
                     nursery.start_soon(self.supervise, spec, name=f"actor {spec.name}")
                 # The provider's health check must not hold up the core (MED-10).
                 nursery.start_soon(self.mediation.check_health, name="mediation bring-up")
@@ -543,50 +457,10 @@ class Supervisor:
             ),
         ]
 
-    # --- restarts ------------------------------------------------------------------------------
-
     async def supervise(self, spec: ActorSpec) -> None:
-        """Run `spec` under the restart policy; returns when it stops normally, raises
-        `DaemonFatal` when its crash (or return) ends the daemon."""
-        record = self._actors.setdefault(spec.name, _ActorRecord(spec.name))
-        crashes: deque[float] = deque()
-        attempt = 0
-        while True:
-            record.state = "running"
-            started = trio.current_time()
-            try:
-                await spec.run()
-            except Exception as exc:
-                now = trio.current_time()
-                if now - started >= RESTART_HEALTHY_AFTER:
-                    attempt = 0
-                crashes.append(now)
-                while crashes and now - crashes[0] > CRASH_WINDOW_SECONDS:
-                    crashes.popleft()
-                error = describe_error(exc)
-                record.last_error = error
-                record.last_crash_at = self._wall_clock()
-                log.error("actor_crashed", actor=spec.name, error=error, restarts=record.restarts)
-                if not spec.restart or len(crashes) >= MAX_CRASHES:
-                    raise DaemonFatal(f"actor {spec.name} crashed: {error}") from exc
-                record.state = "restarting"
-                delay = restart_delay(attempt)
-                attempt += 1
-                log.warning("actor_restart_scheduled", actor=spec.name, delay_seconds=delay)
-                await trio.sleep(delay)
-                try:
-                    if spec.before_restart is not None:
-                        await spec.before_restart()
-                except StoreError as store_exc:
-                    raise DaemonFatal(f"restarting {spec.name}: {store_exc}") from store_exc
-                record.restarts += 1
-                log.info("actor_restarted", actor=spec.name, restarts=record.restarts)
-                continue
-            record.state = "stopped"
-            if spec.fatal_on_return is not None:
-                log.error("event_stream_ended", actor=spec.name)
-                raise DaemonFatal(spec.fatal_on_return)
-            return
+        """Run one actor under the restart policy (`serbero.actors.restart.supervise`)."""
+        record = self._actors.setdefault(spec.name, ActorRecord(spec.name))
+        await supervise(spec, record, wall_clock=self._wall_clock)
 
 
 def _bind(actor: OptionalActor, context: DaemonContext) -> Callable[[], Awaitable[None]]:

@@ -10,13 +10,8 @@ import pytest
 import trio
 from structlog.testing import capture_logs
 
-from serbero.actors.supervisor import (
-    MAX_CRASHES,
-    ActorSpec,
-    DaemonFatal,
-    Supervisor,
-    restart_delay,
-)
+from serbero.actors.restart import MAX_CRASHES, ActorSpec, DaemonFatal, restart_delay
+from serbero.actors.supervisor import Supervisor
 from serbero.config import Config, MostroConfig, Secret, SerberoConfig
 from serbero.protocol.keys import Keys
 from tests.support.clocks import FakeWallClock

@@ -20,7 +20,8 @@ from trio.testing import wait_all_tasks_blocked
 from serbero.actors.health import health_answer, run_health_endpoint
 from serbero.actors.health_http import MAX_HEADERS, HealthAnswer, HttpLimits, serve_health
 from serbero.actors.relay import RelayState
-from serbero.actors.supervisor import ActorStatus, DaemonSnapshot
+from serbero.actors.restart import ActorStatus
+from serbero.actors.supervisor import DaemonSnapshot
 from serbero.mediation.bringup import MediationStatus
 
 LIMITS = HttpLimits(
