@@ -86,6 +86,26 @@ from serbero.store.rationale import (
 )
 from serbero.store.resolution import ResolutionOutcome, resolve_dispute
 from serbero.store.sending import SendingOrigin, sending_origin
+from serbero.store.sessions import (
+    EligibleDispute,
+    NewSession,
+    OpenOutcome,
+    StartTrigger,
+    StopReason,
+    TakeOutcome,
+    Verdict,
+    begin_start_attempt,
+    bind_rationale,
+    is_eligible,
+    list_eligible,
+    live_session_of,
+    open_session,
+    recommend_dispute_escalation,
+    record_policy_escalate,
+    record_start_stopped,
+    record_take,
+    record_verdict,
+)
 
 
 class GetDispute(Request[Dispute | None], frozen=True):
@@ -349,6 +369,164 @@ class RecordReasoningCallFailed(Request[int], frozen=True):
 
     def apply(self, conn: apsw.Connection, ctx: Context) -> int:
         return record_reasoning_call_failed(conn, self.failed, ctx.now)
+
+
+class IsEligible(Request[bool], frozen=True):
+    """MED-20 for one dispute."""
+
+    dispute_id: str
+
+    def apply(self, conn: apsw.Connection, ctx: Context) -> bool:
+        return is_eligible(conn, self.dispute_id)
+
+
+class ListEligible(Request[tuple[EligibleDispute, ...]], frozen=True):
+    """The tick's batch of eligible disputes, oldest first (MED-21)."""
+
+    def apply(self, conn: apsw.Connection, ctx: Context) -> tuple[EligibleDispute, ...]:
+        return list_eligible(conn)
+
+
+class BeginStartAttempt(Request[bool], frozen=True):
+    """`start_attempt_started` if eligible (True), else `start_attempt_stopped` (MED-32)."""
+
+    dispute_id: str
+    trigger: StartTrigger
+
+    def apply(self, conn: apsw.Connection, ctx: Context) -> bool:
+        return begin_start_attempt(conn, self.dispute_id, self.trigger, ctx.now)
+
+
+class RecordStartStopped(Request[int], frozen=True):
+    """A start attempt refused by the auth or health gate (MED-32 (3))."""
+
+    dispute_id: str
+    stop_reason: StopReason
+
+    def apply(self, conn: apsw.Connection, ctx: Context) -> int:
+        return record_start_stopped(conn, self.dispute_id, self.stop_reason, ctx.now)
+
+
+class RecordVerdict(Request[int], frozen=True):
+    """The open's dispute-scoped `reasoning_verdict` (MED-44)."""
+
+    dispute_id: str
+    verdict: Verdict
+    bundle_id: str
+    policy_hash: str
+
+    def apply(self, conn: apsw.Connection, ctx: Context) -> int:
+        return record_verdict(
+            conn, self.dispute_id, self.verdict, self.bundle_id, self.policy_hash, ctx.now
+        )
+
+
+class RecordPolicyEscalate(Request[int], frozen=True):
+    """The `start_attempt_stopped {reason: policy_escalate}` of a negative verdict (MED-45)."""
+
+    dispute_id: str
+    trigger: str
+    bundle_id: str
+    policy_hash: str
+
+    def apply(self, conn: apsw.Connection, ctx: Context) -> int:
+        return record_policy_escalate(
+            conn, self.dispute_id, self.trigger, self.bundle_id, self.policy_hash, ctx.now
+        )
+
+
+class RecordTake(Request[int], frozen=True):
+    """The dispute-scoped `take_dispute_issued` (MED-46)."""
+
+    dispute_id: str
+    outcome: TakeOutcome
+    bundle_id: str
+    policy_hash: str
+
+    def apply(self, conn: apsw.Connection, ctx: Context) -> int:
+        return record_take(
+            conn, self.dispute_id, self.outcome, self.bundle_id, self.policy_hash, ctx.now
+        )
+
+
+class GetLiveSession(Request[str | None], frozen=True):
+    """The dispute's live session id, if any (MED-42)."""
+
+    dispute_id: str
+
+    def apply(self, conn: apsw.Connection, ctx: Context) -> str | None:
+        return live_session_of(conn, self.dispute_id)
+
+
+class OpenSession(Request[OpenOutcome], frozen=True, kw_only=True):
+    """Commit the session after a take under a fresh UUIDv4, re-checked live (MED-47, Q-18)."""
+
+    dispute_id: str
+    prompt_bundle_id: str
+    policy_hash: str
+    buyer_shared_pubkey: str
+    seller_shared_pubkey: str
+    buyer_trade_pubkey: str
+    seller_trade_pubkey: str
+
+    def apply(self, conn: apsw.Connection, ctx: Context) -> OpenOutcome:
+        new = NewSession(
+            session_id=str(uuid.UUID(bytes=ctx.rand(16), version=4)),
+            dispute_id=self.dispute_id,
+            prompt_bundle_id=self.prompt_bundle_id,
+            policy_hash=self.policy_hash,
+            buyer_shared_pubkey=self.buyer_shared_pubkey,
+            seller_shared_pubkey=self.seller_shared_pubkey,
+            buyer_trade_pubkey=self.buyer_trade_pubkey,
+            seller_trade_pubkey=self.seller_trade_pubkey,
+        )
+        return open_session(conn, new, ctx.now)
+
+
+class BindRationale(Request[int], frozen=True, kw_only=True):
+    """The open verdict's rationale joins its session + `classification_produced` (MED-48)."""
+
+    session_id: str
+    classification: str
+    confidence: float
+    rationale_id: str | None
+    occurrence_id: int | None
+    bundle_id: str
+    policy_hash: str
+
+    def apply(self, conn: apsw.Connection, ctx: Context) -> int:
+        return bind_rationale(
+            conn,
+            self.session_id,
+            classification=self.classification,
+            confidence=self.confidence,
+            rationale_id=self.rationale_id,
+            occurrence_id=self.occurrence_id,
+            bundle_id=self.bundle_id,
+            policy_hash=self.policy_hash,
+            now=ctx.now,
+        )
+
+
+class RecommendDisputeEscalation(Request[int | None], frozen=True, kw_only=True):
+    """Dispute-scoped `escalation_recommended` + `handoff_prepared` (MED-122/123)."""
+
+    dispute_id: str
+    trigger: str
+    rationale_refs: tuple[str, ...]
+    bundle_id: str
+    policy_hash: str
+
+    def apply(self, conn: apsw.Connection, ctx: Context) -> int | None:
+        return recommend_dispute_escalation(
+            conn,
+            self.dispute_id,
+            self.trigger,
+            rationale_refs=self.rationale_refs,
+            bundle_id=self.bundle_id,
+            policy_hash=self.policy_hash,
+            now=ctx.now,
+        )
 
 
 class WriteHealth(Request[None], frozen=True):

@@ -32,16 +32,26 @@ def insert_event(
     *,
     session_id: str | None,
     kind: str,
-    payload: Mapping[str, object],
+    payload: Mapping[str, object] | msgspec.Struct,
     prompt_bundle_id: str | None,
     policy_hash: str | None,
     occurred_at: int,
+    rationale_id: str | None = None,
 ) -> int:
-    """Append one audit event (`rationale_id` NULL) and return its id; caller owns the tx."""
+    """Append one audit event and return its id; caller owns the tx.
+
+    A mapping payload is written with sorted keys; a struct payload keeps its declared field
+    order, for the one payload whose order is fixed (`handoff_prepared`, MED-123).
+    """
+    encoded = (
+        msgspec.json.encode(payload).decode()
+        if isinstance(payload, msgspec.Struct)
+        else encode_payload(payload)
+    )
     conn.execute(
         "INSERT INTO mediation_events"
         " (session_id, kind, payload_json, rationale_id, prompt_bundle_id, policy_hash,"
-        " occurred_at) VALUES (?, ?, ?, NULL, ?, ?, ?)",
-        (session_id, kind, encode_payload(payload), prompt_bundle_id, policy_hash, occurred_at),
+        " occurred_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (session_id, kind, encoded, rationale_id, prompt_bundle_id, policy_hash, occurred_at),
     )
     return int(conn.last_insert_rowid())
