@@ -19,7 +19,7 @@ the handoff's transaction committed (both on this process's monotonic clock). Th
 figure from `occurred_at` (whole seconds, so up to 1 s larger) is printed too. Target (issue
 #6): p95 <= dispatch_interval_seconds + 2 s. Checked afterwards: every write solver got
 exactly one DM per handoff and the read solver none, one dispatch row per handoff, and the
-§11 reconciliation recipe returns no rows.
+reconciliation recipe (dispatch rows against their audit rows) returns no rows.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The escalation gate: one handoff from decoding to its recorded outcome (escalation.md §6).
+"""The escalation gate: one handoff from decoding to its recorded outcome (ESC-15..30).
 
 The scanner hands over one pending `handoff_prepared` row at a time; the gate decodes it,
 looks the dispute up, applies the supersession gate, routes it, runs the sequential send loop
@@ -100,7 +100,7 @@ class Route(msgspec.Struct, frozen=True):
 
 def _is_assignee(solver: SolverConfig, assigned_solver: str) -> bool:
     """ESC-19 rule 1 matches the configured key exactly; BEY-12 normalises configured keys
-    to lowercase hex, so the normalised form matches too (§13 caveat 3)."""
+    to lowercase hex, so the normalised form matches too."""
     return assigned_solver in (solver.pubkey, solver.pubkey_hex)
 
 
@@ -373,7 +373,7 @@ async def run(
     """Process handoffs one at a time and report each one finished, whatever happened.
 
     A bug hit by one handoff is logged and that handoff left pending: a single handoff never
-    kills the actor (§14).
+    kills the actor.
     """
     async with handoffs, done:
         async for handoff in handoffs:

@@ -108,7 +108,8 @@ def dm_identity(row: OutboxRow) -> DmIdentity:
 
 
 def _log_delivered(row: OutboxRow) -> None:
-    """core.md §12.2 names per notif_type; BEY-5 notices and the rest get names of our own."""
+    """The reference's log event names per notif_type (CORE-57); BEY-5 notices and the rest get
+    names of our own."""
     fields = {
         "dispute_id": row.dispute_id,
         "solver": row.solver_pubkey,

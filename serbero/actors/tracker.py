@@ -1,4 +1,4 @@
-"""The tracker: the only owner of the database connection (design.md, "The tracker").
+"""The tracker: the only owner of the database connection (CORE-5).
 
 Other actors never touch SQLite; they `await tracker.ask(SomeRequest(...))`. Each request is
 a frozen struct naming one logical store step (the catalogue is

@@ -354,7 +354,8 @@ class RecordParseFailed(Request[bool], frozen=True):
 
 
 class StoreRationale(Request[StoredRationale], frozen=True):
-    """A reasoning call's rationale: its text once, one occurrence row each time (§17, Q-16)."""
+    """A reasoning call's rationale: its text once, one occurrence row each time (MED-170/171,
+    Q-16)."""
 
     occurrence: RationaleOccurrence
 

@@ -1,4 +1,4 @@
-"""`config.toml` + environment overrides + validation (core.md §4, BEY-12, BEY-23).
+"""`config.toml` + environment overrides + validation (CORE-13..17, BEY-12, BEY-23).
 
 Three parts: `schema` (what the file may say, as frozen structs), `load` (reading, overriding
 and validating it) and `render` (showing it with secrets masked). Credentials are `Secret`s

@@ -1,4 +1,4 @@
-"""Reading `config.toml`: environment overrides and validation (core.md §4, BEY-12, BEY-23).
+"""Reading `config.toml`: environment overrides and validation (CORE-13..17, BEY-12, BEY-23).
 
 The file is decoded leniently (msgspec's TOML decoder into plain values), diffed against the
 known key set so unknown keys become warnings instead of errors, type-checked with messages an

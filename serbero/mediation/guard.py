@@ -1,5 +1,5 @@
 """The authority-boundary guard: no model text that instructs or promises a fund movement
-reaches anyone (§13, BEY-19).
+reaches anyone (MED-130..132, BEY-19).
 
 Serbero's only Mostro action is taking a dispute (MED-130). A model can still be talked into
 writing "release the funds" or "I will refund you" to a party, or into telling a solver to

@@ -1,4 +1,4 @@
-"""The policy layer: a model's classification becomes exactly one action (§9, §12.1).
+"""The policy layer: a model's classification becomes exactly one action (MED-90..92).
 
 The model only advises. These pure rules decide, in a fixed order where the first match
 wins, whether Serbero asks the parties another question, hands a summary to the solver, or
@@ -56,7 +56,7 @@ LOW_CONFIDENCE: Final = 0.5
 BYPASS_WINDOW: Final = 3
 SUMMARIZABLE_LABEL: Final = "coordination_failure_resolvable"
 
-# §12.1, exact strings: what every escalation row and solver DM names as its trigger.
+# Exact strings (MED-92): what every escalation row and solver DM names as its trigger.
 EscalationTrigger = Literal[
     "conflicting_claims",
     "fraud_indicator",
@@ -95,7 +95,7 @@ class AskClarification(msgspec.Struct, frozen=True, tag="ask_clarification"):
 
 
 class Summarize(msgspec.Struct, frozen=True, tag="summarize"):
-    """Hand the dispute to the solver with a summary (§11)."""
+    """Hand the dispute to the solver with a summary (MED-110..113)."""
 
     label: Label
     confidence: float

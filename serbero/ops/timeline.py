@@ -6,7 +6,7 @@ one, events, summaries) and `escalation_dispatches`. Mediation events belong to 
 when their session does, or when their payload names it (dispute-scoped rows, MED-2;
 dispatcher rows).
 
-Privacy (MED-172, core.md §7.4): chat content, DM bodies, summary text and rationale text
+Privacy (MED-172, CORE-40): chat content, DM bodies, summary text and rationale text
 never leave the database through this view; a rationale is named by its `rationale_id`.
 The parties' keys are never shown either: session and message key columns are not read
 for display, payload fields whose name marks a key or a text are hidden, and any payload

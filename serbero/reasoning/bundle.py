@@ -1,4 +1,4 @@
-"""The prompt bundle: the five policy files every reasoning call is built from (§16).
+"""The prompt bundle: the five policy files every reasoning call is built from (MED-160..162).
 
 The files are read once per process. Their raw bytes decide the `policy_hash` that sessions,
 rationales and handoffs pin, so an auditor can tell exactly which instructions a verdict was

@@ -1,4 +1,4 @@
-"""One JSON POST to a model API, with the timeout, retry budget and error taxonomy of §18.
+"""One JSON POST to a model API, with the timeout, retry budget and error taxonomy of MED-187/188.
 
 Both adapters go through `Transport.post_json`, so they classify failures the same way
 (MED-187/188): a request that runs past its deadline is `timeout`; a connection that cannot

@@ -1,4 +1,4 @@
-"""The escalation dispatcher's reads and writes (escalation.md §5, §6.8, §7; BEY-14).
+"""The escalation dispatcher's reads and writes (ESC-12..14, ESC-28, ESC-31..35; BEY-14).
 
 A handoff stays pending until a dispatch row or a parse-failed event names it (ESC-12).
 The dispatcher only ever inserts: dispatch rows, the four audit event kinds, notification
@@ -29,7 +29,7 @@ KIND_PARSE_FAILED: Final = "escalation_dispatch_parse_failed"
 STATUS_DISPATCHED: Final = "dispatched"
 STATUS_SEND_FAILED: Final = "send_failed"
 SUPERSEDED_REASON: Final = "dispute_already_resolved"
-# ESC-26 step 3: escalation DMs reuse mediation's notif_type (§13 caveat 5), retries too.
+# ESC-26 step 3: escalation DMs reuse mediation's notif_type, retries too.
 HANDOFF_NOTIF_TYPE: Final = NotifType.MEDIATION_ESCALATION_RECOMMENDED
 ParseFailure = Literal["deserialize_failed", "orphan_dispute_reference"]
 

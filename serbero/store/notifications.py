@@ -18,7 +18,7 @@ from serbero.store.transaction import transaction
 
 
 class NotifType(enum.StrEnum):
-    """`notifications.notif_type` values (core.md §7.3, plus BEY-5's `resolution`)."""
+    """`notifications.notif_type` values (the reference's, CORE-37, plus BEY-5's `resolution`)."""
 
     INITIAL = "initial"
     RENOTIFICATION = "re-notification"

@@ -1,5 +1,5 @@
 """What a reasoning call leaves in the store: its rationale, and the record of a failed call
-(§17, MED-43, Q-16).
+(MED-170..172, MED-43, Q-16).
 
 A rationale is the model's explanation of a verdict, kept for auditors. Its text lives only
 in `reasoning_rationales`, addressed by its SHA-256 (MED-170); everything else (events,
@@ -128,7 +128,7 @@ class FailedCall(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def record_reasoning_call_failed(conn: apsw.Connection, failed: FailedCall, now: int) -> int:
-    """The dispute-scoped `reasoning_call_failed` event (§19); returns its id."""
+    """The dispute-scoped `reasoning_call_failed` event (MED-43); returns its id."""
     with transaction(conn):
         return insert_event(
             conn,

@@ -1,6 +1,6 @@
 """The database schema: the reference's versions 1-5 verbatim, then our additive versions 6-8.
 
-Versions 1-5 are the Rust serbero 0.1.1 schema exactly as core.md §14 spells it (table and
+Versions 1-5 are the Rust serbero 0.1.1 schema exactly as the reference creates it (table and
 column names, declared types, NOT NULL, defaults, keys, index names, the CHECK), so an
 existing reference `serbero.db` opens unchanged and the operators' `sqlite3` recipes keep
 their shapes. Columns that a version adds to an existing table are appended with

@@ -80,7 +80,7 @@ def make_config(
     renotification_check_interval_seconds: int = 3600,
     resolution_notices: bool = True,
 ) -> Config:
-    """A daemon config as the loader would produce it (timer settings 3600 s, core.md §15)."""
+    """A daemon config as the loader would produce it (timer settings 3600 s, as in AS-1..12)."""
     return Config(
         serbero=SerberoConfig(private_key=Secret(serbero.secret.hex()), db_path=db_path),
         mostro=MostroConfig(pubkey=mostro.public_hex),

@@ -1,4 +1,4 @@
-"""core.md §15 acceptance scenarios AS-1..AS-8 against a real relay (nostr-sdk LocalRelay),
+"""The core acceptance scenarios AS-1..AS-8 against a real relay (nostr-sdk LocalRelay),
 with nostr-sdk solver inboxes decrypting the DMs and a nostr-sdk Mostro publishing.
 
 AS-9 (config), AS-10 (state machine), AS-11 (routing) and AS-12 (store) are unit-level and

@@ -31,7 +31,7 @@ BUNDLE: Final = "phase3-default"
 POLICY: Final = "h1"
 SCRIPTED_FAILURE: Final = SEND_FAILED_PREFIX + "ws://scripted: rejected (blocked: test)"
 
-# §11 operator recipes, verbatim.
+# The reference's operator SQL recipes for the dispatcher, verbatim.
 RECIPE_SEND_FAILED: Final = "SELECT * FROM escalation_dispatches WHERE status = 'send_failed';"
 RECIPE_FOLLOWED: Final = (
     "SELECT kind, substr(payload_json,1,80), occurred_at FROM mediation_events WHERE kind IN"

@@ -516,7 +516,7 @@ async def test_as24_resolved_backlog_does_not_starve_a_new_handoff(env: RelayEnv
 
 @pytest.mark.parametrize("state", ["new", "taken", "waiting", "escalated", "on-hold"])
 async def test_every_state_but_resolved_routes(env: RelayEnv, state: str) -> None:
-    # §13 caveat 6: only the exact string `resolved` supersedes.
+    # Only the exact string `resolved` supersedes.
     w = env.solver()
     env.writer.add_dispute("d-state", state=state)
     env.writer.add_handoff(package("d-state"))

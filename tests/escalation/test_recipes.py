@@ -1,5 +1,6 @@
-"""The §11 operator recipes, run with stdlib sqlite3 against a database the dispatcher wrote
-over a real relay, return the documented shapes (and reconciliation returns nothing)."""
+"""The reference's operator SQL recipes for the dispatcher, run with stdlib sqlite3 against a
+database the dispatcher wrote over a real relay, return the documented shapes (and
+reconciliation returns nothing)."""
 
 from __future__ import annotations
 

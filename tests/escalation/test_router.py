@@ -57,7 +57,7 @@ def test_malformed_write_key_still_counts_as_a_write_solver() -> None:
 
 
 def test_assignee_matches_a_solver_configured_as_npub() -> None:
-    # §13 caveat 3 / BEY-12: configured keys count in their normalised lowercase-hex form.
+    # BEY-12: configured keys count in their normalised lowercase-hex form.
     npub_solver = SolverConfig.from_text(encode_npub(_key(5)), "write")
     assert npub_solver.pubkey.startswith("npub1")
     route = route_handoff([W1, npub_solver], _key(5), False)

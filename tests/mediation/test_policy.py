@@ -1,4 +1,4 @@
-"""The policy table, case by case (MED-91/92, §12.1, BEY-19, Q-10, MAS-5, MAS-13, MAS-14)."""
+"""The policy table, case by case (MED-91/92, BEY-19, Q-10, MAS-5, MAS-13, MAS-14)."""
 
 from __future__ import annotations
 

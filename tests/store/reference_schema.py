@@ -1,4 +1,4 @@
-"""The reference schema v1..v5, transcribed once from core.md §14 as literal DDL.
+"""The reference schema v1..v5, transcribed once from the reference's migrations as literal DDL.
 
 This is the yardstick for `serbero.store.schema`: tests build a database from these
 statements and compare its structure with ours. It is deliberately written out again (not
@@ -12,7 +12,7 @@ import apsw
 
 SCHEMA_VERSION_TABLE = "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY);"
 
-# §14.2 v1: disputes, notifications
+# v1: disputes, notifications
 V1 = """
 CREATE TABLE disputes (
   dispute_id TEXT PRIMARY KEY,
@@ -36,7 +36,7 @@ CREATE TABLE notifications (
 CREATE INDEX idx_notifications_dispute_id ON notifications (dispute_id);
 """
 
-# §14.3 v2: lifecycle
+# v2: lifecycle
 V2 = """
 ALTER TABLE disputes ADD COLUMN lifecycle_state TEXT NOT NULL DEFAULT 'new';
 ALTER TABLE disputes ADD COLUMN assigned_solver TEXT;
@@ -55,7 +55,7 @@ CREATE INDEX idx_state_transitions_dispute_id ON dispute_state_transitions (disp
 CREATE INDEX idx_disputes_lifecycle_state ON disputes (lifecycle_state);
 """
 
-# §14.4 v3: mediation
+# v3: mediation
 V3 = """
 CREATE TABLE mediation_sessions (
   session_id TEXT PRIMARY KEY,
@@ -142,13 +142,13 @@ CREATE TABLE mediation_events (
 CREATE INDEX idx_mediation_events_session_kind ON mediation_events (session_id, kind);
 """
 
-# §14.5 v4: follow-up counters
+# v4: follow-up counters
 V4 = """
 ALTER TABLE mediation_sessions ADD COLUMN round_count_last_evaluated INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE mediation_sessions ADD COLUMN consecutive_eval_failures INTEGER NOT NULL DEFAULT 0;
 """
 
-# §14.6 v5: escalation dispatches
+# v5: escalation dispatches
 V5 = """
 CREATE TABLE escalation_dispatches (
   dispatch_id TEXT PRIMARY KEY,

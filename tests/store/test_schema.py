@@ -1,4 +1,4 @@
-"""Schema identity with the reference (core.md §14), migrations (CORE-59, AS-12), connection."""
+"""Schema identity with the reference (CORE-58..60), migrations (CORE-59, AS-12), connection."""
 
 from __future__ import annotations
 

@@ -26,7 +26,7 @@ HEADLINE: Final = "New Mostro dispute requires attention."
 
 
 def initial_notification(dispute_id: str, initiator: str, event_timestamp: int) -> str:
-    """The reference's initial DM body (core.md §7.4 `initial`)."""
+    """The reference's initial DM body (CORE-41 `initial`)."""
     return "\n".join(
         (
             HEADLINE,
