@@ -207,9 +207,16 @@ class Ingest:
             nursery.start_soon(self._report, receive)
             async with send:
                 async for received in events:
-                    decision = await self._decide(received)
+                    # In flight from the start: submitting to the tracker awaits, and a
+                    # reader must never see the event received with nothing in flight.
+                    self.stats.decisions_in_flight += 1
+                    decision = None
+                    try:
+                        decision = await self._decide(received)
+                    finally:
+                        if decision is None:
+                            self.stats.decisions_in_flight -= 1
                     if decision is not None:
-                        self.stats.decisions_in_flight += 1
                         await send.send(decision)
 
     # --- validation and routing --------------------------------------------------------------

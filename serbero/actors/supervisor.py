@@ -88,7 +88,7 @@ class DaemonSnapshot(msgspec.Struct, frozen=True, kw_only=True):
       configured Mostro key and when it arrived (None before the first).
     - `events_received`: dispute events from Mostro since start.
     - `ingest_backlog`: events waiting in the dispute subscription for ingest;
-      `decisions_in_flight`: decisions handed to the store and not yet answered.
+      `decisions_in_flight`: events being decided, until the store has answered.
     - `outbox_pending`: DMs decided and still owed (counted about once a second; None
       before the first count); `outbox_in_flight`: DMs being published right now.
     - `delivered` / `delivery_failures`: DM attempts since start, by outcome.
