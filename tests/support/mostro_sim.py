@@ -10,6 +10,14 @@ for acceptance tests, the demo and the notify benchmark.
         burst = [mostro.sign_opening(f"dispute-{i}") for i in range(300)]
         mostro.publish_signed(burst)                                 # all at once
 
+With `answer_takes=True` it also plays Mostro's side of the take-flow (PROTO-48..51): it
+reads the gift-wrapped `admin-take-dispute` requests sent to it and answers each one the way
+Mostro does: `admin-took-dispute` with a `SolverDisputeInfo` carrying the parties' trade
+pubkeys (real keys, `trade_keys(dispute_id)`), then the `s=in-progress` event; or `cant-do`
+(`not_authorized` for a requester outside `solvers`, `invalid_pubkey` for a dispute already
+taken, or whatever `refuse_take` set). `send_cant_do`, `send_took` and `send_reply` push
+unrequested (stale, hostile, stranger-signed) replies.
+
 Every publish blocks until at least one relay answered OK true and raises `PublishError`
 with each relay's message otherwise. Dispute events are addressable (kind, author, `d`): a
 relay keeps only the newest, and refuses a later status that is not strictly newer. So the
@@ -19,12 +27,14 @@ default `created_at` is now, bumped past the last one used for the same `d`.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import threading
 import time
 from collections.abc import Iterable, Sequence
 from typing import Final
 
+import coincurve
 import msgspec
 import nostr_sdk
 
@@ -38,6 +48,10 @@ EXPIRATION_SECONDS: Final = 15 * 24 * 3600
 # What Mostro puts in `initiator` when a later status is published for a dispute this
 # simulator did not open.
 DEFAULT_INITIATOR: Final = "buyer"
+GIFT_WRAP_KIND: Final = 1059
+ADMIN_TAKE_DISPUTE: Final = "admin-take-dispute"
+# `ignore_take`: the request is read and never answered.
+NO_ANSWER: Final = "no-answer"
 
 Tags = Sequence[Sequence[str]]
 
@@ -53,6 +67,15 @@ class PublishedEvent(msgspec.Struct, frozen=True):
     accepted_by: list[str]
 
 
+class TakeRequest(msgspec.Struct, frozen=True):
+    """An `admin-take-dispute` the simulator read; `answer` is what it did about it."""
+
+    requester: str
+    dispute_id: str
+    signature_valid: bool
+    answer: str
+
+
 class MostroSim(ThreadedSdkPeer):
     """Signs and publishes dispute events with the Mostro key. Thread-safe."""
 
@@ -63,6 +86,8 @@ class MostroSim(ThreadedSdkPeer):
         *,
         instance_name: str = DEFAULT_INSTANCE_NAME,
         timeout: float = DEFAULT_TIMEOUT,
+        answer_takes: bool = False,
+        solvers: Iterable[str] | None = None,
     ) -> None:
         super().__init__(secret_hex, relay_urls, timeout=timeout)
         self.instance_name = instance_name
@@ -70,6 +95,13 @@ class MostroSim(ThreadedSdkPeer):
         self._last_created_at: dict[str, int] = {}
         self._initiators: dict[str, str] = {}
         self._events: list[PublishedEvent] = []
+        self._answer_takes = answer_takes
+        # None: every requester is one of this node's solvers.
+        self._solvers = None if solvers is None else {pk.lower() for pk in solvers}
+        self._trade_keys: dict[str, tuple[str, str]] = {}
+        self._take_answers: dict[str, str] = {}
+        self._taken: set[str] = set()
+        self._take_requests: list[TakeRequest] = []
 
     # -- dispute lifecycle ---------------------------------------------------------------
 
@@ -177,6 +209,144 @@ class MostroSim(ThreadedSdkPeer):
         tags.extend(list(tag) for tag in extra_tags)
         return self._sign(DISPUTE_KIND, tags, when)
 
+    # -- take-flow (answer_takes=True) ----------------------------------------------------
+
+    def trade_keys(self, dispute_id: str) -> tuple[str, str]:
+        """The (buyer, seller) trade secret keys (hex) of the dispute's order, made once."""
+        with self._lock:
+            if dispute_id not in self._trade_keys:
+                self._trade_keys[dispute_id] = (
+                    nostr_sdk.Keys.generate().secret_key().to_hex(),
+                    nostr_sdk.Keys.generate().secret_key().to_hex(),
+                )
+            return self._trade_keys[dispute_id]
+
+    def trade_pubkeys(self, dispute_id: str) -> tuple[str, str]:
+        buyer, seller = self.trade_keys(dispute_id)
+        return (
+            nostr_sdk.Keys.parse(buyer).public_key().to_hex(),
+            nostr_sdk.Keys.parse(seller).public_key().to_hex(),
+        )
+
+    def refuse_take(self, dispute_id: str, reason: str) -> None:
+        """Answer takes of this dispute with `cant-do` `reason`."""
+        with self._lock:
+            self._take_answers[dispute_id] = reason
+
+    def ignore_take(self, dispute_id: str) -> None:
+        """Read takes of this dispute and never answer (the requester times out)."""
+        with self._lock:
+            self._take_answers[dispute_id] = NO_ANSWER
+
+    def set_solvers(self, solvers: Iterable[str] | None) -> None:
+        with self._lock:
+            self._solvers = None if solvers is None else {pk.lower() for pk in solvers}
+
+    def take_requests(self) -> list[TakeRequest]:
+        with self._lock:
+            return list(self._take_requests)
+
+    def wait_for_take_requests(self, count: int, timeout: float) -> list[TakeRequest]:
+        with self._cond:
+            if not self._cond.wait_for(lambda: len(self._take_requests) >= count, timeout):
+                raise TimeoutError(f"{len(self._take_requests)} take requests, wanted {count}")
+            return list(self._take_requests)
+
+    def send_reply(
+        self, receiver: str, message_json: str, *, signer_secret: str | None = None
+    ) -> str:
+        """Gift-wrap `[message_json, null]` to `receiver` (signed by Mostro unless
+        `signer_secret`); `message_json` is sent as is, so it may be malformed."""
+        return self.send_rumor(receiver, f"[{message_json},null]", signer_secret=signer_secret)
+
+    def send_rumor(self, receiver: str, content: str, *, signer_secret: str | None = None) -> str:
+        """Gift-wrap a kind 1 rumor with exactly `content`; returns the wrap id."""
+        signer = self.keys if signer_secret is None else nostr_sdk.Keys.parse(signer_secret)
+        return self._call(self._send_wrapped(signer, receiver, content), self.timeout * 2)
+
+    def send_cant_do(
+        self, receiver: str, dispute_id: str, reason: str, *, signer_secret: str | None = None
+    ) -> str:
+        return self.send_reply(
+            receiver,
+            _message("cant-do", dispute_id, "cant-do", {"cant_do": reason}),
+            signer_secret=signer_secret,
+        )
+
+    def send_took(
+        self,
+        receiver: str,
+        dispute_id: str,
+        buyer_pubkey: str | None,
+        seller_pubkey: str | None,
+        *,
+        signer_secret: str | None = None,
+    ) -> str:
+        return self.send_reply(
+            receiver,
+            _took_message(dispute_id, buyer_pubkey, seller_pubkey),
+            signer_secret=signer_secret,
+        )
+
+    async def _on_connected(self, client: nostr_sdk.Client) -> None:
+        if self._answer_takes:
+            await self._subscribe(
+                nostr_sdk.Filter()
+                .kind(nostr_sdk.Kind(GIFT_WRAP_KIND))
+                .pubkey(self.keys.public_key())
+            )
+
+    async def _on_event(self, event: nostr_sdk.Event) -> None:
+        if event.kind().as_u16() != GIFT_WRAP_KIND:
+            return
+        unwrapped = nostr_sdk.UnwrappedGift.from_gift_wrap(self.keys, event)
+        requester = unwrapped.sender().to_hex()
+        content = unwrapped.rumor().content()
+        message, signature = json.loads(content)
+        kind = message.get("dispute") or {}
+        if kind.get("action") != ADMIN_TAKE_DISPUTE:
+            return
+        dispute_id = str(kind.get("id"))
+        answer = self._decide(
+            requester, dispute_id, _signature_valid(requester, content, signature)
+        )
+        if answer == "took":
+            buyer, seller = self.trade_pubkeys(dispute_id)
+            await self._send_wrapped(
+                self.keys, requester, f"[{_took_message(dispute_id, buyer, seller)},null]"
+            )
+            status = self.sign_status(dispute_id, "in-progress")
+            self._record(status, await self._publish(status))
+        elif answer != NO_ANSWER:
+            cant_do = _message("cant-do", dispute_id, "cant-do", {"cant_do": answer})
+            await self._send_wrapped(self.keys, requester, f"[{cant_do},null]")
+
+    def _decide(self, requester: str, dispute_id: str, signature_valid: bool) -> str:
+        with self._cond:
+            if not signature_valid:
+                answer = "invalid_signature"
+            elif self._solvers is not None and requester not in self._solvers:
+                answer = "not_authorized"
+            elif dispute_id in self._take_answers:
+                answer = self._take_answers[dispute_id]
+            elif dispute_id in self._taken:
+                # Real Mostro: the dispute is no longer `initiated` (protocol.md §6 note).
+                answer = "invalid_pubkey"
+            else:
+                answer = "took"
+                self._taken.add(dispute_id)
+            self._take_requests.append(TakeRequest(requester, dispute_id, signature_valid, answer))
+            self._cond.notify_all()
+            return answer
+
+    async def _send_wrapped(self, signer: nostr_sdk.Keys, receiver: str, content: str) -> str:
+        rumor = nostr_sdk.EventBuilder(nostr_sdk.Kind(1), content).finalize_unsigned(
+            signer.public_key()
+        )
+        wrap = nostr_sdk.nip59_make_gift_wrap(signer, nostr_sdk.PublicKey.parse(receiver), rumor)
+        await self._publish(wrap)
+        return wrap.id().to_hex()
+
     # -- arbitrary events ----------------------------------------------------------------
 
     def publish_raw_tags(
@@ -265,3 +435,63 @@ def _first_d(tags: list[list[str]]) -> str | None:
         if len(tag) >= 2 and tag[0] == "d":
             return tag[1]
     return None
+
+
+def _message(channel: str, dispute_id: str, action: str, payload: object) -> str:
+    return json.dumps(
+        {
+            channel: {
+                "version": 1,
+                "request_id": None,
+                "trade_index": None,
+                "id": dispute_id,
+                "action": action,
+                "payload": payload,
+            }
+        },
+        separators=(",", ":"),
+    )
+
+
+def _took_message(dispute_id: str, buyer: str | None, seller: str | None) -> str:
+    """PROTO-49 with a PROTO-50 `SolverDisputeInfo` (every key, as Mostro sends it)."""
+    now = int(time.time())
+    info = {
+        "id": "5d2c7e0a-4b1f-4e7a-9c3d-8a6b2f1e0d44",
+        "kind": "sell",
+        "status": "dispute",
+        "hash": None,
+        "preimage": None,
+        "order_previous_status": "active",
+        "initiator_pubkey": buyer,
+        "buyer_pubkey": buyer,
+        "seller_pubkey": seller,
+        "initiator_full_privacy": False,
+        "counterpart_full_privacy": False,
+        "initiator_info": None,
+        "counterpart_info": None,
+        "premium": 0,
+        "payment_method": "SEPA",
+        "amount": 15000,
+        "fiat_amount": 10,
+        "fee": 45,
+        "routing_fee": 0,
+        "buyer_invoice": None,
+        "invoice_held_at": now,
+        "taken_at": now,
+        "created_at": now,
+    }
+    return _message("dispute", dispute_id, "admin-took-dispute", {"dispute": [dispute_id, info]})
+
+
+def _signature_valid(requester: str, content: str, signature: object) -> bool:
+    """Mostro checks the request's signature over element 0 as sent (PROTO-47); the element's
+    raw text is everything between the opening `[` and the `,"<sig>"` that ends the array."""
+    if not isinstance(signature, str):
+        return False
+    raw = content[1 : content.rindex(',"')]
+    try:
+        key = coincurve.PublicKeyXOnly(bytes.fromhex(requester))
+        return bool(key.verify(bytes.fromhex(signature), hashlib.sha256(raw.encode()).digest()))
+    except ValueError:
+        return False

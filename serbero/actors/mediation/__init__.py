@@ -1,0 +1,1 @@
+"""The mediation engine's actors: takes, dispute chat, solver authorization, starts."""
