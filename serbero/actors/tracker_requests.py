@@ -13,6 +13,7 @@ import apsw
 import msgspec
 
 from serbero.actors.tracker import Context, Request
+from serbero.store.auth_events import AuthEventKind, record_auth_event
 from serbero.store.chat import (
     InboundEnvelope,
     IngestOutcome,
@@ -617,3 +618,20 @@ class IngestInbound(Request[IngestOutcome], frozen=True):
 
     def apply(self, conn: apsw.Connection, ctx: Context) -> IngestOutcome:
         return ingest_inbound(conn, self.session_id, self.envelope, ctx.now)
+
+
+class RecordAuthEvent(Request[int], frozen=True):
+    """An `auth_retry_attempt` / `_recovered` / `_terminated` row (MED-52..54)."""
+
+    kind: AuthEventKind
+    attempt: int
+    error: str | None = None
+    cumulative_secs: int | None = None
+
+    def apply(self, conn: apsw.Connection, ctx: Context) -> int:
+        payload: dict[str, object] = {"attempt": self.attempt}
+        if self.error is not None:
+            payload["error"] = self.error
+        if self.cumulative_secs is not None:
+            payload["cumulative_secs"] = self.cumulative_secs
+        return record_auth_event(conn, self.kind, payload, ctx.now)

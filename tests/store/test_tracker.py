@@ -136,7 +136,7 @@ def test_every_request_names_a_store_step() -> None:
         for obj in vars(requests_module).values()
         if isinstance(obj, type) and issubclass(obj, Request) and obj is not Request
     ]
-    assert len(requests) == 43
+    assert len(requests) == 44
     for request in requests:
         assert request.apply is not Request.apply, request.__name__
 
