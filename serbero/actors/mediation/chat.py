@@ -21,6 +21,7 @@ from typing import Final
 import msgspec
 import trio
 
+from serbero.actors.mediation.take import LOOK_BACK_SECONDS
 from serbero.actors.relay_pool import NoRelayConnectedError, RelayPool
 from serbero.actors.tracker import Tracker
 from serbero.actors.tracker_requests import (
@@ -61,7 +62,6 @@ from serbero.store.mediation import NOT_LIVE_SESSION_STATES
 
 __all__ = [
     "FETCH_TIMEOUT_SECONDS",
-    "LOOK_BACK_SECONDS",
     "PUBLISH_RETRY_DELAYS",
     "ChatActor",
     "InboundBatch",
@@ -74,8 +74,6 @@ log = get_logger("serbero.mediation")
 
 # MED-5: each party's inbound fetch waits at most this long for the relays.
 FETCH_TIMEOUT_SECONDS: Final = 5.0
-# MED-60/100: wraps are back-dated by up to two days; look back a week.
-LOOK_BACK_SECONDS: Final = 7 * 24 * 3600
 # MED-5: a publish is tried three times, 100 ms and 200 ms apart.
 PUBLISH_RETRY_DELAYS: Final = (0.1, 0.2)
 DEFAULT_FETCH_INTERVAL_SECONDS: Final = 10.0

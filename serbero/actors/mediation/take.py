@@ -54,7 +54,7 @@ log = get_logger("serbero.mediation")
 
 # MED-5: the take waits this long for Mostro's answer.
 TAKE_TIMEOUT_SECONDS: Final = 15.0
-# MED-60: gift wraps are back-dated by up to two days, so the subscription looks back a week.
+# MED-60, MED-100: gift and chat wraps are back-dated by up to two days: look back a week.
 LOOK_BACK_SECONDS: Final = 7 * 24 * 3600
 # A reply whose rumor is older than the request by more than this answers an earlier take
 # (still on the relays from the look-back), not this one. Rumor times are Mostro's real clock.
