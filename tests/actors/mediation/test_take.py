@@ -89,9 +89,13 @@ async def test_a_take_returns_the_trade_keys_and_the_chat_material(
     [request] = mostro.take_requests()
     assert (request.requester, request.dispute_id) == (serbero.public_hex, dispute)
     assert request.signature_valid and request.answer == "took"
-    # Mostro's side effect of a take: the `in-progress` dispute event (no `p` tag).
-    statuses = [tag for e in mostro.events() for tag in e.tags if tag[0] == "s"]
-    assert statuses == [["s", "in-progress"]]
+    # Mostro's side effect of a take, published just after its reply: the `in-progress`
+    # dispute event (no `p` tag).
+    with trio.fail_after(SHORT_TIMEOUT):
+        while not mostro.events():
+            await trio.sleep(0.02)
+    [status] = mostro.events()
+    assert [tag for tag in status.tags if tag[0] in ("s", "p")] == [["s", "in-progress"]]
 
 
 async def test_mas6_a_stale_refusal_for_another_dispute_is_ignored(
