@@ -55,7 +55,13 @@ HANDOFF_PREPARED: Final = "handoff_prepared"
 VALID_ROLES: Final = ("buyer", "seller")
 
 StartTrigger = Literal["detected", "tick_retry"]
-StopReason = Literal["ineligible", "auth_pending", "auth_terminated", "reasoning_unhealthy"]
+StopReason = Literal[
+    "ineligible",
+    "auth_pending",
+    "auth_terminated",
+    "reasoning_unhealthy",
+    "reasoning_provider_error",
+]
 
 # MED-20 as one predicate over the `disputes` row aliased `d`; the single check and the
 # batch listing both use it, so they can never disagree (MED-21).
