@@ -495,6 +495,7 @@ class BindRationale(Request[int], frozen=True, kw_only=True):
     occurrence_id: int | None
     bundle_id: str
     policy_hash: str
+    classified: bool = False
 
     def apply(self, conn: apsw.Connection, ctx: Context) -> int:
         return bind_rationale(
@@ -507,6 +508,7 @@ class BindRationale(Request[int], frozen=True, kw_only=True):
             bundle_id=self.bundle_id,
             policy_hash=self.policy_hash,
             now=ctx.now,
+            classified=self.classified,
         )
 
 

@@ -333,10 +333,18 @@ def bind_rationale(
     bundle_id: str,
     policy_hash: str,
     now: int,
+    classified: bool = False,
 ) -> int:
     """MED-48: give the open verdict's rationale its session (only if it has none yet) and
-    write `classification_produced` naming it."""
+    write `classification_produced` naming it. `classified`: the verdict was Summarize, so
+    the session moves on to `classified` (MED-49)."""
     with transaction(conn):
+        if classified:
+            conn.execute(
+                "UPDATE mediation_sessions SET state = 'classified', last_transition_at = ?"
+                " WHERE session_id = ?",
+                (now, session_id),
+            )
         if rationale_id is not None:
             conn.execute(
                 "UPDATE reasoning_rationales SET session_id = ?"

@@ -80,6 +80,12 @@ async def test_one_attempt_per_dispute_at_a_time(tracker: Tracker) -> None:
     recorder = Recorder()
     recorder.held = {D1}
     actor = StartActor(tracker, recorder)
+    with trio.fail_after(5):
+        await _two_requests_and_a_tick(actor, recorder)
+    assert recorder.calls == [(D1, "seller", "detected"), (D2, "buyer", "tick_retry")]
+
+
+async def _two_requests_and_a_tick(actor: StartActor, recorder: Recorder) -> None:
     async with trio.open_nursery() as nursery:
         await nursery.start(actor.run)
         assert actor.request(D1) and actor.request(D1)
@@ -90,7 +96,6 @@ async def test_one_attempt_per_dispute_at_a_time(tracker: Tracker) -> None:
         await trio.testing.wait_all_tasks_blocked()
         assert actor.in_flight == frozenset()
         nursery.cancel_scope.cancel()
-    assert recorder.calls == [(D1, "seller", "detected"), (D2, "buyer", "tick_retry")]
 
 
 async def test_a_failed_attempt_backs_off_doubling(
