@@ -390,25 +390,30 @@ def _summaries(rows: list[dict[str, Any]]) -> list[TimelineEntry]:
     ]
 
 
+def _rationale_entry(row: dict[str, Any], *, source: str, kind: str) -> TimelineEntry:
+    """A rationale by id and provenance; its text is never read for display."""
+    return TimelineEntry(
+        at=int(row["generated_at"]),
+        source=source,
+        kind=kind,
+        ref=str(row["rationale_id"]),
+        details={
+            "session_id": row["session_id"],
+            "provider": row["provider"],
+            "model": row["model"],
+            "prompt_bundle_id": row["prompt_bundle_id"],
+        },
+    )
+
+
 def _rationales(
     db: ReadOnlyDatabase, sessions: tuple[str, ...], rationale_ids: tuple[str, ...]
 ) -> list[TimelineEntry]:
-    """Which rationales exist (id, provider, model); their text is never read for display."""
+    """Which rationales exist (id, provider, model)."""
     if not db.has("reasoning_rationales"):
         return []
     return [
-        TimelineEntry(
-            at=int(row["generated_at"]),
-            source="reasoning_rationales",
-            kind="reasoning_rationale",
-            ref=str(row["rationale_id"]),
-            details={
-                "session_id": row["session_id"],
-                "provider": row["provider"],
-                "model": row["model"],
-                "prompt_bundle_id": row["prompt_bundle_id"],
-            },
-        )
+        _rationale_entry(row, source="reasoning_rationales", kind="reasoning_rationale")
         for row in _rows(
             db,
             "SELECT rationale_id, session_id, provider, model, prompt_bundle_id, generated_at"
@@ -431,19 +436,10 @@ def _occurrence_rows(db: ReadOnlyDatabase, dispute_id: str) -> list[dict[str, An
 
 
 def _occurrences(rows: list[dict[str, Any]]) -> list[TimelineEntry]:
-    """Each use of a rationale (Q-16), dispute-scoped verdicts included, by id only."""
+    """Each use of a rationale (Q-16), dispute-scoped verdicts included."""
     return [
-        TimelineEntry(
-            at=int(row["generated_at"]),
-            source="serbero_rationale_occurrences",
-            kind=f"rationale_{row['purpose']}",
-            ref=str(row["rationale_id"]),
-            details={
-                "session_id": row["session_id"],
-                "provider": row["provider"],
-                "model": row["model"],
-                "prompt_bundle_id": row["prompt_bundle_id"],
-            },
+        _rationale_entry(
+            row, source="serbero_rationale_occurrences", kind=f"rationale_{row['purpose']}"
         )
         for row in rows
     ]

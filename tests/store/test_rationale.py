@@ -36,6 +36,15 @@ OPEN_VERDICT = RationaleOccurrence(
     prompt_bundle_id="phase3-default",
     policy_hash=HASH,
 )
+UNREACHABLE = FailedCall(
+    dispute_id="d-1",
+    provider="openai",
+    model="gpt-4o-mini",
+    attempt_count=2,
+    error_category="unreachable",
+    prompt_bundle_id="phase3-default",
+    policy_hash=HASH,
+)
 
 
 @pytest.fixture
@@ -132,16 +141,7 @@ def test_the_store_survives_a_reopen(db_path: str) -> None:
 
 
 def test_a_failed_call_is_recorded_by_category_only(with_dispute: apsw.Connection) -> None:
-    failed = FailedCall(
-        dispute_id="d-1",
-        provider="openai",
-        model="gpt-4o-mini",
-        attempt_count=2,
-        error_category="unreachable",
-        prompt_bundle_id="phase3-default",
-        policy_hash=HASH,
-    )
-    event_id = record_reasoning_call_failed(with_dispute, failed, T0 + 5)
+    event_id = record_reasoning_call_failed(with_dispute, UNREACHABLE, T0 + 5)
     ((session, kind, payload, rationale, bundle, policy, at),) = rows(
         with_dispute,
         "SELECT session_id, kind, payload_json, rationale_id, prompt_bundle_id, policy_hash,"
@@ -175,15 +175,7 @@ async def test_written_through_the_tracker_and_never_logged(db_path: str) -> Non
     conn, _ = open_database(db_path)
     record_detected(conn, event("d-1"), (), T0)
     conn.close()
-    failed = FailedCall(
-        dispute_id="d-1",
-        provider="anthropic",
-        model="claude",
-        attempt_count=1,
-        error_category="malformed_response",
-        prompt_bundle_id="phase3-default",
-        policy_hash=HASH,
-    )
+    failed = msgspec.structs.replace(UNREACHABLE, error_category="malformed_response")
     with capture_logs() as logs:
         async with open_tracker(db_path, wall_clock=FakeWallClock(T0 + 7)) as tracker:
             first = await tracker.ask(StoreRationale(OPEN_VERDICT))
