@@ -117,9 +117,13 @@ async def test_as5_lifecycle(local_relay: LocalRelayProcess, db_path: str) -> No
     async with Harness(local_relay.url, db_path, valid_solvers=1) as h:
         async with running_daemon(h.config) as context:
             await in_thread(h.sim.open_dispute, "dispute-005", "buyer")
+            # Each DM comes from its decision: waiting for it closes the gap between an
+            # event's arrival and its decision that `settled` alone does not see.
+            await h.wait_dms(1)
             await h.settled(context, 1)
             assert h.state("dispute-005") == "notified"
             take_id = await in_thread(h.sim.take_dispute, "dispute-005")
+            await h.wait_dms(2)
             await h.settled(context, 2)
             assert h.state("dispute-005") == "taken"
         assert query(
