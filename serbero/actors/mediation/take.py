@@ -149,18 +149,20 @@ class TakeClient:
         wanted = canonical_uuid(dispute_id)
         if wanted is None:
             raise TakeFailed(f"dispute id {dispute_id!r} is not a UUID")
-        # PROTO-53: the reply subscription is open before the request goes out.
-        await self._subscribed.wait()
-        now = self._wall_clock()
-        send, recv = trio.open_memory_channel[MostroMessage](_WAITER_BUFFER)
-        waiter = _Waiter(wanted, now - REPLY_SKEW_SECONDS, send)
-        self._waiters.setdefault(wanted, []).append(waiter)
-        try:
-            with trio.move_on_after(self._timeout):
+        # The take timeout covers the wait for the reply subscription too: a client whose
+        # subscription never opens fails the take instead of holding the caller forever.
+        with trio.move_on_after(self._timeout):
+            # PROTO-53: the reply subscription is open before the request goes out.
+            await self._subscribed.wait()
+            now = self._wall_clock()
+            send, recv = trio.open_memory_channel[MostroMessage](_WAITER_BUFFER)
+            waiter = _Waiter(wanted, now - REPLY_SKEW_SECONDS, send)
+            self._waiters.setdefault(wanted, []).append(waiter)
+            try:
                 return await self._request_and_wait(dispute_id, now, recv)
-        finally:
-            self._forget(waiter)
-            send.close()
+            finally:
+                self._forget(waiter)
+                send.close()
         log.warning("take_timed_out", dispute_id=dispute_id)
         raise TakeFailed(TAKE_TIMEOUT_ERROR)
 

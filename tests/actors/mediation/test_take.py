@@ -212,3 +212,16 @@ async def test_a_dispute_id_that_is_not_a_uuid_is_not_sent(
         with pytest.raises(TakeFailed, match="not a UUID"):
             await client.take("dispute-001")
     assert mostro.take_requests() == []
+
+
+async def test_a_take_before_the_reply_subscription_opens_times_out(
+    local_relay: LocalRelayProcess, serbero: Keys, mostro: MostroSim
+) -> None:
+    # The client's `run` never started, so its reply subscription never opens: the take still
+    # ends within its timeout, with nothing sent to Mostro.
+    async with open_relay_pool([local_relay.url], serbero, timing=FAST) as pool:
+        client = TakeClient(pool, serbero, mostro.pubkey_hex, timeout=0.2)
+        with trio.fail_after(SHORT_TIMEOUT), pytest.raises(TakeFailed) as failure:
+            await client.take(new_dispute())
+    assert failure.value.reason == TAKE_TIMEOUT_ERROR
+    assert mostro.take_requests() == []
