@@ -30,7 +30,7 @@ def wraps_per_notice(dms: list[ReceivedDm]) -> Counter[tuple[str, str]]:
 
 BURST = 120
 PUBLISHED_WHILE_DOWN = 20
-KILL_AFTER_DMS = 30
+KILL_AFTER_DMS = 10
 SETTLE_BOUND = 30.0
 
 
