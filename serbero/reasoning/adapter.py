@@ -9,6 +9,7 @@ identical for every provider (MED-180: call sites never branch on the provider).
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
 
@@ -37,7 +38,7 @@ log = get_logger("serbero.reasoning")
 Answer = TypeVar("Answer")
 
 
-class ChatAdapter:
+class ChatAdapter(abc.ABC):
     """A reasoning provider over one chat-style HTTP API; subclasses define the wire format."""
 
     def __init__(self, *, name: str, model: str, url: str, transport: Transport) -> None:
@@ -50,17 +51,17 @@ class ChatAdapter:
         return f"{type(self).__name__}(name={self.name!r}, model={self.model!r}, url={self.url!r})"
 
     @property
+    @abc.abstractmethod
     def headers(self) -> Mapping[str, str]:
         """The request headers, credential included; never logged or shown."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def request_body(self, call: CallKind, system: str | None, prompt: str) -> bytes:
         """The JSON body of one call: `system` as the system prompt, `prompt` as the user turn."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def answer_text(self, document: dict[str, Any]) -> str:
         """The model's text in a decoded 2xx reply; `MalformedResponse` if there is none."""
-        raise NotImplementedError
 
     async def classify(self, request: ClassifyRequest, bundle: PromptBundle) -> Classification:
         """Ask for a classification of the dispute so far (MED-181/182)."""
