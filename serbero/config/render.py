@@ -23,6 +23,8 @@ __all__ = ["SECTION_NOTES", "masked", "render_toml"]
 
 
 def _mask(value: Any) -> Any:
+    """msgspec's encode hook: a Secret prints as its mask; msgspec's hook contract says any
+    other type it hands us is refused with NotImplementedError."""
     if isinstance(value, Secret):
         return value.shown
     raise NotImplementedError(f"cannot render {type(value).__name__}")
