@@ -27,6 +27,7 @@ __all__ = [
     "NO_CLASSIFICATION_MARKER",
     "NO_SESSION_MARKER",
     "RESOLUTION_REPORT_VERSION",
+    "SUGGESTED_NEXT_STEP_LABEL",
     "UNKNOWN_SOLVER",
     "NoSessionReason",
     "ReportClassification",
@@ -35,14 +36,15 @@ __all__ = [
     "TextError",
     "assignment_notification",
     "check_line_value",
-    "escalation_before_session",
-    "escalation_recommended",
+    "dispute_escalation_notice",
     "handoff_prose",
     "initial_notification",
     "is_line_safe",
     "mediation_resolution_report",
     "renotification",
     "resolution_notice",
+    "session_escalation_notice",
+    "summary_notice",
 ]
 
 # Literal markers shared with the escalation_handoff/v1 contract; the dash is U+2014.
@@ -50,6 +52,7 @@ NO_SESSION_MARKER: Final = "<none — dispute-scoped handoff>"
 NO_CLASSIFICATION_MARKER: Final = "<none recorded>"
 RESOLUTION_REPORT_VERSION: Final = "mediation_resolution_report/v1"
 UNKNOWN_SOLVER: Final = "unknown"
+SUGGESTED_NEXT_STEP_LABEL: Final = "Suggested next step: "
 
 # Unicode categories that break or hide line structure: controls (\n, \r, \t, \x85, ...),
 # line/paragraph separators and unpaired surrogates.
@@ -143,11 +146,11 @@ def resolution_notice(dispute_id: str, resolution_status: str) -> str:
     )
 
 
-# --- mediation notices (CORE-41 `mediation_*`) --------------------------------------------
+# --- mediation notices (CORE-41 `mediation_*`, MED-113/126/127) ----------------------------
 
 
-def escalation_recommended(session_id: str, dispute_id: str, trigger: str) -> str:
-    """CORE-41 (a): a live mediation session gave up and needs a human (one line)."""
+def session_escalation_notice(session_id: str, dispute_id: str, trigger: str) -> str:
+    """MED-126: a live mediation session gave up and needs a human (one line)."""
     return (
         f"Mediation session {_token('session_id', session_id)} for dispute "
         f"{_token('dispute_id', dispute_id)} stopped with trigger: {_token('trigger', trigger)}; "
@@ -155,12 +158,32 @@ def escalation_recommended(session_id: str, dispute_id: str, trigger: str) -> st
     )
 
 
-def escalation_before_session(dispute_id: str, trigger: str) -> str:
-    """CORE-41 (b): reasoning and policy ruled out mediation before any session (one line)."""
+def dispute_escalation_notice(dispute_id: str, trigger: str) -> str:
+    """MED-127: reasoning and policy ruled out mediation before any session (one line)."""
     return (
         f"Dispute {_token('dispute_id', dispute_id)} was judged unsuitable for mediation by the "
         f"reasoning verdict and policy (trigger: {_token('trigger', trigger)}); "
         "no session was opened and human judgment is needed."
+    )
+
+
+def summary_notice(summary_text: str, suggested_next_step: str) -> str:
+    """MED-113: the summary, a blank line, then `Suggested next step: <one line>`.
+
+    The summary is the model's prose and may span lines; the step is folded onto one line
+    (any run of whitespace or control characters becomes one space) so the labelled last
+    line stays one line whatever the model wrote. Blank parts raise `TextError`.
+    """
+    text = summary_text.strip()
+    step = " ".join(_fold(suggested_next_step).split())
+    if not text or not step:
+        raise TextError("a summary notice needs a summary and a suggested next step")
+    return f"{text}\n\n{SUGGESTED_NEXT_STEP_LABEL}{step}"
+
+
+def _fold(value: str) -> str:
+    return "".join(
+        " " if unicodedata.category(ch) in _LINE_BREAKING_CATEGORIES else ch for ch in value
     )
 
 

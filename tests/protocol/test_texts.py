@@ -22,14 +22,15 @@ from serbero.protocol.texts import (
     ResolutionReport,
     TextError,
     assignment_notification,
-    escalation_before_session,
-    escalation_recommended,
+    dispute_escalation_notice,
     handoff_prose,
     initial_notification,
     is_line_safe,
     mediation_resolution_report,
     renotification,
     resolution_notice,
+    session_escalation_notice,
+    summary_notice,
 )
 
 HOSTILE_VALUES = ["a\nb", "a\rb", "a\x00", "\x7f", "a\u2028b", "a\u2029", "a\x85b", "a\x1bb"]
@@ -155,9 +156,9 @@ def test_hostile_values_are_refused(value: str, dispute: Dispute) -> None:
     with pytest.raises(TextError):
         handoff_prose("d-1", value)
     with pytest.raises(TextError):
-        escalation_recommended(value, "d-1", "round_limit")
+        session_escalation_notice(value, "d-1", "round_limit")
     with pytest.raises(TextError):
-        escalation_before_session("d-1", value)
+        dispute_escalation_notice("d-1", value)
 
 
 def test_empty_ids_are_refused() -> None:
@@ -176,11 +177,40 @@ def test_line_safety_classes() -> None:
 
 
 def test_escalation_lines_are_single_lines_with_the_trigger_literal() -> None:
-    a = escalation_recommended("s-1", "d-1", "round_limit")
-    b = escalation_before_session("d-1", "fraud_indicator")
+    a = session_escalation_notice("s-1", "d-1", "round_limit")
+    b = dispute_escalation_notice("d-1", "fraud_indicator")
     assert "\n" not in a and "\n" not in b
     assert "s-1" in a and "d-1" in a and "trigger: round_limit" in a
     assert "d-1" in b and "trigger: fraud_indicator" in b
+
+
+def test_dispute_escalation_notice_says_no_session_and_human_judgment() -> None:
+    notice = dispute_escalation_notice("d-1", "fraud_indicator")
+    for element in ("unsuitable for mediation", "no session was opened", "human judgment"):
+        assert element in notice
+    assert "human judgment is needed" in session_escalation_notice("s-1", "d-1", "round_limit")
+
+
+def test_summary_notice_layout() -> None:
+    """MED-113: summary, blank line, the labelled one-line step."""
+    body = summary_notice("Both agree the fiat\narrived late.", "Release after checking.")
+    assert body == (
+        "Both agree the fiat\narrived late.\n\nSuggested next step: Release after checking."
+    )
+
+
+@pytest.mark.parametrize("step", ["a\nb", "a\r\n\tb", "a\u2028b", "  a \x1b b  "])
+def test_summary_notice_folds_the_step_onto_one_line(step: str) -> None:
+    body = summary_notice("Summary.", step)
+    last = body.split("\n")[-1]
+    assert last == "Suggested next step: a b"
+    assert body.count("\n") == 2
+
+
+@pytest.mark.parametrize(("text", "step"), [("", "x"), ("  \n", "x"), ("x", ""), ("x", "\n\t")])
+def test_summary_notice_refuses_blank_parts(text: str, step: str) -> None:
+    with pytest.raises(TextError):
+        summary_notice(text, step)
 
 
 def test_handoff_prose_elements() -> None:
@@ -284,8 +314,8 @@ def test_property_bodies_keep_their_shape_or_raise_text_error(
         (lambda: assignment_notification(a, b), 4),
         (lambda: resolution_notice(a, b), 4),
         (lambda: handoff_prose(a, b), 1),
-        (lambda: escalation_recommended(a, b, "round_limit"), 1),
-        (lambda: escalation_before_session(a, b), 1),
+        (lambda: session_escalation_notice(a, b, "round_limit"), 1),
+        (lambda: dispute_escalation_notice(a, b), 1),
         (
             lambda: (
                 mediation_resolution_report(
