@@ -18,7 +18,7 @@ from __future__ import annotations
 from serbero.actors.mediation.auth import AUTH_TERMINATED, SolverAuth
 from serbero.actors.mediation.chat import ChatActor
 from serbero.actors.mediation.start import OpenResult
-from serbero.actors.mediation.take import TakeClient, TakeFailed
+from serbero.actors.mediation.take import NOT_AUTHORIZED, TakeClient, TakeFailed
 from serbero.actors.tracker import Tracker
 from serbero.actors.tracker_requests import (
     BeginStartAttempt,
@@ -160,7 +160,9 @@ class Opener:
             await self._tracker.ask(
                 RecordTake(dispute_id, TakeOutcome(False, exc.reason), bundle_id, policy_hash)
             )
-            if exc.not_a_solver:
+            # Mostro also answers `invalid_pubkey` to a solver once anyone took the dispute,
+            # so only `not_authorized` says Serbero's key is no solver (MED-56, Q-8).
+            if exc.cant_do == NOT_AUTHORIZED:
                 self._auth.report_lost(exc.reason)
             return OpenResult(
                 outcome="take_refused" if exc.refused else "failed",

@@ -42,6 +42,7 @@ from serbero.protocol.take import (
 
 __all__ = [
     "LOOK_BACK_SECONDS",
+    "NOT_AUTHORIZED",
     "NOT_A_SOLVER_REASONS",
     "REPLY_SKEW_SECONDS",
     "TAKE_TIMEOUT_SECONDS",
@@ -59,8 +60,10 @@ LOOK_BACK_SECONDS: Final = 7 * 24 * 3600
 # A reply whose rumor is older than the request by more than this answers an earlier take
 # (still on the relays from the look-back), not this one. Rumor times are Mostro's real clock.
 REPLY_SKEW_SECONDS: Final = 60
-# PROTO-55: how Mostro says the requester is not one of its solvers.
-NOT_A_SOLVER_REASONS: Final = frozenset({"not_authorized", "invalid_pubkey"})
+# PROTO-55: how Mostro says the requester is not one of its solvers. `invalid_pubkey` is
+# also its answer once the dispute was taken by anyone; only `not_authorized` is certain.
+NOT_AUTHORIZED: Final = "not_authorized"
+NOT_A_SOLVER_REASONS: Final = frozenset({NOT_AUTHORIZED, "invalid_pubkey"})
 # Replies queued for one waiting take before later ones are dropped (it needs one).
 _WAITER_BUFFER: Final = 16
 
