@@ -71,6 +71,23 @@ class MediationView(Protocol):
     def error(self) -> str | None: ...
 
 
+class EngineView(Protocol):
+    """What `/health` shows of the running mediation engine."""
+
+    @property
+    def running(self) -> bool: ...
+    @property
+    def sessions_live(self) -> int | None: ...
+    @property
+    def sessions_with_keys(self) -> int: ...
+    @property
+    def starts_in_flight(self) -> int: ...
+    @property
+    def last_tick_at(self) -> int | None: ...
+    @property
+    def stage_failures(self) -> int: ...
+
+
 class HealthView(Protocol):
     """What `/health` reads of the daemon's live snapshot (the supervisor's `DaemonSnapshot`).
 
@@ -109,6 +126,8 @@ class HealthView(Protocol):
     def actors(self) -> Sequence[ActorView]: ...
     @property
     def mediation(self) -> MediationView: ...
+    @property
+    def mediation_engine(self) -> EngineView: ...
 
 
 def health_answer(snapshot: HealthView) -> HealthAnswer:
@@ -122,8 +141,10 @@ def health_answer(snapshot: HealthView) -> HealthAnswer:
     (null before the first event), `events_received`, `queues` (ingest_backlog,
     decisions_in_flight, outbox_pending, outbox_in_flight), `deliveries` (delivered,
     failed), `actors` (name -> state, restarts, last_error), `mediation` (state `off` /
-    `starting` / `ready` / `failed`, provider, model, policy_hash, and for a failure its
-    stage and error). Mediation never changes the status: the core runs without it.
+    `starting` / `ready` / `failed`, provider, model, policy_hash, for a failure its stage
+    and error, and `engine`: running, sessions_live, sessions_with_keys, starts_in_flight,
+    last_tick_at, stage_failures). Mediation never changes the status: the core runs
+    without it.
     """
     database_since = snapshot.database_unavailable_since
     if snapshot.relays_connected == 0:
@@ -134,6 +155,7 @@ def health_answer(snapshot: HealthView) -> HealthAnswer:
         status = STATUS_OK
     event_at = snapshot.last_dispute_event_at
     mediation = snapshot.mediation
+    engine = snapshot.mediation_engine
     document: dict[str, Any] = {
         "status": status,
         "taken_at": snapshot.taken_at,
@@ -185,6 +207,14 @@ def health_answer(snapshot: HealthView) -> HealthAnswer:
             "policy_hash": mediation.policy_hash,
             "stage": mediation.stage,
             "error": mediation.error,
+            "engine": {
+                "running": engine.running,
+                "sessions_live": engine.sessions_live,
+                "sessions_with_keys": engine.sessions_with_keys,
+                "starts_in_flight": engine.starts_in_flight,
+                "last_tick_at": engine.last_tick_at,
+                "stage_failures": engine.stage_failures,
+            },
         },
     }
     return HealthAnswer(up=status == STATUS_OK, document=document)

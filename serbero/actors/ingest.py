@@ -8,7 +8,8 @@ and, when mediation was involved, the resolution report. Nothing is sent from he
 each decision ingest takes a `Lease` on room in the sender, the decision claims that many of
 its DMs, and once it is committed the lease hands them over and they are delivered in
 parallel; the rest wait in the outbox for the sender's poll. Room is never waited for, so a
-slow relay never holds up the next decision (BEY-22).
+slow relay never holds up the next decision (BEY-22). A new dispute is then offered to the
+mediation engine, also without waiting (MED-30).
 
 Decisions are pipelined: the request for the next event goes into the tracker's inbox
 before the previous answer is read. The tracker runs requests strictly in inbox order, so
@@ -32,6 +33,7 @@ import msgspec
 import trio
 
 from serbero.actors.handover import Lease
+from serbero.actors.mediation.handle import MediationHandle
 from serbero.actors.relay_pool import ReceivedEvent
 from serbero.actors.tracker import UNTIL_ANSWERED, Pending, Tracker
 from serbero.actors.tracker_requests import (
@@ -191,6 +193,7 @@ class Ingest:
         lane: DeliveryLane,
         wall_clock: WallClock,
         stats: IngestStats,
+        mediation: MediationHandle | None = None,
     ) -> None:
         self._tracker = tracker
         self._mostro = mostro_pubkey
@@ -199,6 +202,7 @@ class Ingest:
         self._lane = lane
         self._wall_clock = wall_clock
         self.stats = stats
+        self._mediation = mediation
 
     async def run(self, events: trio.MemoryReceiveChannel[ReceivedEvent]) -> None:
         """Decide every event; returns only when the subscription's stream ends (CORE-11)."""
@@ -397,6 +401,10 @@ class Ingest:
         )
         if not self._recipients:
             log.warning("dispute_not_notified_no_solvers", dispute_id=dispute.dispute_id)
+        elif self._mediation is not None:
+            # MED-30: after the notices are decided, never waiting; with no solvers (Q-15),
+            # or when the request cannot be taken now, the engine's tick finds the dispute.
+            self._mediation.request_start(dispute.dispute_id)
 
     def _assigned(self, dispute: Dispute, result: AssignmentResult) -> None:
         assigned = dispute.assigned_solver or "unknown"

@@ -30,6 +30,8 @@ from serbero.actors.escalation import log_dispatcher_settings, run_dispatcher
 from serbero.actors.health import run_health_endpoint
 from serbero.actors.health_record import HealthRecorder, HealthStats
 from serbero.actors.ingest import Ingest, IngestStats
+from serbero.actors.mediation.engine import run_mediation_engine
+from serbero.actors.mediation.handle import EngineStatus, MediationHandle
 from serbero.actors.owed import queue_owed_notices
 from serbero.actors.relay import RelayState, RelayTiming
 from serbero.actors.relay_pool import RelayPool, Subscription, open_relay_pool
@@ -98,6 +100,7 @@ class DaemonSnapshot(msgspec.Struct, frozen=True, kw_only=True):
     - `renotify_cycles`: re-notification timer cycles since start.
     - `actors`: every supervised actor's `ActorStatus`, in start order.
     - `mediation`: how mediation's bring-up ended (`off`, `starting`, `ready`, `failed`).
+    - `mediation_engine`: the mediation engine (running, live sessions, ticks).
     """
 
     taken_at: int
@@ -119,6 +122,7 @@ class DaemonSnapshot(msgspec.Struct, frozen=True, kw_only=True):
     renotify_cycles: int
     actors: tuple[ActorStatus, ...]
     mediation: MediationStatus
+    mediation_engine: EngineStatus
 
 
 SnapshotProvider = Callable[[], DaemonSnapshot]
@@ -129,7 +133,8 @@ class DaemonContext(msgspec.Struct, frozen=True, kw_only=True):
 
     `ring_sender()` tells the outbox sender that new DMs were queued (it also finds them
     within `IDLE_RECHECK_SECONDS` without a ring); `snapshot()` is the live view;
-    `mediation.wait_settled()` gives the mediation engine its context once bring-up is over.
+    `mediation.wait_settled()` gives the mediation engine its context once bring-up is over;
+    `engine` is where the running engine attaches, so the ingest can ask it for starts.
     """
 
     config: Config
@@ -143,6 +148,7 @@ class DaemonContext(msgspec.Struct, frozen=True, kw_only=True):
     ring_sender: Callable[[], None]
     snapshot: SnapshotProvider
     mediation: MediationBringUp
+    engine: MediationHandle
 
 
 class OptionalActor(msgspec.Struct, frozen=True, kw_only=True):
@@ -167,6 +173,9 @@ def optional_actors(context: DaemonContext) -> list[OptionalActor]:
     health_address = context.config.health.address()
     if health_address is not None:
         actors.append(OptionalActor(name="health_endpoint", run=_health_endpoint(health_address)))
+    if context.mediation.wanted:
+        # Waits for bring-up; ends quietly when it failed (MED-10).
+        actors.append(OptionalActor(name="mediation_engine", run=run_mediation_engine))
     return actors
 
 
@@ -253,6 +262,7 @@ class Supervisor:
         self._recorder: HealthRecorder | None = None
         # Prompt paths are relative to the working directory, as in the reference.
         self.mediation = MediationBringUp(config, cwd=Path.cwd())
+        self.engine = MediationHandle()
 
     # --- the live view -------------------------------------------------------------------------
 
@@ -282,6 +292,7 @@ class Supervisor:
             renotify_cycles=self.renotify_stats.cycles,
             actors=tuple(record.status() for record in self._actors.values()),
             mediation=self.mediation.status(),
+            mediation_engine=self.engine.status(),
         )
 
     # --- start-up ------------------------------------------------------------------------------
@@ -369,6 +380,7 @@ class Supervisor:
                 ring_sender=self.doorbell.ring,
                 snapshot=self.snapshot,
                 mediation=self.mediation,
+                engine=self.engine,
             )
             specs = self._core_actors(context, subscription, sending)
             specs += [
@@ -422,6 +434,7 @@ class Supervisor:
             lane=sender,
             wall_clock=self._wall_clock,
             stats=self.ingest_stats,
+            mediation=self.engine,
         )
         renotifier = Renotifier(
             tracker,

@@ -172,6 +172,5 @@ class MediationBringUp:
             model=reasoning.model,
             bundle_id=None if bundle is None else bundle.bundle_id,
             policy_hash=None if bundle is None else bundle.policy_hash,
-            engine_running=False,
         )
         self._settled.set()

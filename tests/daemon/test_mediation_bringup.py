@@ -22,7 +22,7 @@ from serbero.actors.health import health_answer
 from serbero.config import MediationConfig, PromptsConfig, ReasoningConfig, Secret
 from serbero.daemon import DaemonContext
 from serbero.reasoning.bundle import CONFIG_KEYS, load_bundle
-from tests.daemon.support import Harness, in_thread, running_daemon
+from tests.daemon.support import Harness, eventually, in_thread, running_daemon
 from tests.relay.helpers import refused_port
 from tests.support.relay_fixtures import LocalRelayProcess
 from tests.support.scripted_llm import ScriptedLLM, json_reply, open_scripted_llm, openai_reply
@@ -109,19 +109,29 @@ async def test_a_healthy_provider_makes_mediation_ready(
             packaged.policy_hash,
             None,
         )
-        assert health_answer(context.snapshot()).document["mediation"] == {
+        await eventually(lambda: context.engine.status().running)
+        shown = health_answer(context.snapshot()).document["mediation"]
+        assert shown == {
             "state": "ready",
             "provider": "openai-compatible",
             "model": "scripted-model",
             "policy_hash": packaged.policy_hash,
             "stage": None,
             "error": None,
+            "engine": {
+                "running": True,
+                "sessions_live": 0,
+                "sessions_with_keys": 0,
+                "starts_in_flight": 0,
+                "last_tick_at": None,
+                "stage_failures": 0,
+            },
         }
         await assert_core_notifies(h, context, "dispute-ready")
-    # One health check, nothing else: there is no engine yet to classify the dispute.
+    # One health check, nothing else: the engine skips a dispute id that is not a UUID.
     assert [request.path for request in llm.requests] == ["/chat/completions"]
     (line,) = events(logs, "mediation_ready")
-    assert line["policy_hash"] == packaged.policy_hash and line["engine_running"] is False
+    assert line["policy_hash"] == packaged.policy_hash
     assert [entry["key"] for entry in events(logs, "prompt_file_packaged")] == list(
         CONFIG_KEYS.values()
     )
@@ -187,6 +197,7 @@ async def test_a_failed_bringup_leaves_mediation_off_and_the_core_running(
             assert (status.state, status.stage) == ("failed", stage)
             assert status.error is not None and error in status.error
             await assert_core_notifies(h, context, f"dispute-{stage}")
+            assert not context.engine.status().running
     (failed,) = events(logs, "mediation_bringup_failed")
     assert (failed["log_level"], failed["stage"]) == ("error", stage)
     assert error in failed["error"]

@@ -19,6 +19,7 @@ from trio.testing import wait_all_tasks_blocked
 
 from serbero.actors.health import health_answer, run_health_endpoint
 from serbero.actors.health_http import MAX_HEADERS, HealthAnswer, HttpLimits, serve_health
+from serbero.actors.mediation.handle import EngineStatus
 from serbero.actors.relay import RelayState
 from serbero.actors.restart import ActorStatus
 from serbero.actors.supervisor import DaemonSnapshot
@@ -361,6 +362,16 @@ def daemon_snapshot(
             stage="health_check",
             error="unreachable: http 503: busy",
         ),
+        mediation_engine=EngineStatus(
+            running=False,
+            sessions_live=None,
+            sessions_with_keys=0,
+            starts_in_flight=0,
+            start_requests_dropped=0,
+            ticks=0,
+            last_tick_at=None,
+            stage_failures=0,
+        ),
     )
 
 
@@ -411,6 +422,14 @@ def test_health_answer_document() -> None:
             "policy_hash": "9d" * 32,
             "stage": "health_check",
             "error": "unreachable: http 503: busy",
+            "engine": {
+                "running": False,
+                "sessions_live": None,
+                "sessions_with_keys": 0,
+                "starts_in_flight": 0,
+                "last_tick_at": None,
+                "stage_failures": 0,
+            },
         },
     }
 
