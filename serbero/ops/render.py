@@ -17,6 +17,12 @@ from typing import Any, Final
 
 import msgspec
 
+from serbero.ops.mediation import (
+    DisputeMediation,
+    EscalationView,
+    MediationStatus,
+    SessionView,
+)
 from serbero.ops.status import StatusReport
 from serbero.ops.timeline import Timeline
 from serbero.printable import display_width, printable
@@ -146,7 +152,10 @@ def render_status(report: StatusReport, *, short: bool) -> str:
             f"outbox      pending {box.pending} (in flight {box.in_flight}{oldest})"
             f"  failed {box.failed}"
         )
-    lines.append(f"handoffs    pending {report.pending_handoffs}")
+    if report.mediation is None:
+        lines.append(f"handoffs    pending {report.pending_handoffs}")
+    else:
+        lines.extend(_mediation_status(report.mediation))
     lines.append("")
     if report.relays is None:
         lines.append("relays      unavailable (no health record tables: reference database)")
@@ -165,6 +174,18 @@ def render_status(report: StatusReport, *, short: bool) -> str:
         ]
         lines.append(render_table(["RELAY", "STATE", "SINCE", "LAST EVENT"], rows, short=short))
     return "\n".join(lines)
+
+
+def _mediation_status(status: MediationStatus) -> list[str]:
+    by_state = "  ".join(
+        f"{printable(state)} {count}" for state, count in status.live_by_state.items()
+    )
+    esc = status.escalations
+    return [
+        f"mediation   live sessions {status.live_sessions} ({by_state})",
+        f"escalations recommended {esc.recommended}  dispatched {esc.dispatched}"
+        f"  send failed {esc.send_failed}  pending {esc.pending}",
+    ]
 
 
 # --- disputes -----------------------------------------------------------------------------
@@ -211,6 +232,81 @@ def _details(details: dict[str, Any]) -> str:
     )
 
 
+def _confidence(value: float | None) -> str:
+    return NONE_SHOWN if value is None else f"{value:.2f}"
+
+
+def _escalation_line(escalation: EscalationView) -> str:
+    handoff = f"handoff {escalation.handoff}"
+    if escalation.dispatched_at is not None:
+        solvers = "solver" if escalation.recipients == 1 else "solvers"
+        handoff += f" {format_time(escalation.dispatched_at)} to {escalation.recipients} {solvers}"
+    return f"trigger {printable(escalation.trigger)}  {handoff}"
+
+
+# The mediation part's first column: "    escalation" and its gap.
+_PART_WIDTH: Final = 16
+
+
+def _part_line(what: str, at: int, detail: str) -> str:
+    return f"{what:<{_PART_WIDTH}}{format_time(at)}  {detail}"
+
+
+def _session_lines(session: SessionView, now: int) -> list[str]:
+    stale = f" (stale {session.messages_stale})" if session.messages_stale else ""
+    rows = [
+        (
+            "  session",
+            session.started_at,
+            f"{printable(session.session_id)}  {printable(session.state)}"
+            f" (since {_when(session.last_transition_at, now)})  rounds {session.rounds}"
+            f"  messages out {session.messages_out} in {session.messages_in}{stale}",
+        )
+    ]
+    for verdict in session.classifications:
+        step = "open" if verdict.round == 0 else f"round {verdict.round}"
+        detail = f"{step}  {printable(verdict.label)} {_confidence(verdict.confidence)}"
+        rows.append(("    verdict", verdict.at, detail))
+    for summary in session.summaries:
+        delivery = "delivered" if summary.delivered else "not delivered"
+        rows.append(
+            (
+                "    summary",
+                summary.at,
+                f"{printable(summary.label)} {_confidence(summary.confidence)}  {delivery}:"
+                f" sent {summary.sent}, failed {summary.failed}, queued {summary.queued}",
+            )
+        )
+    if session.escalation is not None:
+        rows.append(("    escalation", session.escalation.at, _escalation_line(session.escalation)))
+    if session.superseded_by is not None:
+        rows.append(
+            ("    superseded", session.last_transition_at, f"by {printable(session.superseded_by)}")
+        )
+    return [_part_line(what, at, detail) for what, at, detail in rows]
+
+
+def _mediation_lines(mediation: DisputeMediation | None, now: int) -> list[str]:
+    """The mediation part of `show`: labels, numbers, triggers and times only."""
+    if mediation is None:
+        return []
+    if not (mediation.open_verdicts or mediation.escalations or mediation.sessions):
+        return [f"mediation   {NONE_SHOWN}"]
+    lines = ["mediation"]
+    for verdict in mediation.open_verdicts:
+        detail = printable(verdict.decision)
+        if verdict.label is not None:
+            detail += f" {printable(verdict.label)} {_confidence(verdict.confidence)}"
+        if verdict.trigger is not None:
+            detail += f" trigger {printable(verdict.trigger)}"
+        lines.append(_part_line("  verdict", verdict.at, f"before take: {detail}"))
+    for escalation in mediation.escalations:
+        lines.append(_part_line("  escalation", escalation.at, _escalation_line(escalation)))
+    for session in mediation.sessions:
+        lines.extend(_session_lines(session, now))
+    return lines
+
+
 def render_timeline(timeline: Timeline, now: int, *, short: bool) -> str:
     d = timeline.dispute
     lines = [
@@ -224,6 +320,7 @@ def render_timeline(timeline: Timeline, now: int, *, short: bool) -> str:
     ]
     if timeline.unavailable:
         lines.append(f"unavailable {', '.join(timeline.unavailable)} (tables absent)")
+    lines.extend(_mediation_lines(timeline.mediation, now))
     lines.append("")
     rows = [
         [

@@ -1,9 +1,10 @@
 """`serbero status`: is the daemon alive, connected and keeping up (BEY-10)?
 
 Everything comes from the database: the health record the daemon flushes (relay states,
-heartbeat, last dispute event; our v6 tables), the dispute counts, the outbox and the
-ESC-12 handoff predicate. A reference (v5) database has no health record; the report then
-says so instead of guessing, and counts what the reference tables hold.
+heartbeat, last dispute event; our v6 tables), the dispute counts, the outbox, the ESC-12
+handoff predicate and mediation's live sessions and escalations. A reference (v5) database
+has no health record; the report then says so instead of guessing, and counts what the
+reference tables hold.
 
 Health verdict (the exit status of `serbero status`): healthy when the heartbeat is younger
 than the stale limit, at least one relay was connected at the last flush, and no other
@@ -20,6 +21,7 @@ from typing import Final, Literal
 import msgspec
 
 from serbero.ops.database import ReadOnlyDatabase
+from serbero.ops.mediation import MediationStatus, read_mediation_status
 from serbero.ops.write_lock import write_lock_holder
 from serbero.store.escalation import count_pending_handoffs
 from serbero.store.health import (
@@ -98,7 +100,8 @@ class OutboxStatus(msgspec.Struct, frozen=True, kw_only=True):
 
 class StatusReport(msgspec.Struct, frozen=True, kw_only=True):
     """The whole `serbero status` answer; None fields are parts the database cannot tell.
-    `write_lock_holder`: the process holding the database's write lock, while one does."""
+    `write_lock_holder`: the process holding the database's write lock, while one does.
+    `mediation`: live sessions and escalations (None without the mediation tables)."""
 
     database: str
     schema_version: int
@@ -117,6 +120,7 @@ class StatusReport(msgspec.Struct, frozen=True, kw_only=True):
     pending_handoffs: int
     unavailable: tuple[str, ...]
     write_lock_holder: int | None = None
+    mediation: MediationStatus | None = None
 
 
 def _int_or_none(text: str | None) -> int | None:
@@ -249,4 +253,5 @@ def read_status(
         pending_handoffs=_pending_handoffs(db),
         unavailable=tuple(unavailable),
         write_lock_holder=holder,
+        mediation=read_mediation_status(db),
     )

@@ -4,14 +4,14 @@ Sources: the `disputes` row, `dispute_state_transitions`, `notifications`, our
 `notification_outbox`, the mediation tables (sessions, messages, rationales and each use of
 one, events, summaries) and `escalation_dispatches`. Mediation events belong to the dispute
 when their session does, or when their payload names it (dispute-scoped rows, MED-2;
-dispatcher rows).
+dispatcher rows). `serbero.ops.mediation` adds the readable mediation part above them.
 
 Privacy (MED-172, CORE-40): chat content, DM bodies, summary text and rationale text
 never leave the database through this view; a rationale is named by its `rationale_id`.
 The parties' keys are never shown either: session and message key columns are not read
 for display, payload fields whose name marks a key or a text are hidden, and any payload
-string that contains a party key, a rationale text or a chat message of this dispute is
-masked as a last line of defence.
+or error string that contains a party key (shared or trade), a rationale or summary text or
+a chat message of this dispute is masked as a last line of defence.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from typing import Any, Final
 import msgspec
 
 from serbero.ops.database import ReadOnlyDatabase
+from serbero.ops.mediation import DisputeMediation, read_dispute_mediation
 from serbero.protocol.keys import normalise_public_key
 from serbero.store.audit import payload_field
 from serbero.store.disputes import Dispute, get_dispute
@@ -79,10 +80,12 @@ class TimelineEntry(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Timeline(msgspec.Struct, frozen=True, kw_only=True):
-    """The dispute row, its mediation session ids and every entry, oldest first."""
+    """The dispute row, its mediation session ids, what mediation did (None without the
+    mediation tables) and every entry, oldest first."""
 
     dispute: Dispute
     sessions: tuple[str, ...]
+    mediation: DisputeMediation | None
     entries: tuple[TimelineEntry, ...]
     unavailable: tuple[str, ...]
 
@@ -156,7 +159,8 @@ def _session_ids(db: ReadOnlyDatabase, dispute_id: str) -> tuple[str, ...]:
 def _collect_secrets(
     db: ReadOnlyDatabase, sessions: tuple[str, ...], rationale_ids: Iterable[str]
 ) -> _Secrets:
-    """Party keys, chat content and rationale texts of this dispute (read only to mask them)."""
+    """Party keys (shared and trade), chat content, summary and rationale texts of this
+    dispute (read only to mask them)."""
     values: list[str | None] = []
     marks = _marks(sessions)
     if db.has("mediation_sessions") and sessions:
@@ -172,6 +176,20 @@ def _collect_secrets(
             sessions,
         ):
             values.extend((key, content))
+    if db.has("serbero_session_trade_keys") and sessions:
+        for buyer, seller in db.conn.execute(
+            "SELECT buyer_trade_pubkey, seller_trade_pubkey FROM serbero_session_trade_keys"
+            f" WHERE session_id IN ({marks})",
+            sessions,
+        ):
+            values.extend((buyer, seller))
+    if db.has("mediation_summaries") and sessions:
+        for summary, next_step in db.conn.execute(
+            "SELECT summary_text, suggested_next_step FROM mediation_summaries"
+            f" WHERE session_id IN ({marks})",
+            sessions,
+        ):
+            values.extend((summary, next_step))
     ids = tuple(rationale_ids)
     if db.has("reasoning_rationales"):
         for (text,) in db.conn.execute(
@@ -218,7 +236,7 @@ def _transitions(db: ReadOnlyDatabase, dispute_id: str) -> list[TimelineEntry]:
     ]
 
 
-def _notifications(db: ReadOnlyDatabase, dispute_id: str) -> list[TimelineEntry]:
+def _notifications(db: ReadOnlyDatabase, dispute_id: str, secrets: _Secrets) -> list[TimelineEntry]:
     return [
         TimelineEntry(
             at=int(row["sent_at"]),
@@ -228,7 +246,7 @@ def _notifications(db: ReadOnlyDatabase, dispute_id: str) -> list[TimelineEntry]
             details={
                 "notif_type": row["notif_type"],
                 "solver": normalise_public_key(row["solver_pubkey"]),
-                "error": row["error_message"],
+                "error": secrets.mask(row["error_message"]),
             },
         )
         for row in _rows(
@@ -240,7 +258,7 @@ def _notifications(db: ReadOnlyDatabase, dispute_id: str) -> list[TimelineEntry]
     ]
 
 
-def _outbox(db: ReadOnlyDatabase, dispute_id: str) -> list[TimelineEntry]:
+def _outbox(db: ReadOnlyDatabase, dispute_id: str, secrets: _Secrets) -> list[TimelineEntry]:
     if not db.has("notification_outbox"):
         return []
     return [
@@ -256,7 +274,7 @@ def _outbox(db: ReadOnlyDatabase, dispute_id: str) -> list[TimelineEntry]:
                 "state": row["state"],
                 "attempts": int(row["attempts"]),
                 "finished_at": row["finished_at"],
-                "last_error": row["last_error"],
+                "last_error": secrets.mask(row["last_error"]),
                 "handoff_event_id": row["handoff_event_id"],
             },
         )
@@ -497,8 +515,8 @@ def read_timeline(db: ReadOnlyDatabase, dispute_id: str) -> Timeline | None:
     secrets = _collect_secrets(db, sessions, rationale_ids)
     entries = [
         _dispute_entry(dispute),
-        *_outbox(db, dispute_id),
-        *_notifications(db, dispute_id),
+        *_outbox(db, dispute_id, secrets),
+        *_notifications(db, dispute_id, secrets),
         *_transitions(db, dispute_id),
         *_sessions(db, dispute_id),
         *_messages(db, sessions),
@@ -512,6 +530,7 @@ def read_timeline(db: ReadOnlyDatabase, dispute_id: str) -> Timeline | None:
     return Timeline(
         dispute=dispute,
         sessions=sessions,
+        mediation=read_dispute_mediation(db, dispute_id),
         entries=tuple(entries),
         unavailable=tuple(table for table in _OPTIONAL_TABLES if not db.has(table)),
     )

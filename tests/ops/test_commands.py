@@ -120,6 +120,7 @@ def test_status_json_shape_and_exit_0_when_healthy(
         "pending_handoffs",
         "unavailable",
         "write_lock_holder",
+        "mediation",
     }
     assert data["healthy"] is True and data["problems"] == []
     # The seed's clock, from its health flush at seed + 500 (`now` may be a second later).
@@ -140,6 +141,18 @@ def test_status_json_shape_and_exit_0_when_healthy(
     }
     assert data["last_dispute_event"]["event_id"] == f"ev-{RESOLVED}-settled"
     assert data["pending_handoffs"] == 1
+    # The seed's session is `classified`; its handoff was dispatched, NOTIFIED's is pending.
+    assert data["mediation"] == {
+        "live_sessions": 1,
+        "live_by_state": {
+            "opening": 0,
+            "awaiting_response": 0,
+            "classified": 1,
+            "follow_up_pending": 0,
+            "summary_pending": 0,
+        },
+        "escalations": {"recommended": 0, "dispatched": 1, "send_failed": 0, "pending": 1},
+    }
 
 
 def test_status_exits_2_when_the_heartbeat_is_stale(
@@ -173,7 +186,11 @@ def test_status_human_table_on_a_terminal_and_piped(
     assert lines[1] == f"database    {v6_db} (schema version {SCHEMA_VERSION})"
     assert "disputes    new 1  notified 1  taken 1  waiting 0  escalated 0  resolved 1" in piped
     assert "outbox      pending 2 (in flight 1, oldest " in piped
-    assert "handoffs    pending 1" in piped
+    assert (
+        "mediation   live sessions 1 (opening 0  awaiting_response 0  classified 1"
+        "  follow_up_pending 0  summary_pending 0)" in piped
+    )
+    assert "escalations recommended 0  dispatched 1  send failed 0  pending 1" in piped
     assert "relays      1 of 2 connected" in piped
     assert any(line.split()[:2] == ["wss://relay.two", "backoff"] for line in lines)
     code, tty = run_on_tty(["status", "--db", str(v6_db)], monkeypatch)
@@ -388,7 +405,7 @@ def test_disputes_rejects_bad_arguments(
 def test_show_json_shape(v6_db: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, data = run_json(["show", MEDIATED, "--db", str(v6_db)], capsys)
     assert code == 0
-    assert set(data) == {"dispute", "sessions", "entries", "unavailable"}
+    assert set(data) == {"dispute", "sessions", "mediation", "entries", "unavailable"}
     assert data["dispute"]["dispute_id"] == MEDIATED
     assert data["unavailable"] == []
     for entry in data["entries"]:
