@@ -513,13 +513,15 @@ class BindRationale(Request[int], frozen=True, kw_only=True):
 
 
 class RecommendDisputeEscalation(Request[int | None], frozen=True, kw_only=True):
-    """Dispute-scoped `escalation_recommended` + `handoff_prepared` (MED-122/123)."""
+    """Dispute-scoped `escalation_recommended` + `handoff_prepared` (MED-122/123) and the
+    MED-127 notice to every key in `notify`."""
 
     dispute_id: str
     trigger: str
     rationale_refs: tuple[str, ...]
     bundle_id: str
     policy_hash: str
+    notify: tuple[str, ...] = ()
 
     def apply(self, conn: apsw.Connection, ctx: Context) -> int | None:
         return recommend_dispute_escalation(
@@ -530,6 +532,7 @@ class RecommendDisputeEscalation(Request[int | None], frozen=True, kw_only=True)
             bundle_id=self.bundle_id,
             policy_hash=self.policy_hash,
             now=ctx.now,
+            notify=self.notify,
         )
 
 

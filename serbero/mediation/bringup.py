@@ -48,12 +48,14 @@ REASONING_OFF: Final = "[reasoning].enabled = false"
 
 class MediationContext(msgspec.Struct, frozen=True, kw_only=True):
     """What the mediation engine runs with once bring-up succeeded (MED-11's reasoning part):
-    its settings, the bundle every call is built from, and the healthy provider."""
+    its settings, the bundle every call is built from, the healthy provider, and the
+    configured solvers' keys (`SolverConfig.key`, config order) its DMs are routed to."""
 
     mediation: MediationConfig
     reasoning: ReasoningConfig
     bundle: PromptBundle
     provider: ReasoningProvider
+    solvers: tuple[str, ...] = ()
 
 
 class MediationStatus(msgspec.Struct, frozen=True, kw_only=True):
@@ -110,6 +112,7 @@ class MediationBringUp:
             reasoning=self._config.reasoning,
             bundle=self._bundle,
             provider=self._provider,
+            solvers=tuple(solver.key for solver in self._config.solvers),
         )
 
     async def wait_settled(self) -> MediationContext | None:

@@ -9,17 +9,21 @@ lock instead of trusting what the caller saw earlier (Q-18).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Final, Literal
 
 import apsw
 import msgspec
 
 from serbero.protocol.handoff import HandoffPackage
+from serbero.protocol.texts import dispute_escalation_notice
 from serbero.store.audit import insert_event, payload_field
 from serbero.store.chat import record_trade_pubkeys
 from serbero.store.errors import StoreFailure, UnknownDispute
 from serbero.store.lifecycle import ALLOWED_TRANSITIONS
 from serbero.store.mediation import NOT_LIVE_SESSION_STATES
+from serbero.store.notifications import NotifType
+from serbero.store.routing import queue_notice
 from serbero.store.transaction import transaction
 
 __all__ = [
@@ -382,12 +386,14 @@ def recommend_dispute_escalation(
     bundle_id: str,
     policy_hash: str,
     now: int,
+    notify: Sequence[str] = (),
 ) -> int | None:
     """MED-122: dispute-scoped `escalation_recommended` + `handoff_prepared` (MED-123 field
-    order) in one transaction, so the escalation dispatcher delivers the handoff (BEY-17).
+    order) in one transaction, so the escalation dispatcher delivers the handoff (BEY-17),
+    and the MED-127 notice queued to every solver in `notify` in that same transaction.
 
     Returns the handoff event's id, or None when the dispute already had a dispute-scoped
-    recommendation (nothing written, still a success).
+    recommendation (nothing written, no notice, still a success).
     """
     with transaction(conn):
         seen = conn.execute(
@@ -411,7 +417,7 @@ def recommend_dispute_escalation(
             policy_hash=policy_hash,
             occurred_at=now,
         )
-        return insert_event(
+        handoff_id = insert_event(
             conn,
             session_id=None,
             kind=HANDOFF_PREPARED,
@@ -428,3 +434,14 @@ def recommend_dispute_escalation(
             policy_hash=policy_hash,
             occurred_at=now,
         )
+        if notify:
+            queue_notice(
+                conn,
+                dispute_id=dispute_id,
+                notif_type=NotifType.MEDIATION_ESCALATION_RECOMMENDED,
+                cause=f"{HANDOFF_PREPARED}:{handoff_id}",
+                body=dispute_escalation_notice(dispute_id, trigger),
+                recipients=notify,
+                now=now,
+            )
+        return handoff_id

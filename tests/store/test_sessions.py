@@ -19,6 +19,7 @@ from serbero.actors.tracker_requests import (
     RecommendDisputeEscalation,
 )
 from serbero.protocol.handoff import decode_handoff_package
+from serbero.protocol.texts import dispute_escalation_notice
 from serbero.store.chat import (
     OutboundMessage,
     OutboundRound,
@@ -48,7 +49,7 @@ from serbero.store.sessions import (
     record_take,
     record_verdict,
 )
-from tests.store.helpers import T0, count, event, one, rows
+from tests.store.helpers import SOLVERS, T0, count, event, one, rows
 from tests.support.clocks import FakeWallClock
 
 BUNDLE = "phase3-default"
@@ -416,6 +417,67 @@ def test_dispute_scoped_recommend_writes_the_handoff_in_the_fixed_order(
     )
     assert again is None
     assert count(conn, "mediation_events") == 2
+
+
+def test_dispute_recommend_queues_the_med127_notice_to_every_solver_once(
+    conn: apsw.Connection,
+) -> None:
+    """MED-127: broadcast (assignment ignored), in the recommend's transaction, caused by the
+    handoff; a second recommend writes no second notice."""
+    record_detected(conn, event("d-1"), (), T0)
+    conn.execute("UPDATE disputes SET assigned_solver = ? WHERE dispute_id = 'd-1'", (SOLVERS[0],))
+    handoff_id = recommend_dispute_escalation(
+        conn,
+        "d-1",
+        "fraud_indicator",
+        rationale_refs=(),
+        bundle_id=BUNDLE,
+        policy_hash=HASH,
+        now=T0 + 3,
+        notify=SOLVERS,
+    )
+    recommend_dispute_escalation(
+        conn,
+        "d-1",
+        "low_confidence",
+        rationale_refs=(),
+        bundle_id=BUNDLE,
+        policy_hash=HASH,
+        now=T0 + 4,
+        notify=SOLVERS,
+    )
+    body = dispute_escalation_notice("d-1", "fraud_indicator")
+    assert rows(
+        conn,
+        "SELECT solver_pubkey, notif_type, body, cause, created_at FROM notification_outbox"
+        " ORDER BY id",
+    ) == [
+        (solver, "mediation_escalation_recommended", body, f"handoff_prepared:{handoff_id}", T0 + 3)
+        for solver in SOLVERS
+    ]
+
+
+def test_a_failed_dispute_recommend_queues_no_notice(conn: apsw.Connection) -> None:
+    """The notice lives and dies with the events (BEY-2): a write that fails after them
+    leaves neither events nor outbox rows."""
+    record_detected(conn, event("d-1"), (), T0)
+    conn.execute(
+        "CREATE TEMP TRIGGER refuse AFTER INSERT ON notification_outbox"
+        " BEGIN SELECT RAISE(ABORT, 'refused'); END"
+    )
+    with pytest.raises(apsw.ConstraintError):
+        recommend_dispute_escalation(
+            conn,
+            "d-1",
+            "fraud_indicator",
+            rationale_refs=(),
+            bundle_id=BUNDLE,
+            policy_hash=HASH,
+            now=T0,
+            notify=SOLVERS,
+        )
+    assert count(conn, "mediation_events") == 0
+    assert count(conn, "notification_outbox") == 0
 
 
 async def test_the_tracker_runs_the_open_steps(db_path: str) -> None:

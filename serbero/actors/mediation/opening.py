@@ -15,6 +15,8 @@ final so the start actor does not take again every tick (BEY-15).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from serbero.actors.mediation.auth import AUTH_TERMINATED, SolverAuth
 from serbero.actors.mediation.chat import ChatActor
 from serbero.actors.mediation.start import OpenResult
@@ -59,12 +61,16 @@ class Opener:
         auth: SolverAuth,
         take: TakeClient,
         chat: ChatActor,
+        *,
+        ring_sender: Callable[[], None] = lambda: None,
     ) -> None:
         self._tracker = tracker
         self._context = context
         self._auth = auth
         self._take = take
         self._chat = chat
+        # Tells the outbox sender a notice was queued (it would find it on its own later).
+        self._ring_sender = ring_sender
 
     @property
     def _bundle_args(self) -> tuple[str, str]:
@@ -138,15 +144,18 @@ class Opener:
             await self._tracker.ask(
                 RecordPolicyEscalate(dispute_id, action.trigger, bundle_id, policy_hash)
             )
-            await self._tracker.ask(
+            handoff = await self._tracker.ask(
                 RecommendDisputeEscalation(
                     dispute_id=dispute_id,
                     trigger=action.trigger,
                     rationale_refs=() if rationale is None else (rationale.rationale_id,),
                     bundle_id=bundle_id,
                     policy_hash=policy_hash,
+                    notify=self._context.solvers,
                 )
             )
+            if handoff is not None and self._context.solvers:
+                self._ring_sender()
             log.info(
                 "mediation_escalated_before_take", dispute_id=dispute_id, trigger=action.trigger
             )

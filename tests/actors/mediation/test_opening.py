@@ -27,12 +27,13 @@ from serbero.config.schema import MediationConfig
 from serbero.mediation.bringup import MediationContext
 from serbero.protocol.handoff import decode_handoff_package
 from serbero.protocol.keys import Keys
+from serbero.protocol.texts import dispute_escalation_notice
 from serbero.reasoning.provider import build_provider
 from serbero.store.connection import open_database
 from serbero.store.disputes import record_detected
 from tests.reasoning.helpers import ASK_ANSWER, BUNDLE, no_backoff, reasoning_config
 from tests.relay.helpers import FAST
-from tests.store.helpers import event, rows
+from tests.store.helpers import SOLVERS, event, rows
 from tests.support.chat_party import ChatParty
 from tests.support.mostro_sim import MostroSim
 from tests.support.relay_fixtures import LocalRelayProcess
@@ -65,6 +66,7 @@ async def opener(
     mostro: MostroSim,
     *replies: Reply,
     default: Reply | None = None,
+    rings: list[None] | None = None,
 ) -> AsyncIterator[Opener]:
     async with (
         open_scripted_llm(default or openai_reply("ok")) as llm,
@@ -81,13 +83,15 @@ async def opener(
             reasoning=config,
             bundle=BUNDLE,
             provider=build_provider(config, client, backoff=no_backoff),
+            solvers=SOLVERS,
         )
         auth = SolverAuth(tracker, _healthy, AuthRetryPolicy())
         await nursery.start(auth.run)
         take = TakeClient(pool, serbero, mostro.pubkey_hex, timeout=WAIT)
         await nursery.start(take.run)
         chat = ChatActor(pool, tracker, serbero)
-        yield Opener(tracker, context, auth, take, chat)
+        ring = (lambda: None) if rings is None else (lambda: rings.append(None))
+        yield Opener(tracker, context, auth, take, chat, ring_sender=ring)
         nursery.cancel_scope.cancel()
 
 
@@ -154,9 +158,10 @@ async def test_mas5_a_negative_verdict_escalates_before_any_take(
     dispute = str(uuid.uuid4())
     db_path = _db(tmp_path, dispute)
     serbero = Keys.generate()
+    rings: list[None] = []
     with MostroSim(Keys.generate().secret.hex(), [local_relay.url], answer_takes=True) as mostro:
         async with opener(
-            db_path, local_relay.url, serbero, mostro, openai_reply(CONFLICT_ANSWER)
+            db_path, local_relay.url, serbero, mostro, openai_reply(CONFLICT_ANSWER), rings=rings
         ) as open_:
             result = await open_.attempt(dispute, "seller", "tick_retry")
             again = await open_.attempt(dispute, "seller", "tick_retry")
@@ -178,6 +183,20 @@ async def test_mas5_a_negative_verdict_escalates_before_any_take(
     assert package.session_id is None and package.trigger == "conflicting_claims"
     assert len(package.rationale_refs) == 1
     assert msgspec.json.decode(str(events[5][2]))["stop_reason"] == "ineligible"
+    # MED-127: every solver is told once, and the sender was rung once.
+    conn, _ = open_database(db_path)
+    try:
+        assert rows(conn, "SELECT solver_pubkey, notif_type, body FROM notification_outbox") == [
+            (
+                solver,
+                "mediation_escalation_recommended",
+                dispute_escalation_notice(dispute, "conflicting_claims"),
+            )
+            for solver in SOLVERS
+        ]
+    finally:
+        conn.close()
+    assert len(rings) == 1
 
 
 async def test_an_unreachable_provider_leaves_the_dispute_eligible(
