@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Final
 
@@ -32,7 +33,10 @@ class DaemonProcess:
     """The `serbero` daemon on its own work directory (created if missing), config and
     database; its log goes to a file there."""
 
-    def __init__(self, workdir: Path, config_text: str) -> None:
+    def __init__(
+        self, workdir: Path, config_text: str, extra_env: Mapping[str, str] | None = None
+    ) -> None:
+        """`extra_env`: variables the config names (a reasoning key's `api_key_env`, say)."""
         workdir.mkdir(exist_ok=True)
         config = workdir / CONFIG_FILE
         config.write_text(config_text)
@@ -43,6 +47,7 @@ class DaemonProcess:
         script = Path(sys.executable).with_name("serbero")
         # Only the config file configures it: no SERBERO_* variable of ours leaks in.
         env = {k: v for k, v in os.environ.items() if not k.startswith("SERBERO_")}
+        env.update(extra_env or {})
         env["SERBERO_CONFIG"] = str(config)
         self.process = subprocess.Popen(
             [str(script) if script.exists() else "serbero"],
@@ -57,10 +62,16 @@ class DaemonProcess:
     def wait_ready(self) -> None:
         """Until the daemon logged `event_loop_started`: its `since` is fixed by then, so a
         dispute published afterwards is never older than its subscription."""
-        deadline = time.monotonic() + START_TIMEOUT
-        while not self.count_events(READY_EVENT)[READY_EVENT]:
+        self.wait_event(READY_EVENT)
+
+    def wait_event(self, name: str, timeout: float = START_TIMEOUT) -> None:
+        """Until the daemon logged event `name` (RuntimeError if it exits or times out)."""
+        deadline = time.monotonic() + timeout
+        while not self.count_events(name)[name]:
             if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"serbero did not start; its log: {self.log_path.read_text()}")
+                raise RuntimeError(
+                    f"serbero did not log {name}; its log: {self.log_path.read_text()}"
+                )
             time.sleep(POLL_SECONDS)
 
     def count_events(self, *names: str) -> dict[str, int]:
