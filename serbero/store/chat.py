@@ -293,7 +293,11 @@ def unsent_outbound(
     conn: apsw.Connection, session_id: str | None = None
 ) -> tuple[UnsentOutbound, ...]:
     """Outbound rows of Live sessions whose wrap is stored and that no `outbound_sent` names
-    (Q-4), in write order; rows of one session only when `session_id` is given."""
+    (Q-4), in write order; rows of one session only when `session_id` is given.
+
+    The sessions drive the join (CROSS JOIN fixes the order): a store holds few live
+    sessions and many finished ones, and SQLite, left to itself, walked every outbound
+    message ever stored."""
     where = "" if session_id is None else " AND s.session_id = ?"
     args: tuple[object, ...] = (
         OUTBOUND_SENT,
@@ -302,9 +306,9 @@ def unsent_outbound(
     )
     rows = conn.execute(
         "SELECT m.id, m.session_id, m.party, m.shared_pubkey, m.inner_event_id, w.wrap_json"
-        " FROM mediation_messages m"
+        " FROM mediation_sessions s"
+        " CROSS JOIN mediation_messages m ON m.session_id = s.session_id"
         " JOIN serbero_outbound_wraps w ON w.message_id = m.id"
-        " JOIN mediation_sessions s ON s.session_id = m.session_id"
         " WHERE m.direction = 'outbound' AND NOT EXISTS (SELECT 1 FROM mediation_events e"
         " WHERE e.session_id = m.session_id AND e.kind = ?"
         f" AND {payload_field('inner_event_id', 'e')} = m.inner_event_id)"

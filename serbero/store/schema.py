@@ -77,7 +77,7 @@ from typing import Final
 import apsw
 
 REFERENCE_SCHEMA_VERSION: Final = 5
-SCHEMA_VERSION: Final = 8
+SCHEMA_VERSION: Final = 9
 
 SCHEMA_VERSION_DDL: Final = (
     "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY)"
@@ -326,6 +326,20 @@ CREATE TABLE IF NOT EXISTS serbero_outbound_wraps (
 );
 """
 
+# The engine's tick lists over every stored session (MED-70). With ten thousand of them the
+# dispute-scoped lookup (eligibility, MED-20) decoded every dispute-scoped event's JSON once
+# per candidate dispute, and the unsent-outbound listing (Q-4) walked every outbound message
+# ever sent; these let both seek instead. The expression is `payload_field('dispute_id')`
+# exactly, or SQLite would not match it.
+V9_DDL: Final = """
+CREATE INDEX IF NOT EXISTS serbero_idx_mediation_events_dispute_scoped
+    ON mediation_events(
+        (CASE WHEN json_valid(payload_json) THEN json_extract(payload_json, '$.dispute_id') END)
+    ) WHERE session_id IS NULL;
+CREATE INDEX IF NOT EXISTS serbero_idx_mediation_messages_session_direction
+    ON mediation_messages(session_id, direction);
+"""
+
 
 def _add_columns_if_missing(
     conn: apsw.Connection, table: str, columns: tuple[tuple[str, str], ...]
@@ -370,6 +384,10 @@ def _apply_v8(conn: apsw.Connection) -> None:
     conn.execute(V8_DDL)
 
 
+def _apply_v9(conn: apsw.Connection) -> None:
+    conn.execute(V9_DDL)
+
+
 MIGRATIONS: Final[tuple[tuple[int, Callable[[apsw.Connection], None]], ...]] = (
     (1, _apply_v1),
     (2, _apply_v2),
@@ -379,4 +397,5 @@ MIGRATIONS: Final[tuple[tuple[int, Callable[[apsw.Connection], None]], ...]] = (
     (6, _apply_v6),
     (7, _apply_v7),
     (8, _apply_v8),
+    (9, _apply_v9),
 )

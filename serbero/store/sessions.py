@@ -68,14 +68,16 @@ StopReason = Literal[
 ]
 
 # MED-20 as one predicate over the `disputes` row aliased `d`; the single check and the
-# batch listing both use it, so they can never disagree (MED-21).
+# batch listing both use it, so they can never disagree (MED-21). The unary `+` strips the
+# column's TEXT affinity from the comparison: only then may SQLite seek the dispute-scoped
+# events' index instead of decoding every such event per dispute.
 _ELIGIBLE: Final = (
     f"d.lifecycle_state IN ({', '.join(repr(s) for s in ELIGIBLE_LIFECYCLE_STATES)})"
     " AND NOT EXISTS (SELECT 1 FROM mediation_sessions s WHERE s.dispute_id = d.dispute_id"
     f" AND s.state NOT IN ({', '.join(repr(s) for s in NOT_BLOCKING_SESSION_STATES)}))"
     " AND NOT EXISTS (SELECT 1 FROM mediation_events e"
     f" WHERE e.kind = '{ESCALATION_RECOMMENDED}' AND e.session_id IS NULL"
-    f" AND {payload_field('dispute_id', 'e')} = d.dispute_id)"
+    f" AND {payload_field('dispute_id', 'e')} = +d.dispute_id)"
 )
 _LIVE: Final = f"state NOT IN ({', '.join('?' * len(NOT_LIVE_SESSION_STATES))})"
 

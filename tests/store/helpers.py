@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 import apsw
@@ -91,4 +92,24 @@ def tables(conn: apsw.Connection) -> list[str]:
             "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
             " ORDER BY name"
         )
+    ]
+
+
+def query_plans(conn: apsw.Connection, call: Callable[[apsw.Connection], object]) -> list[str]:
+    """The EXPLAIN QUERY PLAN lines of every statement `call(conn)` runs, in order."""
+    statements: list[tuple[str, Any]] = []
+
+    def trace(_cursor: apsw.Cursor, sql: str, bindings: Any) -> bool:
+        statements.append((sql, bindings))
+        return True
+
+    conn.exec_trace = trace
+    try:
+        call(conn)
+    finally:
+        conn.exec_trace = None
+    return [
+        str(row[-1])
+        for sql, bindings in statements
+        for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}", bindings)
     ]
