@@ -7,14 +7,12 @@ solver inboxes, and the scripted model API on loopback HTTP answering per disput
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import coincurve
 import msgspec
 import pytest
 import trio
@@ -23,22 +21,24 @@ from structlog.testing import capture_logs
 from serbero.actors.health import health_answer
 from serbero.config import ChatConfig, MediationConfig, ReasoningConfig, Secret
 from serbero.daemon import DaemonContext
+from tests.daemon.mediation_support import (
+    WAIT,
+    Model,
+    mediation_events,
+    mediation_harness,
+    parties,
+    refuse_chat_to,
+    sessions,
+    shared_pubkey,
+)
 from tests.daemon.support import Harness, eventually, in_thread, query, running_daemon
-from tests.reasoning.helpers import ASK_ANSWER
-from tests.support.chat_party import ChatParty, shared_secret_hex
 from tests.support.filtering_relay import open_filtering_relay
-from tests.support.mostro_sim import MostroSim
 from tests.support.relay_fixtures import LocalRelayProcess
 from tests.support.scripted_llm import (
-    RecordedRequest,
-    Reply,
     ScriptedLLM,
-    json_reply,
     open_scripted_llm,
-    openai_reply,
 )
 
-WAIT = 20.0
 # A tick period no test outlives: only the event-driven path can start a mediation.
 NO_TICK = 3600
 CONFLICT_ANSWER = (
@@ -54,29 +54,6 @@ MED50 = [
     "outbound_sent",
     "outbound_sent",
 ]
-
-
-class Model:
-    """Answers the health check with text and each classify call by the dispute it names
-    (ASK_ANSWER unless told otherwise); `unhealthy` turns every call into a 503."""
-
-    def __init__(self) -> None:
-        self.answers: dict[str, str] = {}
-        self.unhealthy = False
-        self.classified: list[str] = []
-
-    def __call__(self, request: RecordedRequest) -> Reply:
-        if self.unhealthy:
-            return json_reply({"error": "overloaded"}, status=503)
-        prompt = json.dumps(request.json()["messages"])
-        if '"ping"' in prompt and "dispute_id" not in prompt:
-            return openai_reply("pong")
-        for dispute_id, answer in self.answers.items():
-            if dispute_id in prompt:
-                self.classified.append(dispute_id)
-                return openai_reply(answer)
-        self.classified.append(prompt)
-        return openai_reply(ASK_ANSWER)
 
 
 @pytest.fixture(autouse=True)
@@ -105,12 +82,6 @@ def mediated(h: Harness, llm: ScriptedLLM, *, tick: int = NO_TICK, **mediation: 
     )
 
 
-def answering_mostro(h: Harness, solvers: list[str] | None = None) -> MostroSim:
-    """The harness's Mostro, answering `admin-take-dispute` like Mostro does."""
-    h.sim = MostroSim(h.mostro.secret.hex(), [h.relay_url], answer_takes=True, solvers=solvers)
-    return h.sim
-
-
 @asynccontextmanager
 async def engine_daemon(config: Any) -> AsyncIterator[DaemonContext]:
     """The daemon, once its mediation engine runs."""
@@ -120,52 +91,6 @@ async def engine_daemon(config: Any) -> AsyncIterator[DaemonContext]:
             while not context.engine.status().running:
                 await trio.sleep(0.02)
         yield context
-
-
-@asynccontextmanager
-async def parties(
-    mostro: MostroSim, dispute_id: str, serbero_hex: str, relay_url: str
-) -> AsyncIterator[tuple[ChatParty, ChatParty]]:
-    buyer_secret, seller_secret = mostro.trade_keys(dispute_id)
-    buyer = ChatParty(buyer_secret, serbero_hex, [relay_url])
-    seller = ChatParty(seller_secret, serbero_hex, [relay_url])
-    await in_thread(buyer.start)
-    await in_thread(seller.start)
-    try:
-        yield buyer, seller
-    finally:
-        await in_thread(buyer.close)
-        await in_thread(seller.close)
-
-
-def mediation_events(db_path: str, dispute_id: str) -> list[tuple[str, str | None, str]]:
-    """The dispute's events, dispute-scoped and of its sessions, in id order."""
-    return [
-        (str(kind), session, str(payload))
-        for kind, session, payload in query(
-            db_path,
-            "SELECT kind, session_id, payload_json FROM mediation_events WHERE session_id IN"
-            " (SELECT session_id FROM mediation_sessions WHERE dispute_id = ?1)"
-            " OR (session_id IS NULL AND json_extract(payload_json, '$.dispute_id') = ?1)"
-            " ORDER BY id",
-            (dispute_id,),
-        )
-    ]
-
-
-def sessions(db_path: str, dispute_id: str) -> list[tuple[Any, ...]]:
-    return query(
-        db_path,
-        "SELECT session_id, state, buyer_shared_pubkey, seller_shared_pubkey"
-        " FROM mediation_sessions WHERE dispute_id = ?",
-        (dispute_id,),
-    )
-
-
-def shared_pubkey(trade_secret_hex: str, serbero_pubkey_hex: str) -> str:
-    """MAS-1: the party's shared pubkey, derived here independently of serbero."""
-    secret = bytes.fromhex(shared_secret_hex(trade_secret_hex, serbero_pubkey_hex))
-    return coincurve.PrivateKey(secret).public_key.format(compressed=True)[1:].hex()
 
 
 async def test_mas1_mas4_a_new_dispute_is_mediated_by_the_daemon(
@@ -179,30 +104,26 @@ async def test_mas1_mas4_a_new_dispute_is_mediated_by_the_daemon(
     db_path = str(tmp_path / "serbero.db")
     async with (
         open_scripted_llm(Model()) as llm,
-        Harness(local_relay.url, db_path) as h,
+        mediation_harness(local_relay.url, db_path) as h,
     ):
-        mostro = answering_mostro(h)
-        await in_thread(mostro.start)
+        mostro = h.sim
         serbero_hex = h.serbero.public_hex
-        try:
-            async with (
-                parties(mostro, dispute, serbero_hex, local_relay.url) as (buyer, seller),
-                engine_daemon(mediated(h, llm)) as context,
-            ):
-                await in_thread(mostro.open_dispute, dispute, "buyer")
-                for (dm,) in await h.wait_dms(1):
-                    assert f"dispute_id: {dispute}" in dm.content
-                [buyer_note] = await in_thread(buyer.wait_for_count, 1, WAIT)
-                [seller_note] = await in_thread(seller.wait_for_count, 1, WAIT)
-                await eventually(
-                    lambda: [e[0] for e in mediation_events(db_path, dispute)] == MED50, WAIT
-                )
-                await trio.sleep(0.5)
-                assert len(buyer.notes()) == 1 and len(seller.notes()) == 1
-                engine = context.snapshot().mediation_engine
-                assert engine.running and engine.sessions_with_keys == 1
-        finally:
-            await in_thread(mostro.close)
+        async with (
+            parties(mostro, dispute, serbero_hex, local_relay.url) as (buyer, seller),
+            engine_daemon(mediated(h, llm)) as context,
+        ):
+            await in_thread(mostro.open_dispute, dispute, "buyer")
+            for (dm,) in await h.wait_dms(1):
+                assert f"dispute_id: {dispute}" in dm.content
+            [buyer_note] = await in_thread(buyer.wait_for_count, 1, WAIT)
+            [seller_note] = await in_thread(seller.wait_for_count, 1, WAIT)
+            await eventually(
+                lambda: [e[0] for e in mediation_events(db_path, dispute)] == MED50, WAIT
+            )
+            await trio.sleep(0.5)
+            assert len(buyer.notes()) == 1 and len(seller.notes()) == 1
+            engine = context.snapshot().mediation_engine
+            assert engine.running and engine.sessions_with_keys == 1
     assert buyer_note.author == seller_note.author == serbero_hex
     assert buyer_note.content == "Buyer: When did you pay?"
     assert seller_note.content == "Seller: Please check again."
@@ -226,21 +147,15 @@ async def test_mas5_a_negative_verdict_escalates_without_a_take(
     db_path = str(tmp_path / "serbero.db")
     model = Model()
     model.answers[dispute] = CONFLICT_ANSWER
-    async with open_scripted_llm(model) as llm, Harness(local_relay.url, db_path) as h:
-        mostro = answering_mostro(h)
-        await in_thread(mostro.start)
-        try:
-            async with engine_daemon(mediated(h, llm)):
-                await in_thread(mostro.open_dispute, dispute, "seller")
-                await h.wait_dms(1)
-                await eventually(
-                    lambda: (
-                        "handoff_prepared" in [e[0] for e in mediation_events(db_path, dispute)]
-                    ),
-                    WAIT,
-                )
-        finally:
-            await in_thread(mostro.close)
+    async with open_scripted_llm(model) as llm, mediation_harness(local_relay.url, db_path) as h:
+        mostro = h.sim
+        async with engine_daemon(mediated(h, llm)):
+            await in_thread(mostro.open_dispute, dispute, "seller")
+            await h.wait_dms(1)
+            await eventually(
+                lambda: "handoff_prepared" in [e[0] for e in mediation_events(db_path, dispute)],
+                WAIT,
+            )
     assert mostro.take_requests() == []
     assert sessions(db_path, dispute) == []
     kinds = [e[0] for e in mediation_events(db_path, dispute)]
@@ -262,23 +177,19 @@ async def test_mas2_an_unhealthy_provider_stops_the_start_and_spares_the_core(
     dispute = str(uuid.uuid4())
     db_path = str(tmp_path / "serbero.db")
     model = Model()
-    async with open_scripted_llm(model) as llm, Harness(local_relay.url, db_path) as h:
-        mostro = answering_mostro(h)
-        await in_thread(mostro.start)
-        try:
-            async with engine_daemon(mediated(h, llm)):
-                model.unhealthy = True
-                await in_thread(mostro.open_dispute, dispute, "buyer")
-                await h.wait_dms(1)
-                await eventually(
-                    lambda: (
-                        [e[0] for e in mediation_events(db_path, dispute)]
-                        == ["start_attempt_started", "start_attempt_stopped"]
-                    ),
-                    WAIT,
-                )
-        finally:
-            await in_thread(mostro.close)
+    async with open_scripted_llm(model) as llm, mediation_harness(local_relay.url, db_path) as h:
+        mostro = h.sim
+        async with engine_daemon(mediated(h, llm)):
+            model.unhealthy = True
+            await in_thread(mostro.open_dispute, dispute, "buyer")
+            await h.wait_dms(1)
+            await eventually(
+                lambda: (
+                    [e[0] for e in mediation_events(db_path, dispute)]
+                    == ["start_attempt_started", "start_attempt_stopped"]
+                ),
+                WAIT,
+            )
     assert '"stop_reason":"reasoning_unhealthy"' in mediation_events(db_path, dispute)[1][2]
     assert model.classified == [] and mostro.take_requests() == []
     assert sessions(db_path, dispute) == []
@@ -294,35 +205,33 @@ async def test_mas3_a_take_refused_not_authorized_pauses_opens_until_recovery(
     first, second, third = (str(uuid.uuid4()) for _ in range(3))
     db_path = str(tmp_path / "serbero.db")
     model = Model()
-    async with open_scripted_llm(model) as llm, Harness(local_relay.url, db_path) as h:
-        mostro = answering_mostro(h, solvers=[h.solver_keys[0].public_hex])
-        await in_thread(mostro.start)
+    async with (
+        open_scripted_llm(model) as llm,
+        mediation_harness(local_relay.url, db_path, outsider=True) as h,
+    ):
+        mostro = h.sim
         config = mediated(h, llm, solver_auth_retry_initial_seconds=5)
-        try:
-            with capture_logs() as logs:
-                async with engine_daemon(config):
-                    await in_thread(mostro.open_dispute, first, "buyer")
-                    await in_thread(mostro.wait_for_take_requests, 1, WAIT)
-                    await eventually(
-                        lambda: any(e["event"] == "solver_authorization_lost" for e in logs), WAIT
-                    )
-                    await in_thread(mostro.open_dispute, second, "buyer")
-                    await eventually(
-                        lambda: (
-                            "start_attempt_stopped"
-                            in [e[0] for e in mediation_events(db_path, second)]
-                        ),
-                        WAIT,
-                    )
-                    mostro.set_solvers(None)
-                    await eventually(
-                        lambda: any(e["event"] == "solver_authorization_recovered" for e in logs),
-                        WAIT,
-                    )
-                    await in_thread(mostro.open_dispute, third, "seller")
-                    await eventually(lambda: len(sessions(db_path, third)) == 1, WAIT)
-        finally:
-            await in_thread(mostro.close)
+        with capture_logs() as logs:
+            async with engine_daemon(config):
+                await in_thread(mostro.open_dispute, first, "buyer")
+                await in_thread(mostro.wait_for_take_requests, 1, WAIT)
+                await eventually(
+                    lambda: any(e["event"] == "solver_authorization_lost" for e in logs), WAIT
+                )
+                await in_thread(mostro.open_dispute, second, "buyer")
+                await eventually(
+                    lambda: (
+                        "start_attempt_stopped" in [e[0] for e in mediation_events(db_path, second)]
+                    ),
+                    WAIT,
+                )
+                mostro.set_solvers(None)
+                await eventually(
+                    lambda: any(e["event"] == "solver_authorization_recovered" for e in logs),
+                    WAIT,
+                )
+                await in_thread(mostro.open_dispute, third, "seller")
+                await eventually(lambda: len(sessions(db_path, third)) == 1, WAIT)
     assert '"stop_reason":"auth_pending"' in mediation_events(db_path, second)[-1][2]
     assert second not in model.classified
     assert [r.dispute_id for r in mostro.take_requests()] == [first, third]
@@ -335,23 +244,17 @@ async def test_fifty_disputes_at_once(local_relay: LocalRelayProcess, tmp_path: 
     dispute (no two starts for one dispute), and every solver gets all 50 initial DMs."""
     disputes = [str(uuid.uuid4()) for _ in range(50)]
     db_path = str(tmp_path / "serbero.db")
-    async with open_scripted_llm(Model()) as llm, Harness(local_relay.url, db_path) as h:
-        mostro = answering_mostro(h)
-        await in_thread(mostro.start)
-        try:
-            async with engine_daemon(mediated(h, llm)):
-                openings = [mostro.sign_opening(d, "buyer") for d in disputes]
-                await in_thread(mostro.publish_signed, openings)
-                await h.wait_dms(50)
-                await eventually(
-                    lambda: h.rows("mediation_sessions", "state = 'awaiting_response'") == 50,
-                    60.0,
-                )
-                await eventually(
-                    lambda: h.rows("mediation_events", "kind = 'outbound_sent'") == 100
-                )
-        finally:
-            await in_thread(mostro.close)
+    async with open_scripted_llm(Model()) as llm, mediation_harness(local_relay.url, db_path) as h:
+        mostro = h.sim
+        async with engine_daemon(mediated(h, llm)):
+            openings = [mostro.sign_opening(d, "buyer") for d in disputes]
+            await in_thread(mostro.publish_signed, openings)
+            await h.wait_dms(50)
+            await eventually(
+                lambda: h.rows("mediation_sessions", "state = 'awaiting_response'") == 50,
+                60.0,
+            )
+            await eventually(lambda: h.rows("mediation_events", "kind = 'outbound_sent'") == 100)
     takes = [request.dispute_id for request in mostro.take_requests()]
     assert sorted(takes) == sorted(disputes)
     starts = query(
@@ -379,40 +282,37 @@ async def test_a_relay_dropping_every_chat_event_is_retried_never_a_crash(
     async with (
         open_scripted_llm(Model()) as llm,
         open_filtering_relay(local_relay.url) as relay,
-        Harness(relay.url, db_path) as h,
-    ):
         # Mostro and the parties use the real relay; only the daemon goes through the filter.
-        h.sim = mostro = MostroSim(h.mostro.secret.hex(), [local_relay.url], answer_takes=True)
-        await in_thread(mostro.start)
+        mediation_harness(relay.url, db_path, mostro_relay=local_relay.url) as h,
+    ):
+        mostro = h.sim
         buyer_secret, seller_secret = mostro.trade_keys(dispute)
         chat_keys = {
             shared_pubkey(buyer_secret, h.serbero.public_hex),
             shared_pubkey(seller_secret, h.serbero.public_hex),
         }
-        relay.refuse = lambda event: any(
-            tag[:1] == ["p"] and tag[1] in chat_keys for tag in event.get("tags", [])
-        )
-        try:
-            async with (
-                parties(mostro, dispute, h.serbero.public_hex, local_relay.url) as (buyer, seller),
-                engine_daemon(mediated(h, llm, tick=1)) as context,
-            ):
-                await in_thread(mostro.open_dispute, dispute, "buyer")
-                await h.wait_dms(1)
-                await eventually(lambda: len(relay.refused) >= 9, WAIT)
-                assert h.rows("mediation_messages", "direction = 'outbound'") == 2
-                assert h.rows("mediation_events", "kind = 'outbound_sent'") == 0
-                assert buyer.notes() == [] and seller.notes() == []
-                snapshot = context.snapshot()
-                engine = health_answer(snapshot).document["mediation"]["engine"]
-                assert engine["running"] and engine["sessions_live"] == 1
-                assert engine["stage_failures"] == 0
-                assert {a.name: a.restarts for a in snapshot.actors}["mediation_engine"] == 0
-                relay.refuse = lambda event: False
-                await in_thread(buyer.wait_for_count, 1, WAIT)
-                await in_thread(seller.wait_for_count, 1, WAIT)
-                await eventually(lambda: h.rows("mediation_events", "kind = 'outbound_sent'") == 2)
-                await trio.sleep(1.5)
-                assert len(buyer.notes()) == 1 and len(seller.notes()) == 1
-        finally:
-            await in_thread(mostro.close)
+        relay.refuse = refuse_chat_to(chat_keys)
+        async with (
+            parties(mostro, dispute, h.serbero.public_hex, local_relay.url) as (buyer, seller),
+            engine_daemon(mediated(h, llm, tick=1)) as context,
+        ):
+            await in_thread(mostro.open_dispute, dispute, "buyer")
+            await h.wait_dms(1)
+            # The opening's three attempts, then a whole tick: its republish and its count.
+            await eventually(
+                lambda: len(relay.refused) >= 9 and context.engine.status().ticks >= 1, WAIT
+            )
+            assert h.rows("mediation_messages", "direction = 'outbound'") == 2
+            assert h.rows("mediation_events", "kind = 'outbound_sent'") == 0
+            assert buyer.notes() == [] and seller.notes() == []
+            snapshot = context.snapshot()
+            engine = health_answer(snapshot).document["mediation"]["engine"]
+            assert engine["running"] and engine["sessions_live"] == 1
+            assert engine["stage_failures"] == 0
+            assert {a.name: a.restarts for a in snapshot.actors}["mediation_engine"] == 0
+            relay.refuse = lambda event: False
+            await in_thread(buyer.wait_for_count, 1, WAIT)
+            await in_thread(seller.wait_for_count, 1, WAIT)
+            await eventually(lambda: h.rows("mediation_events", "kind = 'outbound_sent'") == 2)
+            await trio.sleep(1.5)
+            assert len(buyer.notes()) == 1 and len(seller.notes()) == 1
