@@ -1,20 +1,24 @@
-"""Serbero demo: a local relay, the real daemon, a simulated Mostro and three solvers.
+"""Serbero demo: a local relay, the real daemon with mediation on, a simulated Mostro, a
+scripted reasoning model, the parties of each dispute and three solvers.
 
     python3 dev.py demo                           # what the README's Quick start runs
     .venv/bin/python -m demo.run --duration 30    # stop on its own after 30 s
 
 Everything runs on this machine. rust-nostr's LocalRelay serves a free loopback port; the
 `serbero` daemon runs as a subprocess on a throw-away config and database, exactly as an
-operator would start it (SERBERO_CONFIG, no flags); a simulated Mostro opens a dispute every
-few seconds and later takes and settles or releases it; three solver inboxes decrypt every
-NIP-17 DM Serbero sends and print it. One dispute in three is never taken, so the daemon's
-re-notifications show up after `RENOTIFY_SECONDS`.
+operator would start it (SERBERO_CONFIG, no flags), with mediation and the escalation
+dispatcher on; its reasoning provider is a scripted model API on loopback HTTP. A simulated
+Mostro opens a dispute every few seconds (`demo.scenario`): Serbero mediates one to a summary
+for the solvers, escalates the next on conflicting claims to the write solver, and finds the
+third already taken by a solver. The parties answer Serbero on the dispute chat, and three
+solver inboxes decrypt every NIP-17 DM Serbero sends: each prints what it sees as it happens.
 
 Ctrl-C (or `--duration`) stops it all: the daemon gets SIGTERM, the peers disconnect, the
-relay stops and the temporary directory is removed.
+relay and the model stop and the temporary directory is removed.
 
-The relay, Mostro and the inboxes are the independent nostr-sdk peers from tests/support (the
-daemon never imports nostr-sdk); they are reused here, not copied.
+The relay, Mostro, the parties, the inboxes and the model's HTTP server are the independent
+peers from tests/support (the daemon never imports nostr-sdk); they are reused here, not
+copied. What the model answers is the demo's own script (`demo.mediation`).
 """
 
 from __future__ import annotations
@@ -22,12 +26,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
-import heapq
 import io
-import itertools
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -35,27 +36,26 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
-from typing import IO, Any, Final, TextIO
+from typing import IO, Any, Final
 
-from serbero.printable import printable
+from demo.console import Console
+from demo.mediation import ScriptedModel
+from demo.scenario import OPEN_EVERY, Scenario, Solver
 from serbero.protocol.keys import Keys
 from tests.support.mostro_sim import MostroSim
 from tests.support.relay_fixtures import LocalRelayProcess, free_loopback_port
-from tests.support.sdk_thread import PublishError
+from tests.support.scripted_llm import scripted_llm_thread
 from tests.support.solver_inbox import ReceivedDm, SolverInbox
 
-# Scenario timing, in seconds. A dispute opens every OPEN_EVERY; of every three, one is taken
-# and settled, one is taken and refunded to the seller, and one waits unattended (so Serbero
-# re-notifies it after RENOTIFY_SECONDS) until the parties release it themselves.
-OPEN_EVERY: Final = 6.0
-TAKE_AFTER: Final = 2.0
-CLOSE_AFTER_TAKEN: Final = 2.0
-RELEASE_UNATTENDED_AFTER: Final = 32.0
-RENOTIFY_SECONDS: Final = 20
-RENOTIFY_CHECK_SECONDS: Final = 4
+# How often the daemon reads the dispute chat and scans for handoffs, in seconds: short, so
+# the stories move at a watchable pace.
+CHAT_FETCH_SECONDS: Final = 2
+DISPATCH_SECONDS: Final = 2
+# The scripted model's credential: the daemon reads it from this variable (never the file).
+MODEL_KEY_ENV: Final = "SERBERO_DEMO_MODEL_KEY"
+MODEL_KEY: Final = "demo-key-for-the-scripted-model"
 
 READY_TIMEOUT: Final = 30.0
 DAEMON_STOP_TIMEOUT: Final = 5.0
@@ -78,47 +78,17 @@ QUIET_EVENTS: Final = frozenset(
         "event_received",
         "routed",
         "renotification_tick",
+        "prompt_file_packaged",
+        "take_requested",
+        "chat_message_sent",
     }
 )
 READY_EVENT: Final = "event_loop_started"
+# Mediation came up (the engine runs), or could not: the demo goes on either way.
+MEDIATION_EVENTS: Final = frozenset({"mediation_engine_started", "mediation_bringup_failed"})
 LEVELS_SHOWN: Final = frozenset({"info", "warn", "error"})
-# One printed line (a log record, a DM row) is clipped past this many characters.
-LINE_SHOWN: Final = 400
-_HEX64: Final = re.compile(r"\b[0-9a-f]{64}\b")
-_UUID: Final = re.compile(r"\b([0-9a-f]{8})-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b")
-
-
-class Console:
-    """Thread-safe printing with the seconds since the demo started; peers print from their
-    own threads."""
-
-    def __init__(self, stream: TextIO) -> None:
-        self._stream = stream
-        self._lock = threading.Lock()
-        self._start = time.monotonic()
-        self._names: dict[str, str] = {}
-
-    def name(self, pubkey_hex: str, label: str) -> None:
-        """Show `label` instead of `pubkey_hex` in one-line records."""
-        self._names[pubkey_hex] = label
-
-    def shorten(self, text: str) -> str:
-        """Known keys by name, other keys and dispute UUIDs cut to their first 8 characters."""
-        text = _HEX64.sub(lambda m: self._names.get(m.group(0), m.group(0)[:8] + "…"), text)
-        return _UUID.sub(lambda m: m.group(1) + "…", text)
-
-    def line(self, who: str, text: str, body: str | None = None) -> None:
-        """One record; `text` and `body` came from relays and the daemon: shown escaped."""
-        stamp = f"[{time.monotonic() - self._start:6.1f}s]"
-        lines = [f"{stamp} {who:<8} {printable(text, LINE_SHOWN)}"]
-        if body is not None:
-            lines += [f"{'':<19}| {printable(row, LINE_SHOWN)}" for row in body.split("\n")]
-        with self._lock:
-            print("\n".join(lines), file=self._stream, flush=True)
-
-    def plain(self, text: str = "") -> None:
-        with self._lock:
-            print(text, file=self._stream, flush=True)
+# DM bodies remembered to print a repeat to another solver as one line.
+SAME_DM_MEMORY: Final = 256
 
 
 class Identity:
@@ -138,9 +108,15 @@ class Identity:
 
 
 def write_config(
-    path: Path, serbero: Identity, mostro: Identity, solvers: list[tuple[Identity, str]], relay: str
+    path: Path,
+    serbero: Identity,
+    mostro: Identity,
+    solvers: list[tuple[Identity, str]],
+    relay: str,
+    model_url: str,
 ) -> None:
-    """A complete config.toml the way an operator writes one (secret key included, 0600)."""
+    """A complete config.toml the way an operator writes one (secret key included, 0600),
+    with mediation against the scripted model and the escalation dispatcher on."""
     solver_tables = "".join(
         f'\n[[solvers]]\npubkey = "{who.pubkey}"  # {who.label}\npermission = "{permission}"\n'
         for who, permission in solvers
@@ -158,12 +134,26 @@ pubkey = "{mostro.pubkey}"
 [[relays]]
 url = "{relay}"
 {solver_tables}
-[timeouts]
-renotification_seconds = {RENOTIFY_SECONDS}
-renotification_check_interval_seconds = {RENOTIFY_CHECK_SECONDS}
-
 [notifications]
 resolution = true
+
+[mediation]
+enabled = true
+
+[reasoning]
+enabled = true
+provider = "openai-compatible"
+model = "scripted-demo-model"
+api_base = "{model_url}"
+api_key_env = "{MODEL_KEY_ENV}"
+request_timeout_seconds = 10
+
+[chat]
+inbound_fetch_interval_seconds = {CHAT_FETCH_SECONDS}
+
+[escalation]
+enabled = true
+dispatch_interval_seconds = {DISPATCH_SECONDS}
 """,
         encoding="utf-8",
     )
@@ -197,8 +187,9 @@ class Daemon:
         self._console = console
         self._verbose = verbose
         self._log_copy = log_copy
-        self.ready = threading.Event()
-        env = dict(os.environ, SERBERO_CONFIG=str(config))
+        self._seen: set[str] = set()
+        self._seen_changed = threading.Condition()
+        env = dict(os.environ, SERBERO_CONFIG=str(config), **{MODEL_KEY_ENV: MODEL_KEY})
         for inherited in ("SERBERO_PRIVATE_KEY", "SERBERO_DB_PATH", "SERBERO_LOG"):
             env.pop(inherited, None)
         self._process = subprocess.Popen(
@@ -223,15 +214,20 @@ class Daemon:
     def exited(self) -> int | None:
         return self._process.poll()
 
-    def wait_ready(self, timeout: float) -> None:
-        """Block until the daemon logged `event_loop_started`; SystemExit if it died or hung."""
+    def wait_for(self, events: Collection[str], timeout: float) -> str:
+        """Block until the daemon logged one of `events` and return it; SystemExit if it
+        died or did not within `timeout` seconds."""
         deadline = time.monotonic() + timeout
-        while not self.ready.wait(0.1):
-            if self._process.poll() is not None:
-                self._reader.join(1.0)
-                raise SystemExit(f"demo: serbero exited with status {self._process.returncode}")
-            if time.monotonic() > deadline:
-                raise SystemExit(f"demo: serbero did not start within {timeout:.0f}s")
+        with self._seen_changed:
+            while not (seen := self._seen.intersection(events)):
+                if self._process.poll() is not None:
+                    raise SystemExit(f"demo: serbero exited with status {self._process.returncode}")
+                if time.monotonic() > deadline:
+                    raise SystemExit(
+                        f"demo: serbero logged none of {sorted(events)} within {timeout:.0f}s"
+                    )
+                self._seen_changed.wait(0.1)
+        return min(seen)
 
     def stop(self) -> int:
         """SIGTERM, wait for the clean exit the daemon promises (SIGKILL if it lingers)."""
@@ -269,8 +265,10 @@ class Daemon:
         level = str(record.pop("level", "info"))
         for noise in ("timestamp", "target"):
             record.pop(noise, None)
-        if event == READY_EVENT:
-            self.ready.set()
+        if event in (READY_EVENT, *MEDIATION_EVENTS):
+            with self._seen_changed:
+                self._seen.add(event)
+                self._seen_changed.notify_all()
         if not self._verbose and (level not in LEVELS_SHOWN or event in QUIET_EVENTS):
             return
         fields = " ".join(f"{key}={_compact(value)}" for key, value in record.items())
@@ -288,81 +286,32 @@ def _compact(value: Any) -> str:
 Action = Callable[[], None]
 
 
-class Scenario:
-    """Mostro's side of the story on a timeline: each dispute opens, and later is taken and
-    closed, or left alone until the parties release it."""
+class DmPrinter:
+    """Prints each solver's DMs, numbered; a DM another solver already received in full
+    prints as one line with its number, so a notice to every solver reads once
+    (thread-safe: the inboxes call it from their own threads)."""
 
-    def __init__(self, mostro: MostroSim, console: Console, solvers: list[Identity]) -> None:
-        self._mostro = mostro
+    def __init__(self, console: Console, serbero: Identity) -> None:
         self._console = console
-        self._solvers = solvers
-        self._queue: list[tuple[float, int, Action]] = []
-        self._order = itertools.count()
-        self._disputes = itertools.count(1)
+        self._serbero = serbero
+        self._lock = threading.Lock()
+        self._numbers: dict[tuple[str, str], tuple[int, str]] = {}
+        self._count = 0
 
-    def start(self) -> None:
-        self._at(time.monotonic(), self._open_next)
-
-    def run_until(self, stop: threading.Event, deadline: float | None) -> None:
-        """Perform due actions until `stop` is set or `deadline` (monotonic) passes."""
-        while self._queue:
-            due = self._queue[0][0]
-            wake = due if deadline is None else min(due, deadline)
-            if stop.wait(max(0.0, wake - time.monotonic())):
-                return
-            if deadline is not None and time.monotonic() >= deadline:
-                return
-            _, _, action = heapq.heappop(self._queue)
-            action()
-
-    def _at(self, when: float, action: Action) -> None:
-        heapq.heappush(self._queue, (when, next(self._order), action))
-
-    def _open_next(self) -> None:
-        number = next(self._disputes)
-        now = time.monotonic()
-        self._at(now + OPEN_EVERY, self._open_next)
-        dispute_id = str(uuid.uuid4())
-        initiator = "buyer" if number % 2 else "seller"
-        if not self._publish(
-            f"opens dispute {dispute_id} (initiator: {initiator})",
-            lambda: self._mostro.open_dispute(dispute_id, initiator=initiator),
-        ):
-            return
-        story = number % 3
-        if story == 0:
-            self._at(now + RELEASE_UNATTENDED_AFTER, lambda: self._close(dispute_id, "released"))
-            return
-        solver = self._solvers[(number - 1) % len(self._solvers)]
-        outcome = "settled" if story == 1 else "seller-refunded"
-        self._at(now + TAKE_AFTER, lambda: self._take(dispute_id, solver))
-        self._at(now + TAKE_AFTER + CLOSE_AFTER_TAKEN, lambda: self._close(dispute_id, outcome))
-
-    def _take(self, dispute_id: str, solver: Identity) -> None:
-        self._publish(
-            f"{solver.label} takes dispute {dispute_id}",
-            lambda: self._mostro.take_dispute(dispute_id, solver_pubkey=solver.pubkey),
-        )
-
-    def _close(self, dispute_id: str, status: str) -> None:
-        self._publish(
-            f"closes dispute {dispute_id}: {status}",
-            lambda: self._mostro.resolve(dispute_id, status=status),
-        )
-
-    def _publish(self, what: str, publish: Callable[[], str]) -> bool:
-        self._console.line("mostro", self._console.shorten(what))
-        try:
-            publish()
-        except (PublishError, TimeoutError, RuntimeError) as exc:
-            self._console.line("mostro", f"publish failed: {exc}")
-            return False
-        return True
-
-
-def print_dm(console: Console, solver: Identity, serbero: Identity, dm: ReceivedDm) -> None:
-    sender = "serbero" if dm.sender_hex == serbero.pubkey else dm.sender_hex
-    console.line(solver.label, f"<- DM from {sender}", dm.content)
+    def __call__(self, solver: Identity, dm: ReceivedDm) -> None:
+        sender = "serbero" if dm.sender_hex == self._serbero.pubkey else dm.sender_hex
+        with self._lock:
+            if len(self._numbers) >= SAME_DM_MEMORY:
+                self._numbers.clear()
+            seen = self._numbers.get((sender, dm.content))
+            if seen is None:
+                self._count += 1
+                seen = self._numbers[(sender, dm.content)] = (self._count, solver.label)
+        number, first = seen
+        if first == solver.label:
+            self._console.line(solver.label, f"<- DM #{number} from {sender}", dm.content)
+        else:
+            self._console.line(solver.label, f"<- DM #{number} from {sender} (as {first})")
 
 
 def _parse_args(argv: list[str]) -> argparse.Namespace:
@@ -440,33 +389,38 @@ def run(args: argparse.Namespace, console: Console) -> int:
         _deaf_to_ctrl_c(relay.start)
         _cleanup(stack, console, "the relay", relay.stop)
 
+        model = ScriptedModel(console)
+        llm = stack.enter_context(scripted_llm_thread(model))
+
         serbero, mostro_id = Identity("serbero"), Identity("mostro")
         solvers = [(Identity(label), permission) for label, permission in SOLVERS]
         for who in (serbero, mostro_id, *(s for s, _ in solvers)):
             console.name(who.pubkey, who.label)
         config = workdir / "config.toml"
-        write_config(config, serbero, mostro_id, solvers, relay.url)
+        write_config(config, serbero, mostro_id, solvers, relay.url, llm.url)
 
         console.plain("Serbero demo: Ctrl-C stops everything")
         console.plain(f"  relay     {relay.url}  (rust-nostr LocalRelay)")
         console.plain(f"  workdir   {workdir}  (config.toml, serbero.db; removed at the end)")
         console.plain(f"  serbero   {serbero.pubkey}")
         console.plain(f"  mostro    {mostro_id.pubkey}")
+        console.plain(f"  model     {llm.url}  (scripted reasoning API, demo/mediation.py)")
         for who, permission in solvers:
             console.plain(f"  {who.label:<9} {who.pubkey}  ({permission})")
         console.plain(
-            f"  a new dispute every {OPEN_EVERY:.0f}s; unattended ones are re-notified after "
-            f"{RENOTIFY_SECONDS}s"
+            f"  a new dispute every {OPEN_EVERY:.0f}s, in turn: mediated to a summary,"
+            " escalated on conflicting claims, taken by a solver first"
         )
         if args.log_file is not None:
             console.plain(f"  daemon log  {args.log_file.resolve()}")
         console.plain()
 
+        print_dm = DmPrinter(console, serbero)
         for who, _ in solvers:
             inbox = SolverInbox(
                 who.secret_hex,
                 [relay.url],
-                on_message=functools.partial(print_dm, console, who, serbero),
+                on_message=functools.partial(print_dm, who),
             )
             inbox.start()
             _cleanup(stack, console, f"{who.label}'s inbox", inbox.close)
@@ -476,13 +430,25 @@ def run(args: argparse.Namespace, console: Console) -> int:
             log_copy = stack.enter_context(args.log_file.open("a", encoding="utf-8"))
         daemon = Daemon(workdir, config, console, verbose=args.verbose, log_copy=log_copy)
         _cleanup(stack, console, "serbero", lambda: _stop_daemon(daemon, console))
-        daemon.wait_ready(READY_TIMEOUT)
+        daemon.wait_for({READY_EVENT}, READY_TIMEOUT)
+        if daemon.wait_for(MEDIATION_EVENTS, READY_TIMEOUT) != "mediation_engine_started":
+            console.line("demo", "mediation did not come up: the disputes go to the solvers only")
 
-        mostro = MostroSim(mostro_id.secret_hex, [relay.url], instance_name=INSTANCE_NAME)
+        mostro = MostroSim(
+            mostro_id.secret_hex, [relay.url], instance_name=INSTANCE_NAME, answer_takes=True
+        )
         mostro.start()
         _cleanup(stack, console, "the Mostro simulator", mostro.close)
 
-        scenario = Scenario(mostro, console, [who for who, _ in solvers])
+        scenario = Scenario(
+            mostro=mostro,
+            model=model,
+            console=console,
+            solvers=[Solver(who.label, who.pubkey, permission) for who, permission in solvers],
+            serbero_pubkey=serbero.pubkey,
+            relay_url=relay.url,
+        )
+        _cleanup(stack, console, "the parties", scenario.close)
         scenario.start()
         deadline = None if args.duration is None else time.monotonic() + args.duration
         scenario.run_until(stop, deadline)

@@ -1,9 +1,11 @@
-"""The Quick-start demo end to end: relay, the real daemon, simulated Mostro and solvers.
+"""The Quick-start demo end to end: relay, the real daemon with mediation on, simulated
+Mostro, the scripted model, the parties and the solvers.
 
-Runs `python -m demo.run --duration` as a subprocess (as `python3 dev.py demo` does, minus Ctrl-C)
-and reads what it printed: a solver must have decrypted Serbero's DM about a dispute the
-simulated Mostro opened, the daemon must stop cleanly on SIGTERM and the temporary directory
-must be gone.
+Runs `python -m demo.run --duration` as a subprocess (as `python3 dev.py demo` does, minus
+Ctrl-C) and reads what it printed: every solver must have decrypted Serbero's DM about the
+first dispute the simulated Mostro opened; Serbero must have asked that dispute's parties
+the model's questions on the dispute chat and they must have answered; the daemon must stop
+cleanly on SIGTERM and the temporary directory must be gone.
 """
 
 from __future__ import annotations
@@ -14,23 +16,28 @@ import subprocess
 import sys
 from pathlib import Path
 
-from demo.run import Console
+from demo.console import Console
 
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
-# Long enough for the first dispute's DMs (they arrive well within a second), short enough to
-# keep the suite quick.
+# Long enough for the first dispute's DMs and its parties' answers (within about two seconds
+# of its opening), short enough to keep the suite quick.
 DURATION_S = 8
 TIMEOUT_S = 60
 
-OPENED = re.compile(r"^\[ *[\d.]+s\] mostro +opens dispute ([0-9a-f]{8})…", re.MULTILINE)
+STAMP = r"^\[ *[\d.]+s\] "
+OPENED = re.compile(STAMP + r"mostro +opens dispute ([0-9a-f]{8})…", re.MULTILINE)
 DM = re.compile(
-    r"^\[ *[\d.]+s\] (alice|bob|carol) +<- DM from serbero\n((?: +\| .*\n)+)", re.MULTILINE
+    STAMP + r"(alice|bob|carol) +<- DM #(\d+) from serbero\n((?: +\| .*\n)+)", re.MULTILINE
+)
+SAME_DM = re.compile(
+    STAMP + r"(alice|bob|carol) +<- DM #(\d+) from serbero \(as (?:alice|bob|carol)\)$",
+    re.MULTILINE,
 )
 DISPUTE_LINE = re.compile(r"\| dispute_id: ([0-9a-f-]{36})$", re.MULTILINE)
 WORKDIR = re.compile(r"^  workdir +(\S+)", re.MULTILINE)
 
 
-def test_demo_solvers_receive_dms_for_disputes_mostro_opened() -> None:
+def test_demo_solvers_receive_dms_and_serbero_mediates_with_the_parties() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "demo.run", "--duration", str(DURATION_S)],
         cwd=REPO_ROOT,
@@ -43,17 +50,21 @@ def test_demo_solvers_receive_dms_for_disputes_mostro_opened() -> None:
     output = result.stdout
     assert result.returncode == 0, output + result.stderr
 
-    opened = set(OPENED.findall(output))
+    opened = OPENED.findall(output)
     assert opened, output
-    notified = {
-        (solver, dispute_id)
-        for solver, body in DM.findall(output)
-        for dispute_id in DISPUTE_LINE.findall(body)
-    }
-    assert any(dispute_id[:8] in opened for _, dispute_id in notified), output
+    disputes_of = {number: DISPUTE_LINE.findall(body) for _, number, body in DM.findall(output)}
+    received = [(solver, number) for solver, number, _ in DM.findall(output)]
+    received += SAME_DM.findall(output)
+    notified = {(solver, d) for solver, number in received for d in disputes_of[number]}
     # The first dispute reaches every solver, not just one.
-    first = min(notified, key=lambda pair: output.index(pair[1]))[1]
-    assert {solver for solver, d in notified if d == first} == {"alice", "bob", "carol"}, output
+    first = opened[0]
+    assert {solver for solver, d in notified if d.startswith(first)} == {"alice", "bob", "carol"}
+    # Serbero mediates it: the model's question reaches each party, who answers.
+    assert re.search(STAMP + f"model +classify {first}…: ask each party a question$", output, re.M)
+    for party in ("buyer", "seller"):
+        asked = STAMP + f"{party} +<- chat from serbero \\({first}…\\)\n +\\| {party.title()}: "
+        assert re.search(asked, output, re.MULTILINE), output
+        assert re.search(STAMP + f"{party} +-> chat to serbero \\({first}…\\)$", output, re.M)
 
     assert re.search(r"serbero \(pid \d+\) exited with status 0", output), output
     [workdir] = WORKDIR.findall(output)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Final
 
 import coincurve
@@ -71,8 +71,15 @@ def signed_note(secret_hex: str, text: str, created_at: int | None = None) -> st
     )
 
 
+NoteCallback = Callable[["ChatNote"], None]
+
+
 class ChatParty(ThreadedSdkPeer):
-    """A buyer or seller: its trade key, its shared key with Serbero, its chat inbox."""
+    """A buyer or seller: its trade key, its shared key with Serbero, its chat inbox.
+
+    `on_note` (optional) runs on the party's thread for each new note; it must not call
+    back into the party (a `reply` from there would wait on the thread running it).
+    """
 
     def __init__(
         self,
@@ -80,9 +87,11 @@ class ChatParty(ThreadedSdkPeer):
         serbero_pubkey_hex: str,
         relay_urls: Iterable[str],
         *,
+        on_note: NoteCallback | None = None,
         timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
         super().__init__(trade_secret_hex, relay_urls, timeout=timeout)
+        self._on_note = on_note
         self.trade_secret_hex = trade_secret_hex
         self.shared = nostr_sdk.Keys.parse(shared_secret_hex(trade_secret_hex, serbero_pubkey_hex))
         self.shared_pubkey_hex: str = self.shared.public_key().to_hex()
@@ -144,3 +153,5 @@ class ChatParty(ThreadedSdkPeer):
         with self._cond:
             self._notes.append(note)
             self._cond.notify_all()
+        if self._on_note is not None:
+            self._on_note(note)
