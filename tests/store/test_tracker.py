@@ -11,6 +11,7 @@ import pytest
 import trio
 import trio.testing
 
+import serbero.actors.mediation.requests as round_requests_module
 import serbero.actors.tracker as tracker_module
 import serbero.actors.tracker_requests as requests_module
 from serbero.actors.tracker import (
@@ -130,14 +131,21 @@ async def test_typed_errors_come_back_and_the_tracker_keeps_answering(db_path: s
         assert await tracker.ask(GetDispute("d-2")) is None
 
 
-def test_every_request_names_a_store_step() -> None:
-    requests = [
+def _requests_of(module: object) -> list[type[Request[object]]]:
+    return [
         obj
-        for obj in vars(requests_module).values()
+        for obj in vars(module).values()
         if isinstance(obj, type) and issubclass(obj, Request) and obj is not Request
     ]
+
+
+def test_every_request_names_a_store_step() -> None:
+    requests = _requests_of(requests_module)
     assert len(requests) == 44
-    for request in requests:
+    # The follow-up rounds' and session escalations' requests live beside their evaluator.
+    round_requests = _requests_of(round_requests_module)
+    assert len(round_requests) == 8
+    for request in requests + round_requests:
         assert request.apply is not Request.apply, request.__name__
 
 
