@@ -45,6 +45,8 @@ CONFLICT_ANSWER = (
     '{"classification":"conflicting_claims","confidence":0.9,'
     '"suggested_action":"escalate","rationale":"they disagree","flags":["conflicting_claims"]}'
 )
+# Well under the sender's 30 s idle poll: a notice this quick was rung for.
+NOTICE_WAIT = 10.0
 MED50 = [
     "start_attempt_started",
     "reasoning_verdict",
@@ -142,7 +144,8 @@ async def test_mas5_a_negative_verdict_escalates_without_a_take(
     local_relay: LocalRelayProcess, tmp_path: Path
 ) -> None:
     """MAS-5 through the daemon: no take, no session; one dispute-scoped verdict,
-    recommendation and handoff; the solvers' initial DM still goes out."""
+    recommendation and handoff; the solvers' initial DM still goes out, and the MED-127
+    notice follows at once (the engine rings the sender; its idle poll is 30 s)."""
     dispute = str(uuid.uuid4())
     db_path = str(tmp_path / "serbero.db")
     model = Model()
@@ -152,10 +155,12 @@ async def test_mas5_a_negative_verdict_escalates_without_a_take(
         async with engine_daemon(mediated(h, llm)):
             await in_thread(mostro.open_dispute, dispute, "seller")
             await h.wait_dms(1)
-            await eventually(
-                lambda: "handoff_prepared" in [e[0] for e in mediation_events(db_path, dispute)],
-                WAIT,
-            )
+            for inbox in h.inboxes:
+                [notice] = await in_thread(
+                    inbox.wait_for_count, 1, NOTICE_WAIT, "unsuitable for mediation"
+                )
+                assert dispute in notice.content
+                assert "trigger: conflicting_claims" in notice.content
     assert mostro.take_requests() == []
     assert sessions(db_path, dispute) == []
     kinds = [e[0] for e in mediation_events(db_path, dispute)]

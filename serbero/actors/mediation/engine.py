@@ -102,6 +102,7 @@ class MediationEngine:
         identity: Keys,
         mostro_pubkey: str,
         handle: MediationHandle,
+        ring_sender: Callable[[], None] = lambda: None,
         wall_clock: WallClock = system_wall_clock,
         rand: Callable[[int], bytes] = os.urandom,
     ) -> None:
@@ -109,6 +110,8 @@ class MediationEngine:
         self._context = context
         self._tracker = tracker
         self._handle = handle
+        # Tells the outbox sender that a stage queued solver DMs (they go out at once).
+        self.ring_sender = ring_sender
         self._wall_clock = wall_clock
         self.interval = max(float(config.chat.inbound_fetch_interval_seconds), MIN_TICK_SECONDS)
         self.figures = EngineFigures()
@@ -119,7 +122,9 @@ class MediationEngine:
         self.chat = ChatActor(
             pool, tracker, identity, wall_clock=wall_clock, fetch_interval=self.interval, rand=rand
         )
-        self.opener = Opener(tracker, context, self.auth, self.take, self.chat)
+        self.opener = Opener(
+            tracker, context, self.auth, self.take, self.chat, ring_sender=ring_sender
+        )
         self.start = StartActor(tracker, self.opener.attempt)
         # Issue 17's stages plug in here; None: not part of this build's tick.
         self.rounds: RoundStage | None = None
@@ -253,6 +258,7 @@ async def run_mediation_engine(context: DaemonContext) -> None:
         identity=context.identity,
         mostro_pubkey=context.mostro_pubkey,
         handle=context.engine,
+        ring_sender=context.ring_sender,
         wall_clock=context.wall_clock,
         rand=context.rand,
     )
