@@ -65,6 +65,13 @@ _HIDDEN_KEYS: Final = frozenset({"summary", "message", "messages", "rationale", 
 # Shorter chat messages are too common as substrings to mask anywhere they appear.
 _MIN_MASKED_LENGTH: Final = 8
 _DISPUTE_REF_SQL: Final = payload_field("dispute_id")
+# Per-session columns holding a party key or free text: read only to mask them.
+_SESSION_SECRETS: Final = (
+    ("mediation_sessions", ("buyer_shared_pubkey", "seller_shared_pubkey")),
+    ("mediation_messages", ("shared_pubkey", "content")),
+    ("serbero_session_trade_keys", ("buyer_trade_pubkey", "seller_trade_pubkey")),
+    ("mediation_summaries", ("summary_text", "suggested_next_step")),
+)
 
 Detail = str | int | float | bool | None | list[Any] | dict[str, Any]
 
@@ -163,33 +170,13 @@ def _collect_secrets(
     dispute (read only to mask them)."""
     values: list[str | None] = []
     marks = _marks(sessions)
-    if db.has("mediation_sessions") and sessions:
-        for buyer, seller in db.conn.execute(
-            "SELECT buyer_shared_pubkey, seller_shared_pubkey FROM mediation_sessions"
-            f" WHERE session_id IN ({marks})",
-            sessions,
-        ):
-            values.extend((buyer, seller))
-    if db.has("mediation_messages") and sessions:
-        for key, content in db.conn.execute(
-            f"SELECT shared_pubkey, content FROM mediation_messages WHERE session_id IN ({marks})",
-            sessions,
-        ):
-            values.extend((key, content))
-    if db.has("serbero_session_trade_keys") and sessions:
-        for buyer, seller in db.conn.execute(
-            "SELECT buyer_trade_pubkey, seller_trade_pubkey FROM serbero_session_trade_keys"
-            f" WHERE session_id IN ({marks})",
-            sessions,
-        ):
-            values.extend((buyer, seller))
-    if db.has("mediation_summaries") and sessions:
-        for summary, next_step in db.conn.execute(
-            "SELECT summary_text, suggested_next_step FROM mediation_summaries"
-            f" WHERE session_id IN ({marks})",
-            sessions,
-        ):
-            values.extend((summary, next_step))
+    for table, columns in _SESSION_SECRETS:
+        if db.has(table) and sessions:
+            for row in db.conn.execute(
+                f"SELECT {', '.join(columns)} FROM {table} WHERE session_id IN ({marks})",
+                sessions,
+            ):
+                values.extend(row)
     ids = tuple(rationale_ids)
     if db.has("reasoning_rationales"):
         for (text,) in db.conn.execute(

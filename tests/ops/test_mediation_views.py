@@ -34,7 +34,7 @@ from serbero.store.chat import (
     record_outbound_round,
 )
 from serbero.store.connection import open_database
-from serbero.store.disputes import DisputeEvent, record_detected
+from serbero.store.disputes import record_detected
 from serbero.store.escalation import RecipientOutcome, pending_handoffs_page, record_dispatch
 from serbero.store.notifications import NotifType
 from serbero.store.outbox import OutboxMessage, claim_due, complete, enqueue
@@ -53,8 +53,8 @@ from serbero.store.sessions import (
     record_verdict,
 )
 from serbero.store.transaction import transaction
+from tests.ops.seed import dispute_event
 
-MOSTRO: Final = "79be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798"
 SOLVERS: Final = ("a1" * 32, "b2" * 32)
 BUNDLE: Final = "phase3-default"
 HASH: Final = "f" * 64
@@ -94,17 +94,6 @@ class Seeded:
         return text
 
 
-def _event(dispute_id: str, status: str, at: int) -> DisputeEvent:
-    return DisputeEvent(
-        dispute_id=dispute_id,
-        event_id=f"{status}-{dispute_id}",
-        mostro_pubkey=MOSTRO,
-        event_timestamp=at,
-        status=status,
-        initiator_role="buyer" if status == "initiated" else "unknown",
-    )
-
-
 def _deliver(conn: apsw.Connection, now: int) -> None:
     for row in claim_due(conn, now, 100).rows:
         complete(conn, row.id, ok=True, error=None, retry=False, now=now)
@@ -131,7 +120,7 @@ def _open(conn: apsw.Connection, seeded: Seeded, dispute_id: str, now: int) -> s
     one answer from each party: the open procedure's writes in MED-50 order."""
     record_detected(
         conn,
-        _event(dispute_id, "initiated", now - 5),
+        dispute_event(dispute_id, "initiated", now - 5),
         [OutboxMessage(s, seeded.text("initial DM")) for s in SOLVERS],
         now,
     )
@@ -343,7 +332,7 @@ def _escalate_before_take(conn: apsw.Connection, seeded: Seeded, now: int) -> No
     """BEFORE_TAKE: the open verdict says fraud: no take, a dispute-scoped handoff pending."""
     record_detected(
         conn,
-        _event(BEFORE_TAKE, "initiated", now - 5),
+        dispute_event(BEFORE_TAKE, "initiated", now - 5),
         [OutboxMessage(s, seeded.text("initial DM")) for s in SOLVERS],
         now,
     )
@@ -393,7 +382,8 @@ def seed(path: Path, now: int) -> Seeded:
         _escalate_before_take(conn, seeded, now + 200)
         _open(conn, seeded, LIVE, now + 300)
         _open(conn, seeded, SUPERSEDED, now + 400)
-        resolve_dispute(conn, _event(SUPERSEDED, "settled", now + 450), (), SOLVERS, now + 450)
+        settled = dispute_event(SUPERSEDED, "settled", now + 450)
+        resolve_dispute(conn, settled, (), SOLVERS, now + 450)
         _echo_escalate(conn, seeded, now + 500)
     finally:
         conn.close()
