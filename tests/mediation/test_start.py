@@ -14,7 +14,7 @@ import pytest
 import trio
 import trio.testing
 
-from serbero.actors.mediation.start import OpenResult, Outcome, StartActor
+from serbero.actors.mediation.start import START_CONCURRENCY, OpenResult, Outcome, StartActor
 from serbero.actors.tracker import Tracker, open_tracker
 from serbero.reasoning.types import Role
 from serbero.store.connection import open_database
@@ -143,3 +143,34 @@ async def test_a_request_for_an_unknown_dispute_runs_nothing(tracker: Tracker) -
         await trio.testing.wait_all_tasks_blocked()
         nursery.cancel_scope.cancel()
     assert recorder.calls == []
+
+
+async def test_a_burst_runs_start_concurrency_attempts_at_a_time(tmp_path: Path) -> None:
+    """Many new disputes at once: two open procedures run, the rest wait in flight (so
+    neither a request nor the tick starts them twice) and run as slots free up."""
+    disputes = [f"{n}{n}{n}{n}{n}{n}{n}{n}-0000-4000-8000-000000000000" for n in range(5)]
+    path = str(tmp_path / "serbero.db")
+    conn, _ = open_database(path)
+    for index, dispute in enumerate(disputes):
+        record_detected(conn, event(dispute, ts=T0 + index), (), T0)
+    conn.close()
+    recorder = Recorder()
+    recorder.held = set(disputes)
+    async with (
+        open_tracker(path, wall_clock=FakeWallClock(T0), offload=False) as tracker,
+        trio.open_nursery() as nursery,
+    ):
+        actor = StartActor(tracker, recorder)
+        await nursery.start(actor.run)
+        for dispute in disputes:
+            assert actor.request(dispute)
+        await trio.testing.wait_all_tasks_blocked()
+        assert START_CONCURRENCY == 2
+        assert [call[0] for call in recorder.calls] == disputes[:2]
+        assert actor.in_flight == set(disputes)
+        assert await actor.tick() == 0
+        recorder.release.set()
+        await trio.testing.wait_all_tasks_blocked()
+        assert sorted(call[0] for call in recorder.calls) == sorted(disputes)
+        assert actor.in_flight == frozenset()
+        nursery.cancel_scope.cancel()
