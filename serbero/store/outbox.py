@@ -28,7 +28,8 @@ Rules the sender can rely on:
   DM refused all day writes 3 + 24 rows the first day and 24 a day after that.
 - Rows whose purpose is gone are *abandoned* instead of sent: an initial notice once the
   dispute left `new`/`notified`, a re-notification once it left `notified`, an assignment
-  notice or an escalation DM once it is resolved. In-flight rows are left to finish. A
+  notice, an escalation DM or a mediation summary once it is resolved. In-flight rows are
+  left to finish. A
   claim looks only at the rows it would hand out, so its cost follows `limit`, not the
   backlog.
 """
@@ -73,6 +74,13 @@ FAILED_ROWS_IN_FULL: Final = 3
 FAILED_ROW_INTERVAL_SECONDS: Final = 3600
 
 # For each notif_type that can become pointless: the dispute states in which it still matters.
+_UNRESOLVED: Final = (
+    LifecycleState.NEW,
+    LifecycleState.NOTIFIED,
+    LifecycleState.TAKEN,
+    LifecycleState.WAITING,
+    LifecycleState.ESCALATED,
+)
 LIVE_STATES_BY_TYPE: Final[Mapping[str, tuple[str, ...]]] = {
     NotifType.INITIAL: (LifecycleState.NEW, LifecycleState.NOTIFIED),
     NotifType.RENOTIFICATION: (LifecycleState.NOTIFIED,),
@@ -84,13 +92,10 @@ LIVE_STATES_BY_TYPE: Final[Mapping[str, tuple[str, ...]]] = {
         LifecycleState.ESCALATED,
     ),
     # An escalation DM is superseded once the dispute is resolved (ESC-18).
-    NotifType.MEDIATION_ESCALATION_RECOMMENDED: (
-        LifecycleState.NEW,
-        LifecycleState.NOTIFIED,
-        LifecycleState.TAKEN,
-        LifecycleState.WAITING,
-        LifecycleState.ESCALATED,
-    ),
+    NotifType.MEDIATION_ESCALATION_RECOMMENDED: _UNRESOLVED,
+    # So is a summary not sent yet: the resolution superseded its session (MED-140), and
+    # the solvers get the resolution report instead of a summary of a session that ended.
+    NotifType.MEDIATION_SUMMARY: _UNRESOLVED,
 }
 
 

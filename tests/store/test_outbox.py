@@ -10,7 +10,7 @@ from serbero.store.connection import open_database
 from serbero.store.disputes import get_dispute, record_assignment, record_detected
 from serbero.store.errors import InvalidRecord, UnknownOutboxRow
 from serbero.store.lifecycle import TransitionResult, apply_transition
-from serbero.store.notifications import NotificationRecord, record_notifications
+from serbero.store.notifications import NotificationRecord, NotifType, record_notifications
 from serbero.store.outbox import (
     CLAIM_LEASE_SECONDS,
     FAILED_ROW_INTERVAL_SECONDS,
@@ -228,6 +228,25 @@ def test_claim_abandons_rows_whose_purpose_is_gone(conn: apsw.Connection) -> Non
         ("abandoned", T0)
     ]
     assert count(conn, "notifications") == 0
+
+
+def test_a_summary_dm_goes_out_until_its_dispute_is_resolved(conn: apsw.Connection) -> None:
+    """MED-140: a resolution supersedes the session a summary was about; a summary DM not
+    handed out yet is abandoned (the solvers get the resolution report instead)."""
+    for dispute in ("d-1", "d-2"):
+        record_detected(conn, event(dispute), (), T0)
+        enqueue_notifications(
+            conn,
+            dispute_id=dispute,
+            notif_type=NotifType.MEDIATION_SUMMARY,
+            cause=f"summary:s-{dispute}",
+            messages=messages("summary", (A,)),
+            now=T0,
+        )
+    apply_transition(conn, "d-1", "resolved", "dispute_resolved_externally", T0)
+    claim = claim_due(conn, T0, 10)
+    assert [row.dispute_id for row in claim.rows] == ["d-2"]
+    assert claim.abandoned == 1
 
 
 def test_delivered_renotification_moves_last_notified_at_only_while_notified(
