@@ -42,6 +42,7 @@ __all__ = [
     "open_scripted_llm",
     "openai_reply",
     "scripted_llm_thread",
+    "serve_until_stdin_closes",
 ]
 
 LOOPBACK = "127.0.0.1"
@@ -258,8 +259,10 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-async def _serve_until_stdin_closes(reply: Reply) -> None:
-    llm = ScriptedLLM(reply)
+async def serve_until_stdin_closes(default: Reply | Responder) -> None:
+    """Serve on a loopback port, print the URL on one stdout line, stop when stdin closes
+    (the server as its own process, for the benches)."""
+    llm = ScriptedLLM(default)
     async with trio.open_nursery() as nursery:
         await nursery.start(llm.serve)
         print(llm.url, flush=True)
@@ -270,7 +273,7 @@ async def _serve_until_stdin_closes(reply: Reply) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = _parse_args(sys.argv[1:] if argv is None else argv)
     make = openai_reply if args.format == "openai" else anthropic_reply
-    trio.run(_serve_until_stdin_closes, make(args.content, delay=args.delay))
+    trio.run(serve_until_stdin_closes, make(args.content, delay=args.delay))
 
 
 if __name__ == "__main__":
