@@ -17,6 +17,7 @@ from serbero.store.auth_events import AuthEventKind, record_auth_event
 from serbero.store.chat import (
     InboundEnvelope,
     IngestOutcome,
+    OpeningRows,
     OutboundRound,
     SessionChatKeys,
     UnsentOutbound,
@@ -461,7 +462,8 @@ class GetLiveSession(Request[str | None], frozen=True):
 
 
 class OpenSession(Request[OpenOutcome], frozen=True, kw_only=True):
-    """Commit the session after a take under a fresh UUIDv4, re-checked live (MED-47, Q-18)."""
+    """Commit the session after a take under a fresh UUIDv4, re-checked live (MED-47, Q-18),
+    with its opening round's rows when it has one."""
 
     dispute_id: str
     prompt_bundle_id: str
@@ -470,6 +472,7 @@ class OpenSession(Request[OpenOutcome], frozen=True, kw_only=True):
     seller_shared_pubkey: str
     buyer_trade_pubkey: str
     seller_trade_pubkey: str
+    opening: OpeningRows | None = None
 
     def apply(self, conn: apsw.Connection, ctx: Context) -> OpenOutcome:
         new = NewSession(
@@ -481,6 +484,7 @@ class OpenSession(Request[OpenOutcome], frozen=True, kw_only=True):
             seller_shared_pubkey=self.seller_shared_pubkey,
             buyer_trade_pubkey=self.buyer_trade_pubkey,
             seller_trade_pubkey=self.seller_trade_pubkey,
+            opening=self.opening,
         )
         return open_session(conn, new, ctx.now)
 

@@ -24,6 +24,7 @@ __all__ = [
     "Fresh",
     "InboundEnvelope",
     "IngestOutcome",
+    "OpeningRows",
     "OutboundMessage",
     "OutboundRound",
     "SessionChatKeys",
@@ -31,6 +32,7 @@ __all__ = [
     "UnsentOutbound",
     "ingest_inbound",
     "live_session_chat_keys",
+    "record_opening_rows",
     "record_outbound_round",
     "record_outbound_sent",
     "record_trade_pubkeys",
@@ -71,6 +73,13 @@ class OutboundMessage(msgspec.Struct, frozen=True):
     outer_event_id: str
     content: str
     wrap_json: str
+
+
+class OpeningRows(msgspec.Struct, frozen=True):
+    """The opening round's two halves, stored with the session that sends them (MED-47/82)."""
+
+    buyer: OutboundMessage
+    seller: OutboundMessage
 
 
 class OutboundRound(msgspec.Struct, frozen=True):
@@ -223,6 +232,20 @@ def _insert_outbound(
         (message_id, message.wrap_json),
     )
     return message_id
+
+
+def record_opening_rows(
+    conn: apsw.Connection, session_id: str, opening: OpeningRows, now: int
+) -> tuple[int, int]:
+    """The opening round's rows and wraps, inside the caller's session commit: a session
+    never exists without its opening round, so a crash after the commit leaves rows the
+    restart publishes (Q-4) instead of a session nobody wrote to. Returns the message ids."""
+    with transaction(conn):
+        pinned = _pinned(conn, session_id)
+        return (
+            _insert_outbound(conn, session_id, opening.buyer, pinned, now),
+            _insert_outbound(conn, session_id, opening.seller, pinned, now),
+        )
 
 
 def record_outbound_round(

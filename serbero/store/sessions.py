@@ -18,7 +18,7 @@ import msgspec
 from serbero.protocol.handoff import HandoffPackage
 from serbero.protocol.texts import dispute_escalation_notice
 from serbero.store.audit import insert_event, payload_field
-from serbero.store.chat import record_trade_pubkeys
+from serbero.store.chat import OpeningRows, record_opening_rows, record_trade_pubkeys
 from serbero.store.errors import StoreFailure, UnknownDispute
 from serbero.store.lifecycle import ALLOWED_TRANSITIONS
 from serbero.store.mediation import NOT_LIVE_SESSION_STATES
@@ -257,6 +257,8 @@ class NewSession(msgspec.Struct, frozen=True, kw_only=True):
     seller_shared_pubkey: str
     buyer_trade_pubkey: str
     seller_trade_pubkey: str
+    # The opening round when the verdict asks the parties (None: Summarize, MED-49).
+    opening: OpeningRows | None = None
 
 
 class Opened(msgspec.Struct, frozen=True):
@@ -287,7 +289,8 @@ def live_session_of(conn: apsw.Connection, dispute_id: str) -> str | None:
 
 def open_session(conn: apsw.Connection, new: NewSession, now: int) -> OpenOutcome:
     """MED-47: re-check for a live session under the write lock, then insert the session at
-    `awaiting_response` with its pinned bundle, its trade pubkeys and `session_opened`."""
+    `awaiting_response` with its pinned bundle, its trade pubkeys, `session_opened` and, when
+    given, the opening round's rows (published after the commit, MED-82/83)."""
     with transaction(conn):
         if (
             conn.execute(
@@ -325,6 +328,8 @@ def open_session(conn: apsw.Connection, new: NewSession, now: int) -> OpenOutcom
             policy_hash=new.policy_hash,
             occurred_at=now,
         )
+        if new.opening is not None:
+            record_opening_rows(conn, new.session_id, new.opening, now)
     return Opened(new.session_id, event_id)
 
 

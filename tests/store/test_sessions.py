@@ -21,10 +21,12 @@ from serbero.actors.tracker_requests import (
 from serbero.protocol.handoff import decode_handoff_package
 from serbero.protocol.texts import dispute_escalation_notice
 from serbero.store.chat import (
+    OpeningRows,
     OutboundMessage,
     OutboundRound,
     record_outbound_round,
     record_outbound_sent,
+    unsent_outbound,
 )
 from serbero.store.connection import open_database
 from serbero.store.disputes import record_detected
@@ -244,6 +246,35 @@ def test_open_session_rechecks_live_under_the_write(conn: apsw.Connection) -> No
     assert count(conn, "mediation_events") == 1
     with pytest.raises(UnknownDispute):
         open_session(conn, _new("s-3", "missing"), T0)
+
+
+def test_open_session_stores_the_opening_round_in_the_same_commit(
+    conn: apsw.Connection,
+) -> None:
+    """A session is never committed without its opening round: the rows and wraps come with
+    it, pinned to its bundle, unsent until published (a crash after the commit leaves them
+    to the restart, Q-4); a session whose rows cannot be written is not committed either."""
+    record_detected(conn, event("d-1"), (), T0)
+    opening = OpeningRows(buyer=_outbound("buyer"), seller=_outbound("seller"))
+    open_session(conn, msgspec.structs.replace(_new(), opening=opening), T0 + 5)
+    assert rows(
+        conn,
+        "SELECT session_id, direction, party, inner_event_id, prompt_bundle_id, policy_hash,"
+        " persisted_at FROM mediation_messages ORDER BY id",
+    ) == [
+        ("s-1", "outbound", "buyer", "b" * 64, BUNDLE, HASH, T0 + 5),
+        ("s-1", "outbound", "seller", "s" * 64, BUNDLE, HASH, T0 + 5),
+    ]
+    assert [row.party for row in unsent_outbound(conn, "s-1")] == ["buyer", "seller"]
+    assert _events(conn) == [("session_opened", "s-1", "{}", BUNDLE, HASH, None)]
+
+    record_detected(conn, event("d-2"), (), T0)
+    same_ids = OpeningRows(buyer=_outbound("buyer"), seller=_outbound("buyer"))
+    with pytest.raises(apsw.ConstraintError):
+        open_session(conn, msgspec.structs.replace(_new("s-2", "d-2"), opening=same_ids), T0)
+    assert count(conn, "mediation_sessions") == 1
+    assert count(conn, "serbero_session_trade_keys") == 1
+    assert count(conn, "mediation_messages") == 2
 
 
 def _outbound(party: str) -> OutboundMessage:

@@ -53,6 +53,7 @@ from serbero.store.chat import (
     Duplicate,
     InboundEnvelope,
     IngestOutcome,
+    OpeningRows,
     OutboundMessage,
     OutboundRound,
     SessionChatKeys,
@@ -66,6 +67,7 @@ __all__ = [
     "ChatActor",
     "InboundBatch",
     "NoChatMaterial",
+    "PreparedRound",
     "RoundDelivery",
     "round_texts",
 ]
@@ -88,6 +90,19 @@ class RoundDelivery(msgspec.Struct, frozen=True):
 
     buyer_sent: bool
     seller_sent: bool
+
+
+class PreparedRound(msgspec.Struct, frozen=True):
+    """A round built and wrapped but not stored: its rows (`opening()` for a session
+    commit) and the wraps to publish once they are."""
+
+    buyer: OutboundMessage
+    seller: OutboundMessage
+    buyer_wrap: Event
+    seller_wrap: Event
+
+    def opening(self) -> OpeningRows:
+        return OpeningRows(buyer=self.buyer, seller=self.seller)
 
 
 class InboundBatch(msgspec.Struct, frozen=True):
@@ -224,6 +239,26 @@ class ChatActor:
         material = self._materials.get(session_id)
         if material is None:
             raise NoChatMaterial(session_id)
+        prepared = self.prepare_round(material, round_number, buyer_text, seller_text)
+        outbound = OutboundRound(
+            session_id=session_id,
+            buyer=prepared.buyer,
+            seller=prepared.seller,
+            follow_up=round_number is not None,
+            marker=marker,
+        )
+        await self._tracker.ask(RecordOutboundRound(outbound))
+        return await self.publish_round(session_id, prepared)
+
+    def prepare_round(
+        self,
+        material: ChatMaterial,
+        round_number: int | None,
+        buyer_text: str,
+        seller_text: str,
+    ) -> PreparedRound:
+        """MED-80/81: both halves built and wrapped, nothing stored or sent. Raises
+        `ChatError` for a blank text or equal inner ids."""
         buyer_content, seller_content = round_texts(round_number, buyer_text, seller_text)
         wraps = build_party_wraps(
             self._keys,
@@ -233,19 +268,22 @@ class ChatActor:
             now=self._wall_clock(),
             rand=self._rand,
         )
-        outbound = OutboundRound(
-            session_id=session_id,
+        return PreparedRound(
             buyer=_outbound("buyer", material.buyer_shared, wraps.buyer, buyer_content),
             seller=_outbound("seller", material.seller_shared, wraps.seller, seller_content),
-            follow_up=round_number is not None,
-            marker=marker,
+            buyer_wrap=wraps.buyer.outer,
+            seller_wrap=wraps.seller.outer,
         )
-        await self._tracker.ask(RecordOutboundRound(outbound))
+
+    async def publish_round(self, session_id: str, prepared: PreparedRound) -> RoundDelivery:
+        """MED-83 for a round whose rows are stored: buyer, then seller if the buyer's went
+        out; a half no relay accepted is republished by the next pass (Q-4)."""
+        buyer, seller = prepared.buyer, prepared.seller
         buyer_sent = await self._deliver(
-            session_id, outbound.buyer.shared_pubkey, wraps.buyer.inner_id, wraps.buyer.outer
+            session_id, buyer.shared_pubkey, buyer.inner_event_id, prepared.buyer_wrap
         )
         seller_sent = buyer_sent and await self._deliver(
-            session_id, outbound.seller.shared_pubkey, wraps.seller.inner_id, wraps.seller.outer
+            session_id, seller.shared_pubkey, seller.inner_event_id, prepared.seller_wrap
         )
         return RoundDelivery(buyer_sent=buyer_sent, seller_sent=seller_sent)
 

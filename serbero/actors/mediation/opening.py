@@ -5,7 +5,9 @@ One start attempt for one dispute, in the spec's order: eligibility and
 verdict (classify + policy), the take, the session commit, the rationale bind and the opening
 round to both parties. Each store step is its own tracker request, so the audit events come
 in MED-50's order. No take happens without a positive verdict from the same attempt, and no
-session row exists without a successful take.
+session row exists without a successful take. The opening round's rows are committed with
+the session (published after the bind), so a crash never leaves a session its parties were
+never written to: a restart publishes what is unsent (Q-4).
 
 Two departures from the reference, both in `beyond.md`: a provider that is unreachable or
 times out during the verdict leaves the dispute eligible for a later attempt instead of
@@ -181,6 +183,13 @@ class Opener:
             )
         await self._tracker.ask(RecordTake(dispute_id, TakeOutcome(True), bundle_id, policy_hash))
         material = taken.material
+        # The opening round is built now and stored with the session, so no crash can leave
+        # a session its parties never hear from; it is published after the bind (MED-50).
+        prepared = (
+            self._chat.prepare_round(material, None, action.buyer_text, action.seller_text)
+            if isinstance(action, AskClarification)
+            else None
+        )
         opened = await self._tracker.ask(
             OpenSession(
                 dispute_id=dispute_id,
@@ -190,6 +199,7 @@ class Opener:
                 seller_shared_pubkey=material.seller_shared.public_hex,
                 buyer_trade_pubkey=taken.buyer_trade_pubkey,
                 seller_trade_pubkey=taken.seller_trade_pubkey,
+                opening=None if prepared is None else prepared.opening(),
             )
         )
         if isinstance(opened, AlreadyOpen):
@@ -210,14 +220,13 @@ class Opener:
             )
         )
         self._chat.remember(session_id, material)
-        if isinstance(action, Summarize):
+        if prepared is None:
             # Q-2: the summary of a session classified at open is left to the engine's rounds.
             log.info("mediation_ready_for_summary", dispute_id=dispute_id, session_id=session_id)
             return OpenResult(
                 outcome="ready_for_summary", dispute_id=dispute_id, session_id=session_id
             )
-        assert isinstance(action, AskClarification)
-        await self._chat.send_round(session_id, None, action.buyer_text, action.seller_text)
+        await self._chat.publish_round(session_id, prepared)
         log.info("mediation_session_opened", dispute_id=dispute_id, session_id=session_id)
         return OpenResult(outcome="opened", dispute_id=dispute_id, session_id=session_id)
 
