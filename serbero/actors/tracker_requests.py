@@ -108,6 +108,8 @@ from serbero.store.sessions import (
     record_take,
     record_verdict,
 )
+from serbero.store.summaries import settle_summary_dms
+from serbero.store.transaction import transaction
 
 
 class GetDispute(Request[Dispute | None], frozen=True):
@@ -211,14 +213,18 @@ class ClaimOutbox(Request[OutboxClaim], frozen=True):
 
 class CompleteOutboxes(Request[tuple[OutboxCompletion | UnknownOutboxRow, ...]], frozen=True):
     """Several claimed rows' outcomes under one commit, each row atomic on its own; an
-    unknown row answers `UnknownOutboxRow` in its place."""
+    unknown row answers `UnknownOutboxRow` in its place. A summary DM's outcome settles its
+    session in the same commit (MED-113)."""
 
     outcomes: tuple[OutboxOutcome, ...]
 
     def apply(
         self, conn: apsw.Connection, ctx: Context
     ) -> tuple[OutboxCompletion | UnknownOutboxRow, ...]:
-        return complete_many(conn, self.outcomes, now=ctx.now)
+        with transaction(conn):
+            completions = complete_many(conn, self.outcomes, now=ctx.now)
+            settle_summary_dms(conn, completions, ctx.now)
+        return completions
 
 
 class NextOutboxDue(Request[int | None], frozen=True):
