@@ -35,6 +35,7 @@ from serbero.actors.mediation.chat import ChatActor, InboundBatch
 from serbero.actors.mediation.handle import EngineFigures, MediationHandle
 from serbero.actors.mediation.opening import Opener
 from serbero.actors.mediation.start import StartActor
+from serbero.actors.mediation.summary import SummaryDelivery
 from serbero.actors.mediation.take import TakeClient
 from serbero.actors.relay_pool import RelayPool
 from serbero.actors.restart import describe_error
@@ -128,7 +129,9 @@ class MediationEngine:
         self.start = StartActor(tracker, self.opener.attempt)
         # Issue 17's stages plug in here; None: not part of this build's tick.
         self.rounds: RoundStage | None = None
-        self.summaries: SummaryStage | None = None
+        self.summaries: SummaryStage | None = SummaryDelivery(
+            tracker, context, ring_sender=ring_sender
+        )
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """MED-12: auth handle, take subscription, restart resume once, then the tick loop.
