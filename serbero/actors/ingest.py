@@ -194,8 +194,11 @@ class Ingest:
         wall_clock: WallClock,
         stats: IngestStats,
         mediation: MediationHandle | None = None,
+        serbero_pubkey: str | None = None,
     ) -> None:
         self._tracker = tracker
+        # A take naming another solver supersedes Serbero's live mediation.
+        self._serbero_pubkey = serbero_pubkey
         self._mostro = mostro_pubkey
         self._recipients = tuple(solver.key for solver in solvers)
         self._resolution_notices = resolution_notices
@@ -306,6 +309,8 @@ class Ingest:
                     assigned_solver=dispute.assigned_solver,
                     messages=messages,
                     claim=lease.granted,
+                    serbero_pubkey=self._serbero_pubkey,
+                    report_recipients=self._recipients,
                 )
                 taken = await self._tracker.submit(assignment, timeout=UNTIL_ANSWERED)
                 return _Assignment(dispute, taken, lease)
@@ -363,7 +368,8 @@ class Ingest:
             claimed, queued = value.claimed, len(value.outbox_ids)
         elif isinstance(value, AssignmentResult):
             self._assigned(decision.dispute, value)
-            claimed, queued = value.claimed, len(value.outbox_ids)
+            claimed = value.claimed
+            queued = len(value.outbox_ids) + len(value.report_outbox_ids)
         else:
             self._resolved(decision.dispute, value)
             claimed = value.claimed
@@ -408,6 +414,12 @@ class Ingest:
 
     def _assigned(self, dispute: Dispute, result: AssignmentResult) -> None:
         assigned = dispute.assigned_solver or "unknown"
+        if result.superseded_session_id is not None:
+            log.info(
+                "mediation_session_superseded",
+                dispute_id=dispute.dispute_id,
+                session_id=result.superseded_session_id,
+            )
         if result.outcome == "noop":
             log.debug("assignment_noop", dispute_id=dispute.dispute_id, state=result.state)
             return

@@ -435,6 +435,7 @@ class Supervisor:
             wall_clock=self._wall_clock,
             stats=self.ingest_stats,
             mediation=self.engine,
+            serbero_pubkey=context.identity.public_hex,
         )
         renotifier = Renotifier(
             tracker,

@@ -41,7 +41,6 @@ from serbero.store.disputes import (
     enqueue_renotification,
     get_dispute,
     list_unattended,
-    record_assignment,
     record_detected,
 )
 from serbero.store.errors import UnknownOutboxRow
@@ -65,7 +64,6 @@ from serbero.store.outbox import (
     OutboxMessage,
     OutboxOutcome,
     claim_due,
-    complete_many,
     count_pending,
     expedite_retries,
     next_due_at,
@@ -86,7 +84,7 @@ from serbero.store.rationale import (
     record_reasoning_call_failed,
     store_rationale,
 )
-from serbero.store.resolution import ResolutionOutcome, resolve_dispute
+from serbero.store.resolution import ResolutionOutcome, assign_dispute, resolve_dispute
 from serbero.store.sending import SendingOrigin, sending_origin
 from serbero.store.sessions import (
     EligibleDispute,
@@ -108,8 +106,7 @@ from serbero.store.sessions import (
     record_take,
     record_verdict,
 )
-from serbero.store.summaries import settle_summary_dms
-from serbero.store.transaction import transaction
+from serbero.store.summaries import complete_and_settle
 
 
 class GetDispute(Request[Dispute | None], frozen=True):
@@ -145,16 +142,25 @@ class RecordDetected(Request[DetectionResult], frozen=True):
 
 class RecordAssignment(Request[AssignmentResult], frozen=True):
     """An `in-progress` event: take the dispute and queue the assignment DMs (CORE-47);
-    `claim` as for `RecordDetected`."""
+    `claim` as for `RecordDetected`; with `serbero_pubkey`, Q-6's takeover too."""
 
     event: DisputeEvent
     assigned_solver: str | None
     messages: tuple[OutboxMessage, ...] = ()
     claim: int = 0
+    serbero_pubkey: str | None = None
+    report_recipients: tuple[str, ...] = ()
 
     def apply(self, conn: apsw.Connection, ctx: Context) -> AssignmentResult:
-        return record_assignment(
-            conn, self.event, self.assigned_solver, self.messages, ctx.now, claim=self.claim
+        return assign_dispute(
+            conn,
+            self.event,
+            self.assigned_solver,
+            self.messages,
+            ctx.now,
+            claim=self.claim,
+            serbero_pubkey=self.serbero_pubkey,
+            report_recipients=self.report_recipients,
         )
 
 
@@ -221,10 +227,7 @@ class CompleteOutboxes(Request[tuple[OutboxCompletion | UnknownOutboxRow, ...]],
     def apply(
         self, conn: apsw.Connection, ctx: Context
     ) -> tuple[OutboxCompletion | UnknownOutboxRow, ...]:
-        with transaction(conn):
-            completions = complete_many(conn, self.outcomes, now=ctx.now)
-            settle_summary_dms(conn, completions, ctx.now)
-        return completions
+        return complete_and_settle(conn, self.outcomes, ctx.now)
 
 
 class NextOutboxDue(Request[int | None], frozen=True):

@@ -261,8 +261,11 @@ def mediation_resolution_report(
     classification: ReportClassification | None,
     outbound_party_messages: int,
     no_session_reason: NoSessionReason = "none",
+    taken_over: bool = False,
 ) -> ResolutionReport:
-    """The report sent when a dispute with mediation context resolves externally.
+    """The report sent when a dispute with mediation context resolves externally, or when
+    a human solver takes over a live mediation (`taken_over`, Q-6: the status is then
+    `in-progress` and the narrative says who ended the mediation).
 
     `no_session_reason` only matters without a session (MED-144 clauses S2/S3/S4).
     """
@@ -285,7 +288,11 @@ def mediation_resolution_report(
     )
     narrative = " ".join(
         (
-            f"The dispute was closed outside mediation with final status {final_status}.",
+            (
+                f"A human solver took the dispute over from mediation (status {final_status})."
+                if taken_over
+                else f"The dispute was closed outside mediation with final status {final_status}."
+            ),
             _session_clause(session, no_session_reason),
             classification_clause,
             _OUTBOUND_CLAUSES[outbound_party_messages],

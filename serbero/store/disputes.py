@@ -89,6 +89,8 @@ class AssignmentResult(msgspec.Struct, frozen=True):
     """`taken`: new/notified -> taken, DMs queued. `noop`: already taken or later (CORE-46).
 
     `discovered`: the dispute was unknown and now exists in `taken` (BEY-4).
+    `superseded_session_id`: the live mediation session a human's take closed (Q-6), and
+    `report_outbox_ids` the mediation report it queued.
     """
 
     outcome: Literal["taken", "noop", "discovered"]
@@ -97,6 +99,8 @@ class AssignmentResult(msgspec.Struct, frozen=True):
     outbox_ids: tuple[int, ...]
     abandoned: int
     claimed: tuple[OutboxRow, ...] = ()
+    superseded_session_id: str | None = None
+    report_outbox_ids: tuple[int, ...] = ()
 
 
 class ResolutionResult(msgspec.Struct, frozen=True):

@@ -18,18 +18,27 @@ NOT_LIVE_SESSION_STATES: Final = (
 )
 SESSION_CLOSED: Final = "closed"
 SUPERSEDE_REASON: Final = "dispute_resolved_externally"
+# A human solver took the dispute over from Serbero (Q-6, BEY-18).
+TAKEOVER_REASON: Final = "dispute_taken_by_human"
 # A dispute-scoped event (no session) whose payload names the dispute `?` (MED-2).
 _DISPUTE_SCOPED: Final = f"session_id IS NULL AND {payload_field('dispute_id')} = ?"
 
 
 def supersede_live_session(
-    conn: apsw.Connection, dispute_id: str, event_id: str, resolution_status: str, now: int
+    conn: apsw.Connection,
+    dispute_id: str,
+    event_id: str,
+    resolution_status: str,
+    now: int,
+    *,
+    reason: str = SUPERSEDE_REASON,
 ) -> str | None:
     """Close the dispute's latest live session `-> superseded_by_human -> closed` (MED-140).
 
     Writes the `superseded_by_human` and `session_closed` events with the session's pinned
-    bundle id and policy hash. Returns the session id, or None when no session is live.
-    The caller owns the transaction (it is part of the resolution step).
+    bundle id and policy hash; `reason` says why (a resolution, or a human's take, Q-6).
+    Returns the session id, or None when no session is live. The caller owns the
+    transaction (it is part of the resolution or assignment step).
     """
     row = conn.execute(
         "SELECT session_id, prompt_bundle_id, policy_hash FROM mediation_sessions"
@@ -49,7 +58,7 @@ def supersede_live_session(
         session_id=session_id,
         kind="superseded_by_human",
         payload={
-            "reason": SUPERSEDE_REASON,
+            "reason": reason,
             "resolution_status": resolution_status,
             "dispute_id": dispute_id,
             "event_id": event_id,
@@ -62,7 +71,7 @@ def supersede_live_session(
         conn,
         session_id=session_id,
         kind="session_closed",
-        payload={"reason": SUPERSEDE_REASON, "dispute_id": dispute_id},
+        payload={"reason": reason, "dispute_id": dispute_id},
         prompt_bundle_id=bundle_id,
         policy_hash=policy_hash,
         occurred_at=now,
@@ -77,6 +86,17 @@ def has_mediation_context(conn: apsw.Connection, dispute_id: str) -> bool:
         "SELECT 1 FROM mediation_sessions WHERE dispute_id = ?"
         f" UNION ALL SELECT 1 FROM mediation_events WHERE {_DISPUTE_SCOPED}",
         (dispute_id, dispute_id),
+    )
+
+
+def resolution_reported(conn: apsw.Connection, dispute_id: str) -> bool:
+    """Whether the solvers already had the dispute's mediation report (MED-145's event):
+    it is sent once per dispute, whether a human's take or the resolution came first."""
+    return _exists(
+        conn,
+        "SELECT 1 FROM mediation_events WHERE kind = 'resolved_externally_reported'"
+        f" AND {payload_field('dispute_id')} = ?",
+        (dispute_id,),
     )
 
 

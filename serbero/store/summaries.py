@@ -29,7 +29,7 @@ from serbero.store.escalate import (
     recommend_session_escalation,
 )
 from serbero.store.notifications import NotifType
-from serbero.store.outbox import FAILED, SENT, OutboxCompletion
+from serbero.store.outbox import FAILED, SENT, OutboxCompletion, OutboxOutcome, complete_many
 from serbero.store.rationale import RationaleOccurrence, store_rationale
 from serbero.store.routing import queue_notice, solver_recipients
 from serbero.store.transaction import transaction
@@ -45,6 +45,7 @@ __all__ = [
     "SummaryRecord",
     "SummarySettled",
     "begin_summary",
+    "complete_and_settle",
     "escalate_summary",
     "record_summary",
     "settle_summary_dm",
@@ -445,3 +446,14 @@ def settle_summary_dms(
                 matched="",
             )
     return tuple(settled)
+
+
+def complete_and_settle(
+    conn: apsw.Connection, outcomes: Sequence[OutboxOutcome], now: int
+) -> tuple[OutboxCompletion | UnknownOutboxRow, ...]:
+    """The sender's batch of DM outcomes (`complete_many`) and what they mean for summary
+    sessions (`settle_summary_dms`), under one commit (MED-113)."""
+    with transaction(conn):
+        completions = complete_many(conn, outcomes, now=now)
+        settle_summary_dms(conn, completions, now)
+    return completions

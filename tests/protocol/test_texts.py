@@ -302,6 +302,14 @@ def test_resolution_report_refuses_hostile_values(value: str) -> None:
             resolution_report(**kwargs)
 
 
+def test_takeover_report_names_the_human_solver() -> None:
+    """Q-6: the report after a human's take says so; its labelled lines are unchanged."""
+    report = resolution_report(final_status="in-progress", taken_over=True)
+    assert report.narrative.startswith("A human solver took the dispute over from mediation")
+    assert "Final dispute status: in-progress" in report.body.split("\n")
+    assert "closed outside mediation" in resolution_report().narrative
+
+
 # --- properties ---------------------------------------------------------------------------
 
 
