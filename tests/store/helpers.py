@@ -10,6 +10,7 @@ import apsw
 
 from serbero.store.disputes import DisputeEvent
 from serbero.store.outbox import OutboxMessage
+from serbero.store.sessions import NewSession
 
 MOSTRO = "79be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798"
 SOLVERS = ("a" * 64, "b" * 64, "c" * 64)
@@ -32,6 +33,22 @@ def event(
         event_timestamp=ts,
         status=status,
         initiator_role=initiator,
+    )
+
+
+def new_session(
+    session_id: str, dispute_id: str, bundle_id: str = "phase3-default", policy_hash: str = "f" * 64
+) -> NewSession:
+    """A session to open, with placeholder chat keys (the store does not check them)."""
+    return NewSession(
+        session_id=session_id,
+        dispute_id=dispute_id,
+        prompt_bundle_id=bundle_id,
+        policy_hash=policy_hash,
+        buyer_shared_pubkey="1" * 64,
+        seller_shared_pubkey="2" * 64,
+        buyer_trade_pubkey="3" * 64,
+        seller_trade_pubkey="4" * 64,
     )
 
 

@@ -13,7 +13,7 @@ from serbero.protocol.texts import summary_notice
 from serbero.store.disputes import record_detected
 from serbero.store.outbox import claim_due, complete
 from serbero.store.rationale import RationaleOccurrence, rationale_id
-from serbero.store.sessions import NewSession, bind_rationale, open_session
+from serbero.store.sessions import bind_rationale, open_session
 from serbero.store.summaries import (
     ALL_SENDS_FAILED,
     NO_RECIPIENTS,
@@ -29,7 +29,7 @@ from serbero.store.summaries import (
     summaries_due,
     summary_cause,
 )
-from tests.store.helpers import SOLVERS, T0, count, event, one, rows
+from tests.store.helpers import SOLVERS, T0, count, event, new_session, one, rows
 
 BUNDLE = "phase3-default"
 HASH = "f" * 64
@@ -39,20 +39,7 @@ RATIONALE = "both parties agree the payment was late"
 def _classified(conn: apsw.Connection, session_id: str = "s-1", dispute_id: str = "d-1") -> None:
     """A dispute with a session classified `coordination_failure_resolvable` 0.85 at open."""
     record_detected(conn, event(dispute_id), (), T0)
-    open_session(
-        conn,
-        NewSession(
-            session_id=session_id,
-            dispute_id=dispute_id,
-            prompt_bundle_id=BUNDLE,
-            policy_hash=HASH,
-            buyer_shared_pubkey="1" * 64,
-            seller_shared_pubkey="2" * 64,
-            buyer_trade_pubkey="3" * 64,
-            seller_trade_pubkey="4" * 64,
-        ),
-        T0,
-    )
+    open_session(conn, new_session(session_id, dispute_id, BUNDLE, HASH), T0)
     bind_rationale(
         conn,
         session_id,

@@ -29,10 +29,10 @@ from serbero.reasoning.provider import build_provider
 from serbero.store.connection import open_database
 from serbero.store.disputes import record_detected
 from serbero.store.rationale import rationale_id
-from serbero.store.sessions import NewSession, bind_rationale, open_session
+from serbero.store.sessions import bind_rationale, open_session
 from tests.reasoning.helpers import BUNDLE, SUMMARY_ANSWER, no_backoff, reasoning_config
 from tests.relay.helpers import FAST
-from tests.store.helpers import event, rows
+from tests.store.helpers import event, new_session, rows
 from tests.support.relay_fixtures import LocalRelayProcess
 from tests.support.scripted_llm import Reply, json_reply, open_scripted_llm, openai_reply
 from tests.support.solver_inbox import SolverInbox
@@ -52,16 +52,7 @@ def _db(tmp_path: Path, *, assigned: str | None = None) -> tuple[str, str]:
         conn.execute("UPDATE disputes SET assigned_solver = ?", (assigned,))
         open_session(
             conn,
-            NewSession(
-                session_id=session_id,
-                dispute_id=dispute_id,
-                prompt_bundle_id=BUNDLE.bundle_id,
-                policy_hash=BUNDLE.policy_hash,
-                buyer_shared_pubkey="1" * 64,
-                seller_shared_pubkey="2" * 64,
-                buyer_trade_pubkey="3" * 64,
-                seller_trade_pubkey="4" * 64,
-            ),
+            new_session(session_id, dispute_id, BUNDLE.bundle_id, BUNDLE.policy_hash),
             now - 30,
         )
         bind_rationale(
