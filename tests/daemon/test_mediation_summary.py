@@ -1,0 +1,67 @@
+"""A summary through the daemon (§11, Q-2, MAS-10/11): the model's verdict at open is
+Summarize, so the session is left `classified`; the engine's tick asks the model for the
+summary and the solvers read it; the session closes once the DM is out.
+
+Real parts: the daemon in-process over a real SQLite file, a LocalRelay, Mostro simulated on
+nostr-sdk answering the take, solver inboxes, and the scripted model API on loopback HTTP.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+import trio
+
+from tests.daemon.mediation_support import WAIT, mediation_harness
+from tests.daemon.support import eventually, in_thread, query
+from tests.daemon.test_mediation_engine import empty_working_directory, engine_daemon, mediated
+from tests.reasoning.helpers import SUMMARY_ANSWER
+from tests.support.relay_fixtures import LocalRelayProcess
+from tests.support.scripted_llm import RecordedRequest, Reply, open_scripted_llm, openai_reply
+
+__all__ = ["empty_working_directory"]
+
+SUMMARIZE_VERDICT = (
+    '{"classification":"coordination_failure_resolvable","confidence":0.9,'
+    '"suggested_action":"summarize","rationale":"the fiat was only late","flags":[]}'
+)
+
+
+def answer(request: RecordedRequest) -> Reply:
+    """Health check, verdict (Summarize), then the summary when it is asked for."""
+    prompt = json.dumps(request.json()["messages"])
+    if "dispute_id" not in prompt:
+        return openai_reply("pong")
+    if "SUGGESTED_NEXT_STEP:" in prompt:
+        return openai_reply(SUMMARY_ANSWER)
+    return openai_reply(SUMMARIZE_VERDICT)
+
+
+async def test_q2_an_open_time_summary_reaches_every_solver_and_closes_the_session(
+    local_relay: LocalRelayProcess, tmp_path: Path
+) -> None:
+    dispute = str(uuid.uuid4())
+    db_path = str(tmp_path / "serbero.db")
+    async with (
+        open_scripted_llm(answer) as llm,
+        mediation_harness(local_relay.url, db_path) as h,
+        engine_daemon(mediated(h, llm, tick=1)),
+    ):
+        await in_thread(h.sim.open_dispute, dispute, "buyer")
+        for dms in await h.wait_dms(1, "Suggested next step:"):
+            assert dms[0].content == "The buyer paid late.\n\nSuggested next step: confirm receipt"
+        await eventually(
+            lambda: query(db_path, "SELECT state FROM mediation_sessions") == [("closed",)], WAIT
+        )
+        await trio.sleep(1.5)  # another tick: nothing more to deliver
+    assert [inbox.count_containing("Suggested next step:") for inbox in h.inboxes] == [1, 1]
+    kinds = [row[0] for row in query(db_path, "SELECT kind FROM mediation_events ORDER BY id")]
+    assert kinds.count("summary_generated") == 1
+    assert "escalation_recommended" not in kinds
+    assert query(
+        db_path,
+        "SELECT COUNT(*) FROM notifications WHERE notif_type = 'mediation_summary'"
+        " AND status = 'sent'",
+    ) == [(2,)]
