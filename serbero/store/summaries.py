@@ -36,6 +36,7 @@ from serbero.store.transaction import transaction
 
 __all__ = [
     "ALL_SENDS_FAILED",
+    "NOTIFICATION_FAILED",
     "NO_RECIPIENTS",
     "GeneratedSummary",
     "SummaryEscalated",

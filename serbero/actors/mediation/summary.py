@@ -14,6 +14,7 @@ summary DM, in the transaction recording that outcome (`settle_summary_dm`).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Final
 
 from serbero.actors.mediation.summary_requests import (
     BeginSummary,
@@ -30,6 +31,8 @@ from serbero.reasoning.types import LABELS, SummarizeRequest, TranscriptEntry
 from serbero.store.errors import StoreError
 from serbero.store.rationale import RationaleOccurrence
 from serbero.store.summaries import (
+    NO_RECIPIENTS,
+    NOTIFICATION_FAILED,
     GeneratedSummary,
     SummaryEscalated,
     SummaryGone,
@@ -40,11 +43,11 @@ __all__ = ["SummaryDelivery"]
 
 log = get_logger("serbero.mediation")
 
-AUTHORITY_BOUNDARY: str = "authority_boundary_attempt"
-REASONING_UNAVAILABLE: str = "reasoning_unavailable"
+AUTHORITY_BOUNDARY: Final = "authority_boundary_attempt"
+REASONING_UNAVAILABLE: Final = "reasoning_unavailable"
 # a summary that could not be stored escalates with this reason, not the error text.
-STORE_FAILED_REASON: str = "summary could not be stored"
-NO_CLASSIFICATION_REASON: str = "no classification recorded for the session"
+STORE_FAILED_REASON: Final = "summary could not be stored"
+NO_CLASSIFICATION_REASON: Final = "no classification recorded for the session"
 
 
 def _no_ring() -> None:
@@ -162,8 +165,8 @@ class SummaryDelivery:
                 "mediation_summary_escalated",
                 dispute_id=job.dispute_id,
                 session_id=session_id,
-                trigger="notification_failed",
-                reason="no solver recipients configured",
+                trigger=NOTIFICATION_FAILED,
+                reason=NO_RECIPIENTS,
                 matched="",
             )
             return
