@@ -23,7 +23,6 @@ import apsw
 import pytest
 
 from serbero.cli import main
-from serbero.protocol.handoff import HandoffPackage
 from serbero.protocol.keys import Keys
 from serbero.store.audit import insert_event
 from serbero.store.chat import (
@@ -35,11 +34,13 @@ from serbero.store.chat import (
 )
 from serbero.store.connection import open_database
 from serbero.store.disputes import record_detected
+from serbero.store.escalate import SessionEscalation, recommend_session_escalation
 from serbero.store.escalation import RecipientOutcome, pending_handoffs_page, record_dispatch
 from serbero.store.notifications import NotifType
 from serbero.store.outbox import OutboxMessage, claim_due, complete, enqueue
 from serbero.store.rationale import RationaleOccurrence, store_rationale
 from serbero.store.resolution import resolve_dispute
+from serbero.store.rounds import record_classification
 from serbero.store.sessions import (
     NewSession,
     TakeOutcome,
@@ -99,10 +100,8 @@ def _deliver(conn: apsw.Connection, now: int) -> None:
         complete(conn, row.id, ok=True, error=None, retry=False, now=now)
 
 
-def _rationale(
-    conn: apsw.Connection, seeded: Seeded, dispute_id: str, session_id: str | None, now: int
-) -> str:
-    occurrence = RationaleOccurrence(
+def _occurrence(seeded: Seeded, dispute_id: str, session_id: str | None) -> RationaleOccurrence:
+    return RationaleOccurrence(
         text=seeded.text(f"rationale for {dispute_id}"),
         purpose="classification",
         dispute_id=dispute_id,
@@ -112,7 +111,12 @@ def _rationale(
         prompt_bundle_id=BUNDLE,
         policy_hash=HASH,
     )
-    return store_rationale(conn, occurrence, now).rationale_id
+
+
+def _rationale(
+    conn: apsw.Connection, seeded: Seeded, dispute_id: str, session_id: str | None, now: int
+) -> str:
+    return store_rationale(conn, _occurrence(seeded, dispute_id, session_id), now).rationale_id
 
 
 def _open(conn: apsw.Connection, seeded: Seeded, dispute_id: str, now: int) -> str:
@@ -201,20 +205,16 @@ def _classify(
     confidence: float,
     now: int,
 ) -> str:
-    """A follow-up classification: the rationale and its `classification_produced`."""
-    stored = _rationale(conn, seeded, dispute_id, session_id, now)
-    with transaction(conn):
-        insert_event(
-            conn,
-            session_id=session_id,
-            kind="classification_produced",
-            payload={"classification": label, "confidence": confidence, "rationale_id": stored},
-            prompt_bundle_id=BUNDLE,
-            policy_hash=HASH,
-            occurred_at=now,
-            rationale_id=stored,
-        )
-    return stored
+    """A follow-up classification as the rounds stage stores it (MED-93)."""
+    recorded = record_classification(
+        conn,
+        session_id,
+        _occurrence(seeded, dispute_id, session_id),
+        classification=label,
+        confidence=confidence,
+        now=now,
+    )
+    return recorded.rationale_id
 
 
 def _set_state(conn: apsw.Connection, session_id: str, state: str, now: int) -> None:
@@ -281,41 +281,14 @@ def _escalate(conn: apsw.Connection, seeded: Seeded, now: int) -> None:
     """ESCALATED: a round on conflicting claims, the session recommend and its dispatch."""
     session_id = _open(conn, seeded, ESCALATED, now)
     stored = _classify(conn, seeded, ESCALATED, session_id, "conflicting_claims", 0.8, now + 20)
-    with transaction(conn):
-        _set_state(conn, session_id, "escalation_recommended", now + 20)
-        recommend = {
-            "dispute_id": ESCALATED,
-            "trigger": "conflicting_claims",
-            "evidence_refs": [],
-            "rationale_refs": [stored],
-        }
-        insert_event(
-            conn,
-            session_id=session_id,
-            kind="escalation_recommended",
-            payload=recommend,
-            prompt_bundle_id=BUNDLE,
-            policy_hash=HASH,
-            occurred_at=now + 20,
-        )
-        insert_event(
-            conn,
-            session_id=session_id,
-            kind="handoff_prepared",
-            payload=HandoffPackage(
-                dispute_id=ESCALATED,
-                session_id=session_id,
-                trigger="conflicting_claims",
-                evidence_refs=(),
-                prompt_bundle_id=BUNDLE,
-                policy_hash=HASH,
-                rationale_refs=(stored,),
-                assembled_at=now + 20,
-            ),
-            prompt_bundle_id=BUNDLE,
-            policy_hash=HASH,
-            occurred_at=now + 20,
-        )
+    escalation = SessionEscalation(
+        session_id=session_id,
+        dispute_id=ESCALATED,
+        trigger="conflicting_claims",
+        rationale_refs=(stored,),
+    )
+    recommend_session_escalation(conn, escalation, SOLVERS, now + 20)
+    _deliver(conn, now + 21)
     (handoff,) = pending_handoffs_page(conn)
     record_dispatch(
         conn,
@@ -353,24 +326,21 @@ def _escalate_before_take(conn: apsw.Connection, seeded: Seeded, now: int) -> No
 
 
 def _echo_escalate(conn: apsw.Connection, seeded: Seeded, now: int) -> None:
-    """ECHOED: a summary-path escalation (MED-124) whose reason is a provider's error text
-    that echoed the prompt: a chat message, a trade key and a rationale (Q-17)."""
+    """ECHOED: a summary-path escalation (MED-124, through recommend: Q-5) whose reason is a
+    provider's error text that echoed the prompt: a chat message, a trade key and a
+    rationale (what Q-17 avoids, written here as a hostile or older row would be)."""
     session_id = _open(conn, seeded, ECHOED, now)
     stored = _classify(conn, seeded, ECHOED, session_id, "unclear", 0.3, now + 20)
     rationale = seeded.texts[-1]
     assert stored and MARKER in rationale
     echo = f"upstream 400: {seeded.answers[ECHOED][0]} {seeded.trade_keys[ECHOED][1]} {rationale}"
-    with transaction(conn):
-        _set_state(conn, session_id, "escalation_recommended", now + 21)
-        insert_event(
-            conn,
-            session_id=session_id,
-            kind="escalation_recommended",
-            payload={"trigger": "reasoning_unavailable", "session_id": session_id, "reason": echo},
-            prompt_bundle_id=BUNDLE,
-            policy_hash=HASH,
-            occurred_at=now + 21,
-        )
+    escalation = SessionEscalation(
+        session_id=session_id,
+        dispute_id=ECHOED,
+        trigger="reasoning_unavailable",
+        reason=echo,
+    )
+    recommend_session_escalation(conn, escalation, SOLVERS, now + 21)
 
 
 def seed(path: Path, now: int) -> Seeded:
@@ -521,7 +491,7 @@ def test_show_live_and_superseded_sessions(
     (echoed,) = _show(path, ECHOED, capsys)["sessions"]
     assert (echoed["escalation"]["trigger"], echoed["escalation"]["handoff"]) == (
         "reasoning_unavailable",
-        "none",
+        "pending",
     )
 
 
@@ -561,12 +531,12 @@ def test_status_counts_live_sessions_and_escalations(
             "follow_up_pending": 0,
             "summary_pending": 0,
         },
-        "escalations": {"recommended": 3, "dispatched": 1, "send_failed": 0, "pending": 1},
+        "escalations": {"recommended": 3, "dispatched": 1, "send_failed": 0, "pending": 2},
     }
     main(["status", "--db", str(path)])
     out = capsys.readouterr().out
     assert "mediation   live sessions 1 (opening 0  awaiting_response 1  classified 0" in out
-    assert "escalations recommended 3  dispatched 1  send failed 0  pending 1" in out
+    assert "escalations recommended 3  dispatched 1  send failed 0  pending 2" in out
 
 
 def test_a_hand_edited_label_or_trigger_is_not_shown(
