@@ -4,14 +4,13 @@ Mostro that answers takes, the parties, and database probes."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import coincurve
 
-from serbero.protocol.keys import Keys
 from tests.daemon.process import write_config
 from tests.daemon.support import Harness, in_thread, query
 from tests.reasoning.helpers import ASK_ANSWER
@@ -46,11 +45,16 @@ class Model:
 
 
 def mediation_harness(
-    relay_url: str, db_path: str, *, mostro_relay: str | None = None, outsider: bool = False
+    relay_url: str,
+    db_path: str,
+    *,
+    mostro_relay: str | None = None,
+    outsider: bool = False,
+    valid_solvers: int = 2,
 ) -> Harness:
     """The daemon harness with a Mostro that answers `admin-take-dispute` like Mostro does
     (on `mostro_relay` when given); `outsider`: Serbero's key is not one of its solvers."""
-    h = Harness(relay_url, db_path)
+    h = Harness(relay_url, db_path, valid_solvers=valid_solvers)
     solvers = [h.solver_keys[0].public_hex] if outsider else None
     h.sim = MostroSim(
         h.mostro.secret.hex(), [mostro_relay or relay_url], answer_takes=True, solvers=solvers
@@ -104,9 +108,12 @@ def shared_pubkey(trade_secret_hex: str, serbero_pubkey_hex: str) -> str:
     return coincurve.PrivateKey(secret).public_key.format(compressed=True)[1:].hex()
 
 
-def refuse_chat_to(keys: Iterable[str]) -> Any:
-    """A filtering-relay predicate: refuse every event addressed (`p`) to one of `keys`."""
-    chosen = set(keys)
+def refuse_chat_of(h: Harness, dispute_id: str) -> Any:
+    """A filtering-relay predicate: refuse every event addressed (`p`) to the dispute's
+    parties on their chat with Serbero (their shared pubkeys)."""
+    chosen = {
+        shared_pubkey(secret, h.serbero.public_hex) for secret in h.sim.trade_keys(dispute_id)
+    }
 
     def refuse(event: dict[str, Any]) -> bool:
         return any(tag[:1] == ["p"] and tag[1] in chosen for tag in event.get("tags", []))
@@ -116,17 +123,18 @@ def refuse_chat_to(keys: Iterable[str]) -> Any:
 
 def write_mediation_config(
     directory: Path,
+    h: Harness,
     *,
-    mostro: Keys,
     relay_url: str,
-    solvers: list[str],
     llm_url: str,
     tick: int = 1,
     max_rounds: int = 2,
 ) -> Path:
-    """`write_config` plus mediation on against the scripted model (the API key comes from
-    SERBERO_REASONING_API_KEY, like the private key from its variable)."""
-    path = write_config(directory, mostro=mostro, relay_url=relay_url, solvers=solvers)
+    """`write_config` for the harness's keys and solvers plus mediation on against the
+    scripted model (the API key comes from SERBERO_REASONING_API_KEY, like the private key
+    from its variable)."""
+    solvers = [keys.public_hex for keys in h.solver_keys]
+    path = write_config(directory, mostro=h.mostro, relay_url=relay_url, solvers=solvers)
     path.write_text(
         path.read_text()
         + f"\n[mediation]\nenabled = true\nmax_rounds = {max_rounds}\n"

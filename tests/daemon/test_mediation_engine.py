@@ -27,11 +27,12 @@ from tests.daemon.mediation_support import (
     mediation_events,
     mediation_harness,
     parties,
-    refuse_chat_to,
+    refuse_chat_of,
     sessions,
     shared_pubkey,
 )
 from tests.daemon.support import Harness, eventually, in_thread, query, running_daemon
+from tests.store.helpers import MED50_EVENTS
 from tests.support.filtering_relay import open_filtering_relay
 from tests.support.relay_fixtures import LocalRelayProcess
 from tests.support.scripted_llm import (
@@ -47,15 +48,6 @@ CONFLICT_ANSWER = (
 )
 # Well under the sender's 30 s idle poll: a notice this quick was rung for.
 NOTICE_WAIT = 10.0
-MED50 = [
-    "start_attempt_started",
-    "reasoning_verdict",
-    "take_dispute_issued",
-    "session_opened",
-    "classification_produced",
-    "outbound_sent",
-    "outbound_sent",
-]
 
 
 @pytest.fixture(autouse=True)
@@ -120,7 +112,7 @@ async def test_mas1_mas4_a_new_dispute_is_mediated_by_the_daemon(
             [buyer_note] = await in_thread(buyer.wait_for_count, 1, WAIT)
             [seller_note] = await in_thread(seller.wait_for_count, 1, WAIT)
             await eventually(
-                lambda: [e[0] for e in mediation_events(db_path, dispute)] == MED50, WAIT
+                lambda: [e[0] for e in mediation_events(db_path, dispute)] == MED50_EVENTS, WAIT
             )
             await trio.sleep(0.5)
             assert len(buyer.notes()) == 1 and len(seller.notes()) == 1
@@ -138,6 +130,30 @@ async def test_mas1_mas4_a_new_dispute_is_mediated_by_the_daemon(
     assert '"trigger":"detected"' in events[0][2]
     assert [e for e in events if "tick_retry" in e[2]] == []
     assert [request.dispute_id for request in mostro.take_requests()] == [dispute]
+
+
+async def test_without_solvers_the_tick_starts_the_mediation(
+    local_relay: LocalRelayProcess, tmp_path: Path
+) -> None:
+    """MED-30/31, Q-15: with no solvers configured the ingest asks for no start; the tick
+    finds the eligible dispute and opens it (trigger `tick_retry`, once)."""
+    dispute = str(uuid.uuid4())
+    db_path = str(tmp_path / "serbero.db")
+    async with (
+        open_scripted_llm(Model()) as llm,
+        mediation_harness(local_relay.url, db_path, valid_solvers=0) as h,
+        parties(h.sim, dispute, h.serbero.public_hex, local_relay.url) as (buyer, seller),
+        engine_daemon(mediated(h, llm, tick=1)) as context,
+    ):
+        await in_thread(h.sim.open_dispute, dispute, "seller")
+        await in_thread(buyer.wait_for_count, 1, WAIT)
+        await in_thread(seller.wait_for_count, 1, WAIT)
+        ticks = context.engine.status().ticks
+        await eventually(lambda: context.engine.status().ticks >= ticks + 2, WAIT)
+    events = mediation_events(db_path, dispute)
+    assert [e[0] for e in events] == MED50_EVENTS
+    assert '"trigger":"tick_retry"' in events[0][2]
+    assert [state for _, state, _, _ in sessions(db_path, dispute)] == ["awaiting_response"]
 
 
 async def test_mas5_a_negative_verdict_escalates_without_a_take(
@@ -291,12 +307,7 @@ async def test_a_relay_dropping_every_chat_event_is_retried_never_a_crash(
         mediation_harness(relay.url, db_path, mostro_relay=local_relay.url) as h,
     ):
         mostro = h.sim
-        buyer_secret, seller_secret = mostro.trade_keys(dispute)
-        chat_keys = {
-            shared_pubkey(buyer_secret, h.serbero.public_hex),
-            shared_pubkey(seller_secret, h.serbero.public_hex),
-        }
-        relay.refuse = refuse_chat_to(chat_keys)
+        relay.refuse = refuse_chat_of(h, dispute)
         async with (
             parties(mostro, dispute, h.serbero.public_hex, local_relay.url) as (buyer, seller),
             engine_daemon(mediated(h, llm, tick=1)) as context,

@@ -19,9 +19,8 @@ from tests.daemon.mediation_support import (
     Model,
     mediation_harness,
     parties,
-    refuse_chat_to,
+    refuse_chat_of,
     sessions,
-    shared_pubkey,
     write_mediation_config,
 )
 from tests.daemon.process import DaemonProcess
@@ -66,17 +65,8 @@ async def test_kill_9_between_take_and_opening_message_sends_each_party_one_open
         mediation_harness(relay.url, db_path, mostro_relay=local_relay.url) as h,
     ):
         mostro, serbero_hex = h.sim, h.serbero.public_hex
-        buyer_secret, seller_secret = mostro.trade_keys(dispute)
-        relay.refuse = refuse_chat_to(
-            {shared_pubkey(buyer_secret, serbero_hex), shared_pubkey(seller_secret, serbero_hex)}
-        )
-        config = write_mediation_config(
-            tmp_path,
-            mostro=h.mostro,
-            relay_url=relay.url,
-            solvers=[keys.public_hex for keys in h.solver_keys],
-            llm_url=llm.url,
-        )
+        relay.refuse = refuse_chat_of(h, dispute)
+        config = write_mediation_config(tmp_path, h, relay_url=relay.url, llm_url=llm.url)
         async with parties(mostro, dispute, serbero_hex, local_relay.url) as (buyer, seller):
             first = DaemonProcess(config, h.serbero)
             try:
@@ -137,12 +127,7 @@ async def test_kill_9_mid_ingest_loses_no_inbound_message_and_counts_none_twice(
         mostro, serbero_hex = h.sim, h.serbero.public_hex
         # No round limit in reach: this test is about ingest only.
         config = write_mediation_config(
-            tmp_path,
-            mostro=h.mostro,
-            relay_url=local_relay.url,
-            solvers=[keys.public_hex for keys in h.solver_keys],
-            llm_url=llm.url,
-            max_rounds=10 * REPLIES,
+            tmp_path, h, relay_url=local_relay.url, llm_url=llm.url, max_rounds=10 * REPLIES
         )
         async with parties(mostro, dispute, serbero_hex, local_relay.url) as (buyer, seller):
             first = DaemonProcess(config, h.serbero)

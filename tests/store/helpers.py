@@ -15,6 +15,16 @@ from serbero.store.sessions import NewSession
 MOSTRO = "79be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798"
 SOLVERS = ("a" * 64, "b" * 64, "c" * 64)
 T0 = 1_700_000_000
+# MED-50: a happy-path open's events, in id order.
+MED50_EVENTS = [
+    "start_attempt_started",
+    "reasoning_verdict",
+    "take_dispute_issued",
+    "session_opened",
+    "classification_produced",
+    "outbound_sent",
+    "outbound_sent",
+]
 
 
 def event(

@@ -51,7 +51,7 @@ from serbero.store.sessions import (
     record_take,
     record_verdict,
 )
-from tests.store.helpers import SOLVERS, T0, count, event, one, rows
+from tests.store.helpers import MED50_EVENTS, SOLVERS, T0, count, event, one, rows
 from tests.support.clocks import FakeWallClock
 
 BUNDLE = "phase3-default"
@@ -324,15 +324,7 @@ def test_the_happy_path_audit_order(conn: apsw.Connection) -> None:
     record_outbound_round(conn, OutboundRound("s-1", _outbound("buyer"), _outbound("seller")), T0)
     record_outbound_sent(conn, "s-1", "1" * 64, "b" * 64, T0)
     record_outbound_sent(conn, "s-1", "2" * 64, "s" * 64, T0)
-    assert [e[0] for e in _events(conn)] == [
-        "start_attempt_started",
-        "reasoning_verdict",
-        "take_dispute_issued",
-        "session_opened",
-        "classification_produced",
-        "outbound_sent",
-        "outbound_sent",
-    ]
+    assert [e[0] for e in _events(conn)] == MED50_EVENTS
     produced = _events(conn)[4]
     assert produced[5] == stored.rationale_id
     assert msgspec.json.decode(str(produced[2])) == {

@@ -33,7 +33,7 @@ from serbero.store.connection import open_database
 from serbero.store.disputes import record_detected
 from tests.reasoning.helpers import ASK_ANSWER, BUNDLE, no_backoff, reasoning_config
 from tests.relay.helpers import FAST
-from tests.store.helpers import SOLVERS, event, rows
+from tests.store.helpers import MED50_EVENTS, SOLVERS, event, rows
 from tests.support.chat_party import ChatParty
 from tests.support.mostro_sim import MostroSim
 from tests.support.relay_fixtures import LocalRelayProcess
@@ -139,15 +139,7 @@ async def test_mas4_an_open_takes_commits_and_writes_to_both_parties(
         ) == [("buyer",), ("seller",)]
     finally:
         conn.close()
-    assert [e[0] for e in _events(db_path)] == [
-        "start_attempt_started",
-        "reasoning_verdict",
-        "take_dispute_issued",
-        "session_opened",
-        "classification_produced",
-        "outbound_sent",
-        "outbound_sent",
-    ]
+    assert [e[0] for e in _events(db_path)] == MED50_EVENTS
 
 
 async def test_mas5_a_negative_verdict_escalates_before_any_take(
