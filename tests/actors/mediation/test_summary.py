@@ -268,3 +268,51 @@ async def test_hostile_model_output_escalates_and_no_summary_reaches_anyone(
     assert (
         len(_query(db_path, "SELECT 1 FROM mediation_events WHERE kind = 'handoff_prepared'")) == 1
     )
+
+
+async def test_a_summary_a_crash_interrupted_is_made_again_by_the_tick(
+    tmp_path: Path, local_relay: LocalRelayProcess
+) -> None:
+    """The daemon died between `summary_pending` and the summary's commit: nothing of the
+    summary is stored, so the tick asks the model again and delivers it once."""
+    keys, solvers = _solvers(1)
+    db_path, _ = _db(tmp_path)
+    conn, _ = open_database(db_path)
+    try:
+        conn.execute("UPDATE mediation_sessions SET state = 'summary_pending'")
+    finally:
+        conn.close()
+    with SolverInbox(keys[0].secret.hex(), [local_relay.url]) as inbox:
+        async with delivery(db_path, local_relay.url, solvers, openai_reply(SUMMARY_ANSWER)) as d:
+            await d.deliver_pending()
+            await trio.to_thread.run_sync(inbox.wait_for_count, 1, WAIT)
+            await _wait_state(db_path, "closed")
+            await d.deliver_pending()
+        assert len(inbox.messages()) == 1
+    assert _query(db_path, "SELECT COUNT(*) FROM mediation_summaries") == [(1,)]
+
+
+async def test_every_summary_dm_failing_for_good_escalates(
+    tmp_path: Path, local_relay: LocalRelayProcess
+) -> None:
+    """MED-113: the only configured solver's key cannot be used, so its DM fails for good;
+    the commit recording that failure escalates `notification_failed` with "all recipient
+    sends failed", and the summary stays stored."""
+    broken = SolverConfig.from_text("npub1-not-a-key", "write")
+    db_path, _ = _db(tmp_path)
+    async with delivery(db_path, local_relay.url, [broken], openai_reply(SUMMARY_ANSWER)) as d:
+        await d.deliver_pending()
+        await _wait_state(db_path, "escalation_recommended")
+    assert _query(db_path, "SELECT status, notif_type FROM notifications ORDER BY id")[0] == (
+        "failed",
+        "mediation_summary",
+    )
+    [(payload,)] = _query(
+        db_path, "SELECT payload_json FROM mediation_events WHERE kind = 'escalation_recommended'"
+    )
+    decoded = msgspec.json.decode(str(payload))
+    assert (decoded["trigger"], decoded["reason"]) == (
+        "notification_failed",
+        "all recipient sends failed",
+    )
+    assert _query(db_path, "SELECT COUNT(*) FROM mediation_summaries") == [(1,)]
