@@ -31,6 +31,7 @@ from serbero.store.mediation import (
 )
 from serbero.store.notifications import NotifType
 from serbero.store.outbox import OutboxMessage, OutboxRow, claim_new, enqueue
+from serbero.store.summaries import abandon_summary_dms
 from serbero.store.transaction import transaction
 
 
@@ -141,9 +142,10 @@ def supersede_for_human(
 ) -> Takeover | None:
     """Q-6 / BEY-18: an `in-progress` event naming a solver other than Serbero supersedes
     the dispute's live session (`-> superseded_by_human -> closed`, MED-140's events with
-    reason `dispute_taken_by_human`) and queues the report to `report_recipients`, once:
-    a replayed event finds no live session and writes nothing. An event naming no solver,
-    or Serbero itself (its own take), changes nothing. Caller owns the transaction."""
+    reason `dispute_taken_by_human`), abandons its summary DMs not sent yet and queues the
+    report to `report_recipients`, once: a replayed event finds no live session and writes
+    nothing. An event naming no solver, or Serbero itself (its own take), changes nothing.
+    Caller owns the transaction."""
     if assigned_solver is None or normalise_public_key(assigned_solver) == serbero_pubkey:
         return None
     session_id = supersede_live_session(
@@ -151,6 +153,7 @@ def supersede_for_human(
     )
     if session_id is None:
         return None
+    abandon_summary_dms(conn, event.dispute_id, session_id, now)
     if resolution_reported(conn, event.dispute_id):
         return Takeover(session_id=session_id)
     try:
