@@ -27,6 +27,7 @@ Figures, each beside its target:
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import shutil
 import statistics
@@ -47,7 +48,7 @@ import trio
 
 from bench.daemon_process import DaemonProcess
 from bench.mediation_sessions import SUMMARY_HEADLINE, model_role, parties_role
-from bench.mediation_store import connection, seed_store
+from bench.mediation_store import SEED_NOW, connection, seed_store
 from bench.notify import (
     REASONING_KEY_ENV,
     Child,
@@ -56,6 +57,7 @@ from bench.notify import (
     mediation_config,
     p95,
 )
+from serbero.actors.mediation.requests import ListPendingEvaluations, ListUnresponsiveSessions
 from serbero.actors.tracker import Request, Tracker, open_tracker
 from serbero.actors.tracker_requests import ListEligible, ListUnsentOutbound
 from serbero.clock import system_wall_clock
@@ -63,6 +65,7 @@ from serbero.protocol.keys import Keys
 from serbero.store.chat import unsent_outbound
 from serbero.store.connection import open_readonly
 from serbero.store.mediation import NOT_LIVE_SESSION_STATES
+from serbero.store.rounds import pending_evaluations, unresponsive_sessions
 from serbero.store.sessions import list_eligible
 from tests.store.helpers import query_plans
 from tests.support.mostro_sim import MostroSim
@@ -85,6 +88,7 @@ INBOUND: Final = "(inbound messages)"
 STORED: Final = 10_000
 LIVE: Final = 200
 TICK_ROUNDS: Final = 21
+SWEEP_TIMEOUT: Final = 1_800  # [mediation].party_response_timeout_seconds default
 TARGET_TICK_MS: Final = 50.0
 
 
@@ -99,6 +103,12 @@ class TickQuery(msgspec.Struct, frozen=True):
 TICK_QUERIES: Final = (
     TickQuery("start: eligible disputes (MED-31)", list_eligible, ListEligible),
     TickQuery("chat pass: unsent outbound (Q-4)", unsent_outbound, ListUnsentOutbound),
+    TickQuery("rounds: pending evaluations (Q-1)", pending_evaluations, ListPendingEvaluations),
+    TickQuery(
+        "sweep: silent parties (§12.1 #4)",
+        functools.partial(unresponsive_sessions, now=SEED_NOW, timeout_seconds=SWEEP_TIMEOUT),
+        functools.partial(ListUnresponsiveSessions, SEED_NOW, SWEEP_TIMEOUT),
+    ),
 )
 
 

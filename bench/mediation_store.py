@@ -31,6 +31,8 @@ POLICY_HASH: Final = "b" * 64
 SERBERO: Final = "5e" * 32
 MOSTRO: Final = "a1" * 32
 DAY: Final = 86_400
+# The seeded store's "now": the newest session started just before it.
+SEED_NOW: Final = 1_790_000_000
 # How the stored sessions ended, by share (the rest is live).
 ENDINGS: Final = (
     ("closed", 0.62),  # summary delivered and closed, or superseded externally
@@ -97,7 +99,7 @@ def seed_store(path: str, sessions: int, live: int, seed: int = 17) -> Seeded:
     """Create `path` and fill it as described above; `live` of the sessions are live."""
     rng = random.Random(seed)
     conn, _ = open_database(path)
-    now = 1_790_000_000
+    now = SEED_NOW
     disputes: list[tuple[object, ...]] = []
     session_rows: list[tuple[object, ...]] = []
     messages: list[tuple[object, ...]] = []
@@ -139,6 +141,7 @@ def seed_store(path: str, sessions: int, live: int, seed: int = 17) -> Seeded:
         )
         buyer_shared, seller_shared = _hex(rng), _hex(rng)
         rounds = rng.choice((1, 1, 2))
+        last_answer = at + (rounds - 1) * 600 + 120
         session_rows.append(
             (
                 session_id,
@@ -154,8 +157,11 @@ def seed_store(path: str, sessions: int, live: int, seed: int = 17) -> Seeded:
                 seller_shared,
                 at,
                 at + 900,
-                2 * rounds,
+                # One live session in three has an answer the rounds have not evaluated yet.
+                2 * rounds - (1 if is_live and index % 3 == 0 else 0),
                 0,
+                last_answer,
+                last_answer,
             )
         )
         trade_keys.append((session_id, _hex(rng), _hex(rng)))
@@ -273,8 +279,9 @@ def seed_store(path: str, sessions: int, live: int, seed: int = 17) -> Seeded:
             "INSERT INTO mediation_sessions (session_id, dispute_id, state, round_count,"
             " prompt_bundle_id, policy_hash, assigned_solver, current_classification,"
             " current_confidence, buyer_shared_pubkey, seller_shared_pubkey, started_at,"
-            " last_transition_at, round_count_last_evaluated, consecutive_eval_failures)"
-            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            " last_transition_at, round_count_last_evaluated, consecutive_eval_failures,"
+            " buyer_last_seen_inner_ts, seller_last_seen_inner_ts)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             session_rows,
         )
         conn.executemany("INSERT INTO serbero_session_trade_keys VALUES (?,?,?)", trade_keys)
