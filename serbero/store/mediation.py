@@ -9,6 +9,7 @@ import msgspec
 
 from serbero.protocol.texts import NoSessionReason, ReportClassification, ReportSession
 from serbero.store.audit import insert_event, payload_field
+from serbero.store.outbox import abandon_cause
 
 NOT_LIVE_SESSION_STATES: Final = (
     "closed",
@@ -18,6 +19,8 @@ NOT_LIVE_SESSION_STATES: Final = (
 )
 SESSION_CLOSED: Final = "closed"
 SUPERSEDE_REASON: Final = "dispute_resolved_externally"
+# The outbox `cause` of a session's summary DMs is this prefix and the session id.
+SUMMARY_CAUSE_PREFIX: Final = "summary:"
 # A human solver took the dispute over from Serbero (Q-6, BEY-18).
 TAKEOVER_REASON: Final = "dispute_taken_by_human"
 # A dispute-scoped event (no session) whose payload names the dispute `?` (MED-2).
@@ -36,7 +39,9 @@ def supersede_live_session(
     """Close the dispute's latest live session `-> superseded_by_human -> closed` (MED-140).
 
     Writes the `superseded_by_human` and `session_closed` events with the session's pinned
-    bundle id and policy hash; `reason` says why (a resolution, or a human's take, Q-6).
+    bundle id and policy hash; `reason` says why (a resolution, or a human's take, Q-6). A
+    summary of the session still waiting in the outbox is abandoned: the session ends here,
+    once, and the solvers get the mediation report instead.
     Returns the session id, or None when no session is live. The caller owns the
     transaction (it is part of the resolution or assignment step).
     """
@@ -76,6 +81,7 @@ def supersede_live_session(
         policy_hash=policy_hash,
         occurred_at=now,
     )
+    abandon_cause(conn, dispute_id, f"{SUMMARY_CAUSE_PREFIX}{session_id}", now)
     return session_id
 
 

@@ -262,6 +262,18 @@ def abandon_obsolete(conn: apsw.Connection, now: int, dispute_id: str | None = N
     return int(conn.changes())
 
 
+def abandon_cause(conn: apsw.Connection, dispute_id: str, cause: str, now: int) -> int:
+    """Mark the pending, not-in-flight rows queued for `cause` `abandoned`: what they were
+    to say is no longer so. Returns the count; caller owns the transaction."""
+    conn.execute(
+        "UPDATE notification_outbox SET state = 'abandoned', finished_at = :now,"
+        " claimed_at = NULL WHERE dispute_id = :dispute_id AND cause = :cause"
+        " AND state = 'pending' AND (claimed_at IS NULL OR claimed_at <= :stale)",
+        {"now": now, "stale": now - CLAIM_LEASE_SECONDS, "dispute_id": dispute_id, "cause": cause},
+    )
+    return int(conn.changes())
+
+
 def claim_due(conn: apsw.Connection, now: int, limit: int) -> OutboxClaim:
     """Hand out up to `limit` due rows, oldest first, abandoning pointless ones on the way.
 

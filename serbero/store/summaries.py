@@ -28,6 +28,7 @@ from serbero.store.escalate import (
     SessionEscalation,
     recommend_session_escalation,
 )
+from serbero.store.mediation import SUMMARY_CAUSE_PREFIX
 from serbero.store.notifications import NotifType
 from serbero.store.outbox import FAILED, SENT, OutboxCompletion, OutboxOutcome, complete_many
 from serbero.store.rationale import RationaleOccurrence, store_rationale
@@ -67,12 +68,11 @@ NOTIFICATION_FAILED: Final = "notification_failed"
 NO_RECIPIENTS: Final = "no solver recipients configured"
 ALL_SENDS_FAILED: Final = "all recipient sends failed"
 # The outbox `cause` of a summary DM names its session, so its completion finds it.
-_CAUSE_PREFIX: Final = "summary:"
 
 
 def summary_cause(session_id: str) -> str:
     """The outbox `cause` of a session's summary DMs."""
-    return f"{_CAUSE_PREFIX}{session_id}"
+    return f"{SUMMARY_CAUSE_PREFIX}{session_id}"
 
 
 class SummaryJob(msgspec.Struct, frozen=True, kw_only=True):
@@ -378,9 +378,9 @@ def settle_summary_dm(
         "SELECT cause FROM notification_outbox WHERE id = ?", (completion.outbox_id,)
     ).fetchone()
     cause = "" if row is None else str(row[0])
-    if not cause.startswith(_CAUSE_PREFIX):
+    if not cause.startswith(SUMMARY_CAUSE_PREFIX):
         return None
-    session_id = cause.removeprefix(_CAUSE_PREFIX)
+    session_id = cause.removeprefix(SUMMARY_CAUSE_PREFIX)
     with transaction(conn):
         if completion.state == SENT:
             conn.execute(
