@@ -49,8 +49,8 @@ Figures, printed next to their targets (issue #5):
 
 With `--mediation` (issue #16: the core path keeps its figures with mediation on) the run
 is different: no baseline and no memory run, but rounds on fresh daemons with mediation off
-and on, interleaved (`--rounds` of each), each a warm-up dispute, a burst and sequential
-disputes. With mediation on the daemon runs [mediation] and [reasoning] against the scripted
+and on, interleaved (`--rounds` of each), each a warm-up dispute, sequential disputes, then
+a burst. With mediation on the daemon runs [mediation] and [reasoning] against the scripted
 model (`tests.support.scripted_llm` in its own process, answering a classification that asks
 both parties a question after `--model-delay` seconds) and the simulated Mostro answers
 takes, so every dispute also opens a session: the verdict, the take, Mostro's `in-progress`
@@ -800,7 +800,7 @@ class Bench:
     def _mediation_round(
         self, on: bool, name: str, url: str, solvers: Sequence[Keys], deliveries: Deliveries
     ) -> RoundFigures:
-        """Warm-up, burst and sequential disputes on a fresh daemon and a fresh Mostro key
+        """Warm-up, sequential disputes and a burst on a fresh daemon and a fresh Mostro key
         (no round sees another's disputes). With mediation on, every dispute also opens a
         session: the model answers, Serbero takes it, Mostro publishes `in-progress` and
         every solver gets the notice that it was taken, so each solver gets 2 DMs a dispute."""
@@ -819,11 +819,14 @@ class Bench:
             others = sum(deliveries.others().values())
             warm_up(target, deliveries, per_dispute)
             pid = daemon.process.pid
-            rate, _, meter = burst(target, deliveries, args.burst, pid, per_dispute)
-            cpu_ms = meter.notifier_seconds() / (args.burst * len(solvers)) * 1000
-            wait_quiet(pid)
+            # Sequential first: with mediation on, a burst leaves hundreds of sessions to
+            # open and poll for a minute after its DMs are out; detect -> DM is the cost
+            # of mediating each dispute as it comes, not of that backlog.
             samples = sequential(target, deliveries, args.sequential, per_dispute)
             detect = latencies_ms(samples, serbero_detections(daemon.log_path, samples))
+            wait_quiet(pid)
+            rate, _, meter = burst(target, deliveries, args.burst, pid, per_dispute)
+            cpu_ms = meter.notifier_seconds() / (args.burst * len(solvers)) * 1000
             opened = daemon.count_events(SESSION_OPENED)[SESSION_OPENED]
             takes = len(mostro.take_requests())
         finally:
@@ -846,8 +849,8 @@ class Bench:
             f"{os.cpu_count()} CPUs"
         )
         print(
-            "  each round: a fresh daemon; 1 warm-up dispute, a burst of "
-            f"{args.burst}, {args.sequential} sequential ({GAP_MS} ms apart)"
+            f"  each round: a fresh daemon; 1 warm-up dispute, {args.sequential} sequential "
+            f"({GAP_MS} ms apart), then a burst of {args.burst}"
         )
         print(
             f"  mediation on: the scripted model (its own process) answers after "
