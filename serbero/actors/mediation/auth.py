@@ -84,6 +84,9 @@ class SolverAuth:
         self._check = check
         self._policy = policy
         self.state = AuthState.UNAUTHORIZED
+        # How many times `report_lost` took the authorization away: the round evaluator
+        # compares it each tick to end the sessions Serbero can no longer mediate (MED-56).
+        self.losses = 0
         self._lost = trio.Event()
         self._lost_error = ""
 
@@ -104,6 +107,7 @@ class SolverAuth:
             return
         log.error("solver_authorization_lost", error=error)
         self.state = AuthState.UNAUTHORIZED
+        self.losses += 1
         self._lost_error = error
         self._lost.set()
 
