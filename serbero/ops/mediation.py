@@ -8,7 +8,7 @@ yet, ESC-12).
 `show` answers "what did mediation do with this dispute?": the verdicts before the take, then
 per session its state, rounds, messages each way, every classification with its label and
 confidence, the summary and whether it reached a solver, the escalation trigger and what the
-dispatcher did with the handoff, or the human resolution that superseded it.
+dispatcher did with the handoff, or the human take or resolution that superseded it.
 
 Privacy (MED-172): this view selects labels, numbers, triggers, states and times only. No
 query here reads rationale text, chat content, summary text or a party's key, and a payload
@@ -187,7 +187,8 @@ class EscalationView(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class SessionView(msgspec.Struct, frozen=True, kw_only=True):
-    """One session. `superseded_by`: the Mostro status of the resolution that ended it."""
+    """One session. `superseded_by`: the Mostro status of the event that ended it from
+    outside: `in-progress` for a human solver's take (Q-6), else the resolution's."""
 
     session_id: str
     state: str

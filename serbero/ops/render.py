@@ -39,6 +39,8 @@ __all__ = [
 ]
 
 NONE_SHOWN: Final = "-"
+# The Mostro status of a dispute a solver took (a session it superseded says so).
+TAKEN_STATUS: Final = "in-progress"
 _HEX64: Final = re.compile(r"\b[0-9a-f]{64}\b")
 _SHORT_HEAD: Final = 8
 _SHORT_TAIL: Final = 4
@@ -248,6 +250,12 @@ def _escalation_line(escalation: EscalationView) -> str:
 _PART_WIDTH: Final = 16
 
 
+def _superseded(session: SessionView) -> str:
+    if session.superseded_by == TAKEN_STATUS:
+        return "a solver took the dispute"
+    return f"the dispute was resolved: {printable(session.superseded_by or NONE_SHOWN)}"
+
+
 def _part_line(what: str, at: int, detail: str) -> str:
     return f"{what:<{_PART_WIDTH}}{format_time(at)}  {detail}"
 
@@ -280,9 +288,7 @@ def _session_lines(session: SessionView, now: int) -> list[str]:
     if session.escalation is not None:
         rows.append(("    escalation", session.escalation.at, _escalation_line(session.escalation)))
     if session.superseded_by is not None:
-        rows.append(
-            ("    superseded", session.last_transition_at, f"by {printable(session.superseded_by)}")
-        )
+        rows.append(("    superseded", session.last_transition_at, _superseded(session)))
     return [_part_line(what, at, detail) for what, at, detail in rows]
 
 

@@ -39,7 +39,7 @@ from serbero.store.escalation import RecipientOutcome, pending_handoffs_page, re
 from serbero.store.notifications import NotifType
 from serbero.store.outbox import OutboxMessage, claim_due, complete, enqueue
 from serbero.store.rationale import RationaleOccurrence, store_rationale
-from serbero.store.resolution import resolve_dispute
+from serbero.store.resolution import assign_dispute, resolve_dispute
 from serbero.store.rounds import record_classification
 from serbero.store.sessions import (
     NewSession,
@@ -70,7 +70,9 @@ BEFORE_TAKE: Final = str(uuid.UUID(int=3))
 LIVE: Final = str(uuid.UUID(int=4))
 SUPERSEDED: Final = str(uuid.UUID(int=5))
 ECHOED: Final = str(uuid.UUID(int=6))
-DISPUTES: Final = (SUMMARIZED, ESCALATED, BEFORE_TAKE, LIVE, SUPERSEDED, ECHOED)
+TAKEN_OVER: Final = str(uuid.UUID(int=7))
+DISPUTES: Final = (SUMMARIZED, ESCALATED, BEFORE_TAKE, LIVE, SUPERSEDED, ECHOED, TAKEN_OVER)
+SERBERO: Final = "5e" * 32
 
 
 class Seeded:
@@ -355,6 +357,17 @@ def seed(path: Path, now: int) -> Seeded:
         settled = dispute_event(SUPERSEDED, "settled", now + 450)
         resolve_dispute(conn, settled, (), SOLVERS, now + 450)
         _echo_escalate(conn, seeded, now + 500)
+        _open(conn, seeded, TAKEN_OVER, now + 600)
+        taken = dispute_event(TAKEN_OVER, "in-progress", now + 650)
+        assign_dispute(
+            conn,
+            taken,
+            SOLVERS[1],
+            (),
+            now + 650,
+            serbero_pubkey=SERBERO,
+            report_recipients=SOLVERS,
+        )
     finally:
         conn.close()
     return seeded
@@ -400,7 +413,7 @@ def test_no_output_holds_rationale_chat_summary_dm_text_or_a_party_key(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     path, seeded = mediated
-    assert len(seeded.keys) == 20 and len(seeded.texts) > 30
+    assert len(seeded.keys) == 24 and len(seeded.texts) > 30
     commands = [
         ["status", "--db", str(path)],
         ["disputes", "--db", str(path)],
@@ -488,6 +501,14 @@ def test_show_live_and_superseded_sessions(
     )
     (gone,) = _show(path, SUPERSEDED, capsys)["sessions"]
     assert (gone["state"], gone["live"], gone["superseded_by"]) == ("closed", False, "settled")
+    (taken,) = _show(path, TAKEN_OVER, capsys)["sessions"]
+    assert (taken["state"], taken["superseded_by"]) == ("closed", "in-progress")
+    for dispute_id, text in (
+        (SUPERSEDED, "the dispute was resolved: settled"),
+        (TAKEN_OVER, "a solver took the dispute"),
+    ):
+        assert main(["show", dispute_id, "--db", str(path)]) == 0
+        assert f"Z  {text}\n" in capsys.readouterr().out
     (echoed,) = _show(path, ECHOED, capsys)["sessions"]
     assert (echoed["escalation"]["trigger"], echoed["escalation"]["handoff"]) == (
         "reasoning_unavailable",
