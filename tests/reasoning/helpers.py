@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import httpx
 
-from serbero.config import ReasoningConfig, Secret
+from serbero.config import MediationConfig, ReasoningConfig, Secret
+from serbero.mediation.bringup import MediationContext
 from serbero.reasoning.anthropic import AnthropicAdapter
 from serbero.reasoning.bundle import BUNDLE_ID, PromptBundle, policy_hash
 from serbero.reasoning.openai import OpenAIAdapter
+from serbero.reasoning.provider import build_provider
 from serbero.reasoning.transport import Transport
 from serbero.reasoning.types import ClassifyRequest, SummarizeRequest, TranscriptEntry
 
@@ -67,6 +69,21 @@ def reasoning_config(
 
 def no_backoff(_attempt: int) -> float:
     return 0.0
+
+
+def scripted_context(
+    api_base: str, client: httpx.AsyncClient, solvers: tuple[str, ...] = ()
+) -> MediationContext:
+    """Mediation's shared context against the scripted model at `api_base`: this module's
+    bundle, one attempt per call and no backoff; `solvers` are the configured keys."""
+    config = reasoning_config("openai", api_base, retries=1)
+    return MediationContext(
+        mediation=MediationConfig(enabled=True),
+        reasoning=config,
+        bundle=BUNDLE,
+        provider=build_provider(config, client, backoff=no_backoff),
+        solvers=solvers,
+    )
 
 
 def transport(

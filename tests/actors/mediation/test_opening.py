@@ -23,15 +23,12 @@ from serbero.actors.mediation.take import TakeClient
 from serbero.actors.relay_pool import open_relay_pool
 from serbero.actors.tracker import open_tracker
 from serbero.clock import system_wall_clock
-from serbero.config.schema import MediationConfig
-from serbero.mediation.bringup import MediationContext
 from serbero.protocol.handoff import decode_handoff_package
 from serbero.protocol.keys import Keys
 from serbero.protocol.texts import dispute_escalation_notice
-from serbero.reasoning.provider import build_provider
 from serbero.store.connection import open_database
 from serbero.store.disputes import record_detected
-from tests.reasoning.helpers import ASK_ANSWER, BUNDLE, no_backoff, reasoning_config
+from tests.reasoning.helpers import ASK_ANSWER, scripted_context
 from tests.relay.helpers import FAST
 from tests.store.helpers import MED50_EVENTS, SOLVERS, event, rows
 from tests.support.chat_party import ChatParty
@@ -77,14 +74,7 @@ async def opener(
     ):
         llm.script(openai_reply("ok"), *replies)
         await pool.wait_connected()
-        config = reasoning_config("openai", llm.url, retries=1)
-        context = MediationContext(
-            mediation=MediationConfig(enabled=True),
-            reasoning=config,
-            bundle=BUNDLE,
-            provider=build_provider(config, client, backoff=no_backoff),
-            solvers=SOLVERS,
-        )
+        context = scripted_context(llm.url, client, SOLVERS)
         auth = SolverAuth(tracker, _healthy, AuthRetryPolicy())
         await nursery.start(auth.run)
         take = TakeClient(pool, serbero, mostro.pubkey_hex, timeout=WAIT)

@@ -22,15 +22,12 @@ from serbero.actors.sender import Doorbell, OutboxSender, SenderStats
 from serbero.actors.tracker import open_tracker
 from serbero.clock import system_wall_clock
 from serbero.config import SolverConfig
-from serbero.config.schema import MediationConfig
-from serbero.mediation.bringup import MediationContext
 from serbero.protocol.keys import Keys
-from serbero.reasoning.provider import build_provider
 from serbero.store.connection import open_database
 from serbero.store.disputes import record_detected
 from serbero.store.rationale import rationale_id
 from serbero.store.sessions import bind_rationale, open_session
-from tests.reasoning.helpers import BUNDLE, SUMMARY_ANSWER, no_backoff, reasoning_config
+from tests.reasoning.helpers import BUNDLE, SUMMARY_ANSWER, scripted_context
 from tests.relay.helpers import FAST
 from tests.store.helpers import event, new_session, rows
 from tests.support.relay_fixtures import LocalRelayProcess
@@ -87,14 +84,7 @@ async def delivery(
     ):
         llm.script(*replies)
         await pool.wait_connected()
-        config = reasoning_config("openai", llm.url, retries=1)
-        context = MediationContext(
-            mediation=MediationConfig(enabled=True),
-            reasoning=config,
-            bundle=BUNDLE,
-            provider=build_provider(config, client, backoff=no_backoff),
-            solvers=tuple(solver.key for solver in solvers),
-        )
+        context = scripted_context(llm.url, client, tuple(solver.key for solver in solvers))
         doorbell = Doorbell()
         sender = OutboxSender(
             tracker,
