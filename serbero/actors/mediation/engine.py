@@ -34,6 +34,7 @@ from serbero.actors.mediation.auth import AuthRetryPolicy, SolverAuth
 from serbero.actors.mediation.chat import ChatActor, InboundBatch
 from serbero.actors.mediation.handle import EngineFigures, MediationHandle
 from serbero.actors.mediation.opening import Opener
+from serbero.actors.mediation.rounds import RoundEvaluator
 from serbero.actors.mediation.start import StartActor
 from serbero.actors.mediation.summary import SummaryDelivery
 from serbero.actors.mediation.take import TakeClient
@@ -127,11 +128,19 @@ class MediationEngine:
             tracker, context, self.auth, self.take, self.chat, ring_sender=ring_sender
         )
         self.start = StartActor(tracker, self.opener.attempt)
-        # Issue 17's stages plug in here; None: not part of this build's tick.
-        self.rounds: RoundStage | None = None
-        self.summaries: SummaryStage | None = SummaryDelivery(
-            tracker, context, ring_sender=ring_sender
+        summaries = SummaryDelivery(tracker, context, ring_sender=ring_sender)
+        self.evaluator = RoundEvaluator(
+            tracker,
+            context,
+            self.chat,
+            self.auth,
+            solvers=tuple(solver.key for solver in config.solvers),
+            deliver=summaries.deliver,
+            ring_sender=ring_sender,
         )
+        # The tick's stages; a test may put a stand-in in their place.
+        self.rounds: RoundStage | None = self.evaluator
+        self.summaries: SummaryStage | None = summaries
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """MED-12: auth handle, take subscription, restart resume once, then the tick loop.
@@ -177,7 +186,7 @@ class MediationEngine:
         self.figures.sessions_live = len(live)
         for row in live:
             if row.session_id not in restored:
-                self._keys_lost(row)
+                await self._keys_lost(row)
         log.info(
             "mediation_resumed",
             sessions_live=len(live),
@@ -185,17 +194,19 @@ class MediationEngine:
             republished=republished,
         )
 
-    def _keys_lost(self, row: SessionChatKeys) -> None:
+    async def _keys_lost(self, row: SessionChatKeys) -> None:
         """MED-151: a session whose keys cannot be rebuilt gets no chat pass; under the
-        policy it was pinned to it stays for the sweep, under another it is left to the
-        escalation stage (MED-125, recommended by the rounds stage when wired)."""
-        loaded = self._context.bundle.policy_hash
+        policy it was pinned to it stays for the sweep, under another it is escalated
+        `policy_bundle_missing` through the rounds stage's recommend (MED-125, Q-5)."""
+        changed = row.policy_hash != self._context.bundle.policy_hash
         log.warning(
             "mediation_session_keys_lost",
             session_id=row.session_id,
             dispute_id=row.dispute_id,
-            policy_changed=row.policy_hash != loaded,
+            policy_changed=changed,
         )
+        if changed:
+            await self.evaluator.policy_changed(row.session_id, row.dispute_id)
 
     async def tick(self) -> None:
         """MED-70 once: start attempts, the chat pass and its evaluations, the sweep, the

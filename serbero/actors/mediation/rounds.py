@@ -160,6 +160,17 @@ class RoundEvaluator:
         self._losses_seen = self._auth.losses
         await self._end_waiting_sessions()
 
+    async def policy_changed(self, session_id: str, dispute_id: str) -> None:
+        """MED-151/125: a live session pinned to another policy than the loaded one, whose
+        chat keys could not be rebuilt, cannot go on: escalated `policy_bundle_missing` with
+        both hashes, through the recommend so the dispatcher sees it (Q-5, BEY-17)."""
+        await self._escalate(
+            session_id,
+            dispute_id,
+            "policy_bundle_missing",
+            loaded_hash=self._context.bundle.policy_hash,
+        )
+
     # --- evaluation --------------------------------------------------------------------------
 
     @contextmanager
@@ -336,6 +347,7 @@ class RoundEvaluator:
         trigger: EscalationTrigger,
         *,
         evidence_refs: tuple[str, ...] = (),
+        loaded_hash: str | None = None,
     ) -> bool:
         """The session-scoped recommend with its notice (MED-121, MED-126); only a session
         still waiting on the parties is ended. False (logged) when nothing was written."""
@@ -344,6 +356,7 @@ class RoundEvaluator:
             dispute_id=dispute_id,
             trigger=trigger,
             evidence_refs=evidence_refs,
+            loaded_hash=loaded_hash,
             from_states=PARTY_WAIT_STATES,
         )
         try:

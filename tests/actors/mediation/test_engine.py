@@ -199,3 +199,40 @@ def _forget_trade_keys(db_path: str, dispute_id: str) -> str:
         return str(session_id)
     finally:
         conn.close()
+
+
+async def test_resume_escalates_a_keyless_session_pinned_to_another_policy(
+    tmp_path: Path, local_relay: LocalRelayProcess
+) -> None:
+    """MED-151/125 through the recommend (Q-5, BEY-17): a live session whose keys cannot be
+    rebuilt and whose pinned policy is not the loaded one is escalated
+    `policy_bundle_missing` at start, with both hashes and a handoff for the dispatcher."""
+    dispute = str(uuid.uuid4())
+    db_path = _db(tmp_path, dispute)
+    serbero = Keys.generate()
+    old_hash = "0" * 64
+    with MostroSim(Keys.generate().secret.hex(), [local_relay.url], answer_takes=True) as mostro:
+        async with engine(db_path, local_relay.url, serbero, mostro) as built:
+            assert (await built.opener.attempt(dispute, "buyer", "detected")).outcome == "opened"
+        session_id = _forget_trade_keys(db_path, dispute)
+        conn = apsw.Connection(db_path)
+        conn.execute("UPDATE mediation_sessions SET policy_hash = ?", (old_hash,))
+        conn.close()
+        async with engine(db_path, local_relay.url, serbero, mostro):
+            pass
+    conn = apsw.Connection(db_path)
+    try:
+        [(state,)] = conn.execute("SELECT state FROM mediation_sessions").fetchall()
+        events = conn.execute(
+            "SELECT kind, payload_json FROM mediation_events WHERE session_id = ?"
+            " AND kind IN ('escalation_recommended', 'handoff_prepared') ORDER BY id",
+            (session_id,),
+        ).fetchall()
+    finally:
+        conn.close()
+    assert state == "escalation_recommended"
+    [(_, recommended), (_, handoff)] = events
+    payload = msgspec.json.decode(recommended)
+    assert payload["trigger"] == "policy_bundle_missing"
+    assert (payload["pinned_hash"], payload["loaded_hash"]) == (old_hash, BUNDLE.policy_hash)
+    assert msgspec.json.decode(handoff)["trigger"] == "policy_bundle_missing"
