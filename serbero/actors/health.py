@@ -86,6 +86,8 @@ class EngineView(Protocol):
     def last_tick_at(self) -> int | None: ...
     @property
     def stage_failures(self) -> int: ...
+    @property
+    def solver_auth(self) -> str | None: ...
 
 
 class HealthView(Protocol):
@@ -143,8 +145,8 @@ def health_answer(snapshot: HealthView) -> HealthAnswer:
     failed), `actors` (name -> state, restarts, last_error), `mediation` (state `off` /
     `starting` / `ready` / `failed`, provider, model, policy_hash, for a failure its stage
     and error, and `engine`: running, sessions_live, sessions_with_keys, starts_in_flight,
-    last_tick_at, stage_failures). Mediation never changes the status: the core runs
-    without it.
+    last_tick_at, stage_failures, solver_auth). Mediation never changes the status: the core
+    runs without it.
     """
     database_since = snapshot.database_unavailable_since
     if snapshot.relays_connected == 0:
@@ -214,6 +216,7 @@ def health_answer(snapshot: HealthView) -> HealthAnswer:
                 "starts_in_flight": engine.starts_in_flight,
                 "last_tick_at": engine.last_tick_at,
                 "stage_failures": engine.stage_failures,
+                "solver_auth": engine.solver_auth,
             },
         },
     }

@@ -125,6 +125,7 @@ async def test_a_healthy_provider_makes_mediation_ready(
                 "starts_in_flight": 0,
                 "last_tick_at": None,
                 "stage_failures": 0,
+                "solver_auth": "authorized",
             },
         }
         await assert_core_notifies(h, context, "dispute-ready")

@@ -222,7 +222,7 @@ async def test_mas3_a_take_refused_not_authorized_pauses_opens_until_recovery(
     """MAS-3 / MED-56: Mostro answers `not_authorized`; the next dispute is refused at the
     auth gate ("pending": no provider call, no take); once the retry loop's check passes
     (after `solver_auth_retry_initial_seconds`) and Serbero is a solver again, a new
-    dispute is mediated."""
+    dispute is mediated. `/health` shows the pause as `solver_auth`."""
     first, second, third = (str(uuid.uuid4()) for _ in range(3))
     db_path = str(tmp_path / "serbero.db")
     model = Model()
@@ -233,12 +233,15 @@ async def test_mas3_a_take_refused_not_authorized_pauses_opens_until_recovery(
         mostro = h.sim
         config = mediated(h, llm, solver_auth_retry_initial_seconds=5)
         with capture_logs() as logs:
-            async with engine_daemon(config):
+            async with engine_daemon(config) as context:
+                assert context.engine.status().solver_auth == "authorized"
                 await in_thread(mostro.open_dispute, first, "buyer")
                 await in_thread(mostro.wait_for_take_requests, 1, WAIT)
                 await eventually(
                     lambda: any(e["event"] == "solver_authorization_lost" for e in logs), WAIT
                 )
+                paused = health_answer(context.snapshot()).document["mediation"]["engine"]
+                assert paused["solver_auth"] == "unauthorized"
                 await in_thread(mostro.open_dispute, second, "buyer")
                 await eventually(
                     lambda: (
@@ -251,6 +254,7 @@ async def test_mas3_a_take_refused_not_authorized_pauses_opens_until_recovery(
                     lambda: any(e["event"] == "solver_authorization_recovered" for e in logs),
                     WAIT,
                 )
+                assert context.engine.status().solver_auth == "authorized"
                 await in_thread(mostro.open_dispute, third, "seller")
                 await eventually(lambda: len(sessions(db_path, third)) == 1, WAIT)
     assert '"stop_reason":"auth_pending"' in mediation_events(db_path, second)[-1][2]

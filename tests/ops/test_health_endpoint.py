@@ -371,6 +371,7 @@ def daemon_snapshot(
             ticks=0,
             last_tick_at=None,
             stage_failures=0,
+            solver_auth=None,
         ),
     )
 
@@ -429,6 +430,7 @@ def test_health_answer_document() -> None:
                 "starts_in_flight": 0,
                 "last_tick_at": None,
                 "stage_failures": 0,
+                "solver_auth": None,
             },
         },
     }

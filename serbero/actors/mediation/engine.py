@@ -155,6 +155,7 @@ class MediationEngine:
                 self.figures,
                 in_flight=lambda: len(self.start.in_flight),
                 with_keys=lambda: len(self.chat.sessions()),
+                solver_auth=lambda: self.auth.state.value,
             )
             try:
                 log.info(

@@ -39,6 +39,9 @@ class EngineStatus(msgspec.Struct, frozen=True, kw_only=True):
       disputes the ingest could not hand over (queue full), left to the tick.
     - `ticks`, `last_tick_at`: completed ticks and the wall-clock second the last ended.
     - `stage_failures`: tick stages that failed since start (each logged, MED-70).
+    - `solver_auth`: Serbero's standing as a Mostro solver as the opens see it
+      (`authorized`; `unauthorized` while the retry loop waits, opens paused; `terminated`
+      when it gave up); None while no engine runs.
     """
 
     running: bool
@@ -49,6 +52,7 @@ class EngineStatus(msgspec.Struct, frozen=True, kw_only=True):
     ticks: int
     last_tick_at: int | None
     stage_failures: int
+    solver_auth: str | None
 
 
 class EngineFigures:
@@ -63,6 +67,14 @@ class EngineFigures:
         self.stage_failures = 0
 
 
+def _none() -> int:
+    return 0
+
+
+def _unknown() -> str | None:
+    return None
+
+
 class MediationHandle:
     """Shared by ingest (requests), the supervisor (status) and the engine (attach)."""
 
@@ -71,6 +83,7 @@ class MediationHandle:
         self._figures = EngineFigures()
         self._in_flight: Callable[[], int] = _none
         self._with_keys: Callable[[], int] = _none
+        self._solver_auth: Callable[[], str | None] = _unknown
         self._dropped = 0
 
     def request_start(self, dispute_id: str) -> bool:
@@ -91,15 +104,18 @@ class MediationHandle:
         *,
         in_flight: Callable[[], int],
         with_keys: Callable[[], int],
+        solver_auth: Callable[[], str | None] = _unknown,
     ) -> None:
         """The engine runs: requests reach `start`, the status reads the engine's figures."""
         self._start, self._figures = start, figures
         self._in_flight, self._with_keys = in_flight, with_keys
+        self._solver_auth = solver_auth
 
     def detach(self) -> None:
         """The engine stopped: requests are no-ops again (a restarted engine re-attaches)."""
         self._start = None
         self._in_flight = self._with_keys = _none
+        self._solver_auth = _unknown
 
     def status(self) -> EngineStatus:
         figures = self._figures
@@ -112,8 +128,5 @@ class MediationHandle:
             ticks=figures.ticks,
             last_tick_at=figures.last_tick_at,
             stage_failures=figures.stage_failures,
+            solver_auth=self._solver_auth(),
         )
-
-
-def _none() -> int:
-    return 0
