@@ -31,7 +31,6 @@ from serbero.store.mediation import (
 )
 from serbero.store.notifications import NotifType
 from serbero.store.outbox import OutboxMessage, OutboxRow, claim_new, enqueue
-from serbero.store.summaries import abandon_summary_dms
 from serbero.store.transaction import transaction
 
 
@@ -153,7 +152,6 @@ def supersede_for_human(
     )
     if session_id is None:
         return None
-    abandon_summary_dms(conn, event.dispute_id, session_id, now)
     if resolution_reported(conn, event.dispute_id):
         return Takeover(session_id=session_id)
     try:

@@ -46,7 +46,6 @@ __all__ = [
     "SummaryQueued",
     "SummaryRecord",
     "SummarySettled",
-    "abandon_summary_dms",
     "begin_summary",
     "complete_and_settle",
     "escalate_summary",
@@ -338,18 +337,6 @@ def escalate_summary(
         )
     except NotEscalatable:
         return None
-
-
-def abandon_summary_dms(conn: apsw.Connection, dispute_id: str, session_id: str, now: int) -> int:
-    """A session superseded before its summary went out: its summary DMs still waiting (not
-    in flight) are abandoned, the solvers get the report instead. Returns how many. Caller
-    owns the transaction."""
-    conn.execute(
-        "UPDATE notification_outbox SET state = 'abandoned', finished_at = ?, claimed_at = NULL"
-        " WHERE state = 'pending' AND claimed_at IS NULL AND dispute_id = ? AND cause = ?",
-        (now, dispute_id, summary_cause(session_id)),
-    )
-    return int(conn.changes())
 
 
 class SummarySettled(msgspec.Struct, frozen=True, kw_only=True):
