@@ -31,14 +31,13 @@ import functools
 import json
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import IO, Final
 
@@ -57,6 +56,7 @@ from bench.notify import (
     mediation_config,
     p95,
 )
+from bench.reasoning import url_process
 from serbero.actors.mediation.requests import ListPendingEvaluations, ListUnresponsiveSessions
 from serbero.actors.tracker import Request, Tracker, open_tracker
 from serbero.actors.tracker_requests import ListEligible, ListUnsentOutbound
@@ -201,20 +201,9 @@ def bench_tick(stored: int, live: int) -> bool:
 # --- many sessions through the daemon -------------------------------------------------------
 
 
-@contextmanager
-def model_process(delay: float) -> Iterator[str]:
+def model_process(delay: float) -> AbstractContextManager[str]:
     """The scripted model (`bench.mediation_sessions.model_reply`) in its own process."""
-    command = [sys.executable, "-m", "bench.mediation", "--role", "model", str(delay)]
-    with subprocess.Popen(
-        command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    ) as server:
-        assert server.stdout is not None and server.stdin is not None
-        url = server.stdout.readline().strip()
-        try:
-            yield url
-        finally:
-            server.stdin.close()
-            server.wait(10)
+    return url_process([sys.executable, "-m", "bench.mediation", "--role", "model", str(delay)])
 
 
 class Answers:

@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Final
 
@@ -160,11 +160,16 @@ async def loopback_round_trip(bundle: PromptBundle, request: ClassifyRequest) ->
     )
 
 
-@contextmanager
-def server_process(content: str, delay: float) -> Iterator[str]:
+def server_process(content: str, delay: float) -> AbstractContextManager[str]:
     """The scripted model API in its own process (its CPU is not Serbero's); yields its URL."""
     command = [sys.executable, "-m", "tests.support.scripted_llm", "--format", "openai"]
-    command += ["--content", content, "--delay", str(delay)]
+    return url_process([*command, "--content", content, "--delay", str(delay)])
+
+
+@contextmanager
+def url_process(command: list[str]) -> Iterator[str]:
+    """A server process that prints its URL on one line and serves until its stdin closes;
+    yields the URL."""
     with subprocess.Popen(
         command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     ) as server:

@@ -156,17 +156,21 @@ class World:
         self._round(follow_up=False, marker=None)
         self._in_progress(SERBERO)  # Mostro's `in-progress` after Serbero's own take
 
+    def _event(self, status: str) -> DisputeEvent:
+        """A dispute event Mostro publishes now, with `status`."""
+        return DisputeEvent(
+            dispute_id=self.dispute_id,
+            event_id=os.urandom(32).hex(),
+            mostro_pubkey=MOSTRO,
+            event_timestamp=self.now,
+            status=status,
+            initiator_role="buyer",
+        )
+
     def _in_progress(self, solver: str) -> None:
         assign_dispute(
             self.conn,
-            DisputeEvent(
-                dispute_id=self.dispute_id,
-                event_id=os.urandom(32).hex(),
-                mostro_pubkey=MOSTRO,
-                event_timestamp=self.now,
-                status="in-progress",
-                initiator_role="buyer",
-            ),
+            self._event("in-progress"),
             solver,
             (),
             self.now,
@@ -316,14 +320,7 @@ class World:
         self.resolved = True
         resolve_dispute(
             self.conn,
-            DisputeEvent(
-                dispute_id=self.dispute_id,
-                event_id=os.urandom(32).hex(),
-                mostro_pubkey=MOSTRO,
-                event_timestamp=self.now,
-                status=status,
-                initiator_role="buyer",
-            ),
+            self._event(status),
             (),
             SOLVER_KEYS,
             self.now,
