@@ -30,8 +30,8 @@ from serbero.store.rounds import (
     unresponsive_sessions,
     waiting_sessions,
 )
-from serbero.store.sessions import NewSession, open_session
-from tests.store.helpers import T0, event, one, rows
+from serbero.store.sessions import open_session
+from tests.store.helpers import T0, event, new_session, one, rows
 
 BUNDLE = "phase3-default"
 HASH = "f" * 64
@@ -41,20 +41,7 @@ SELLER = "2" * 64
 
 def seed_session(conn: apsw.Connection, session_id: str = "s-1", dispute_id: str = "d-1") -> str:
     record_detected(conn, event(dispute_id, initiator="seller"), (), T0)
-    open_session(
-        conn,
-        NewSession(
-            session_id=session_id,
-            dispute_id=dispute_id,
-            prompt_bundle_id=BUNDLE,
-            policy_hash=HASH,
-            buyer_shared_pubkey=BUYER,
-            seller_shared_pubkey=SELLER,
-            buyer_trade_pubkey="3" * 64,
-            seller_trade_pubkey="4" * 64,
-        ),
-        T0,
-    )
+    open_session(conn, new_session(session_id, dispute_id, BUNDLE, HASH), T0)
     return session_id
 
 

@@ -134,7 +134,6 @@ class MediationEngine:
             context,
             self.chat,
             self.auth,
-            solvers=tuple(solver.key for solver in config.solvers),
             deliver=summaries.deliver,
             ring_sender=ring_sender,
         )

@@ -16,7 +16,7 @@ on the parties; a `classified` or `summary_pending` session belongs to the summa
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Final
 
@@ -75,8 +75,8 @@ def _no_ring() -> None:
 class RoundEvaluator:
     """Evaluates sessions after party replies and ends the ones that cannot go on.
 
-    `solvers`: the configured solvers' keys (config order), for routing notices (MED-112);
-    `deliver`: the summaries stage; `ring_sender`: wakes the sender after a notice was queued.
+    Notices go to `context.solvers` as routed by MED-112; `deliver`: the summaries stage;
+    `ring_sender`: wakes the sender after a notice was queued.
     """
 
     def __init__(
@@ -86,7 +86,6 @@ class RoundEvaluator:
         chat: ChatActor,
         auth: SolverAuth,
         *,
-        solvers: Sequence[str],
         deliver: Deliver,
         ring_sender: Callable[[], None] = _no_ring,
     ) -> None:
@@ -94,7 +93,6 @@ class RoundEvaluator:
         self._context = context
         self._chat = chat
         self._auth = auth
-        self._solvers = tuple(solvers)
         self._deliver = deliver
         self._ring_sender = ring_sender
         self._busy: set[str] = set()
@@ -360,7 +358,9 @@ class RoundEvaluator:
             from_states=PARTY_WAIT_STATES,
         )
         try:
-            done = await self._tracker.ask(RecommendSessionEscalation(request, self._solvers))
+            done = await self._tracker.ask(
+                RecommendSessionEscalation(request, self._context.solvers)
+            )
         except StoreError as exc:
             log.warning(
                 "mediation_escalation_failed",

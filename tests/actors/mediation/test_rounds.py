@@ -100,7 +100,6 @@ class World:
             context,
             self.chat,
             self.auth,
-            solvers=SOLVERS,
             deliver=self.evaluator._deliver,
         )
 
@@ -203,6 +202,7 @@ async def world(
                     reasoning=config,
                     bundle=BUNDLE,
                     provider=build_provider(config, client, backoff=no_backoff),
+                    solvers=SOLVERS,
                 )
                 auth = SolverAuth(tracker, _healthy, AuthRetryPolicy())
                 await nursery.start(auth.run)
@@ -224,7 +224,6 @@ async def world(
                     context,
                     chat,
                     auth,
-                    solvers=SOLVERS,
                     deliver=deliver,
                     ring_sender=lambda: rings.append(None),
                 )
