@@ -52,6 +52,8 @@ __all__ = [
 
 ELIGIBLE_LIFECYCLE_STATES: Final = ("new", "notified", "taken", "waiting")
 # A session in any state but these blocks a new one for its dispute (MED-4 "Blocking").
+# A finished one still blocks until a newer dispute event (Q-3): a dispute whose mediation
+# ended is not mediated again, which would cost a verdict and a take Mostro refuses.
 NOT_BLOCKING_SESSION_STATES: Final = ("closed", "superseded_by_human")
 AWAITING_RESPONSE: Final = "awaiting_response"
 ESCALATION_RECOMMENDED: Final = "escalation_recommended"
@@ -67,14 +69,15 @@ StopReason = Literal[
     "reasoning_provider_error",
 ]
 
-# MED-20 as one predicate over the `disputes` row aliased `d`; the single check and the
-# batch listing both use it, so they can never disagree (MED-21). The unary `+` strips the
-# column's TEXT affinity from the comparison: only then may SQLite seek the dispute-scoped
-# events' index instead of decoding every such event per dispute.
+# MED-20 (with Q-3's finished sessions) as one predicate over the `disputes` row aliased `d`;
+# the single check and the batch listing both use it, so they can never disagree (MED-21).
+# The unary `+` strips the column's TEXT affinity from the comparison: only then may SQLite
+# seek the dispute-scoped events' index instead of decoding every such event per dispute.
 _ELIGIBLE: Final = (
     f"d.lifecycle_state IN ({', '.join(repr(s) for s in ELIGIBLE_LIFECYCLE_STATES)})"
     " AND NOT EXISTS (SELECT 1 FROM mediation_sessions s WHERE s.dispute_id = d.dispute_id"
-    f" AND s.state NOT IN ({', '.join(repr(s) for s in NOT_BLOCKING_SESSION_STATES)}))"
+    f" AND (s.state NOT IN ({', '.join(repr(s) for s in NOT_BLOCKING_SESSION_STATES)})"
+    " OR s.started_at >= d.event_timestamp))"
     " AND NOT EXISTS (SELECT 1 FROM mediation_events e"
     f" WHERE e.kind = '{ESCALATION_RECOMMENDED}' AND e.session_id IS NULL"
     f" AND {payload_field('dispute_id', 'e')} = +d.dispute_id)"

@@ -55,9 +55,12 @@ async def test_q2_an_open_time_summary_reaches_every_solver_and_closes_the_sessi
         await eventually(
             lambda: query(db_path, "SELECT state FROM mediation_sessions") == [("closed",)], WAIT
         )
-        await trio.sleep(1.5)  # another tick: nothing more to deliver
+        await trio.sleep(2.5)  # more ticks: nothing more to deliver, nothing to start again
     assert [inbox.count_containing("Suggested next step:") for inbox in h.inboxes] == [1, 1]
+    # the closed session keeps the dispute from a second verdict and take.
+    assert [request.dispute_id for request in h.sim.take_requests()] == [dispute]
     kinds = [row[0] for row in query(db_path, "SELECT kind FROM mediation_events ORDER BY id")]
+    assert kinds.count("start_attempt_started") == 1
     assert kinds.count("summary_generated") == 1
     assert "escalation_recommended" not in kinds
     assert query(

@@ -119,16 +119,23 @@ def test_a_missing_dispute_is_not_eligible_and_an_unknown_state_is_an_error(
 def test_blocking_sessions_and_dispute_scoped_recommends_end_eligibility(
     conn: apsw.Connection,
 ) -> None:
-    """A closed or superseded session does not block; any other state does; so does a
-    dispute-scoped `escalation_recommended` (MED-20 (3), (4))."""
+    """A live session blocks, and so does a finished one (closed, superseded) until a newer
+    dispute event (Q-3); so does a dispute-scoped `escalation_recommended` (MED-20 (3), (4))."""
     for dispute_id in ("d-1", "d-2", "d-3"):
         record_detected(conn, event(dispute_id, ts=T0 - ord(dispute_id[-1])), (), T0)
     open_session(conn, _new("s-1", "d-1"), T0)
     assert not is_eligible(conn, "d-1")
     conn.execute("UPDATE mediation_sessions SET state = 'escalation_recommended'")
     assert not is_eligible(conn, "d-1")
-    conn.execute("UPDATE mediation_sessions SET state = 'superseded_by_human'")
+    for finished in ("superseded_by_human", "closed"):
+        conn.execute("UPDATE mediation_sessions SET state = ?", (finished,))
+        assert not is_eligible(conn, "d-1")
+    # A dispute event newer than the finished session makes the dispute eligible again.
+    conn.execute("UPDATE disputes SET event_timestamp = ? WHERE dispute_id = 'd-1'", (T0 + 5,))
     assert is_eligible(conn, "d-1")
+    conn.execute("UPDATE disputes SET event_timestamp = ? WHERE dispute_id = 'd-1'", (T0 - 1,))
+    assert "d-1" not in {d.dispute_id for d in list_eligible(conn)}
+    conn.execute("UPDATE disputes SET event_timestamp = ? WHERE dispute_id = 'd-1'", (T0 + 5,))
     recommend_dispute_escalation(
         conn,
         "d-2",
@@ -139,7 +146,7 @@ def test_blocking_sessions_and_dispute_scoped_recommends_end_eligibility(
         now=T0,
     )
     assert not is_eligible(conn, "d-2")
-    # Oldest dispute event first: d-3 was stamped before d-1.
+    # Oldest dispute event first: d-3 was stamped before d-1's newer event.
     assert list_eligible(conn) == (
         EligibleDispute("d-3", "buyer"),
         EligibleDispute("d-1", "buyer"),
