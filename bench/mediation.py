@@ -58,6 +58,7 @@ from bench.notify import (
 )
 from bench.reasoning import url_process
 from serbero.actors.mediation.requests import ListPendingEvaluations, ListUnresponsiveSessions
+from serbero.actors.mediation.summary_requests import ListSummariesDue
 from serbero.actors.tracker import Request, Tracker, open_tracker
 from serbero.actors.tracker_requests import ListEligible, ListUnsentOutbound
 from serbero.clock import system_wall_clock
@@ -67,6 +68,7 @@ from serbero.store.connection import open_readonly
 from serbero.store.mediation import NOT_LIVE_SESSION_STATES
 from serbero.store.rounds import pending_evaluations, unresponsive_sessions
 from serbero.store.sessions import list_eligible
+from serbero.store.summaries import summaries_due
 from tests.store.helpers import query_plans
 from tests.support.mostro_sim import MostroSim
 from tests.support.relay_fixtures import LocalRelayProcess, free_loopback_port
@@ -109,6 +111,7 @@ TICK_QUERIES: Final = (
         functools.partial(unresponsive_sessions, now=SEED_NOW, timeout_seconds=SWEEP_TIMEOUT),
         functools.partial(ListUnresponsiveSessions, SEED_NOW, SWEEP_TIMEOUT),
     ),
+    TickQuery("summaries: classified sessions (Q-2)", summaries_due, ListSummariesDue),
 )
 
 
