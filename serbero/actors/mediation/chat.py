@@ -79,6 +79,10 @@ FETCH_TIMEOUT_SECONDS: Final = 5.0
 # MED-5: a publish is tried three times, 100 ms and 200 ms apart.
 PUBLISH_RETRY_DELAYS: Final = (0.1, 0.2)
 DEFAULT_FETCH_INTERVAL_SECONDS: Final = 10.0
+# Sessions fetched at once in a pass: each holds two subscriptions on every relay, and relays
+# cap the subscriptions of one connection (commonly at 20), which the daemon's own dispute and
+# take-reply subscriptions share.
+INGEST_CONCURRENCY: Final = 4
 
 
 class NoChatMaterial(Exception):
@@ -451,18 +455,28 @@ class ChatActor:
             await trio.sleep(self._fetch_interval)
 
     async def pass_once(self, inbound: trio.MemorySendChannel[InboundBatch] | None = None) -> None:
+        """One pass: republish, then ingest the sessions a few at a time, each session's
+        batch handed on as soon as it is stored, so its evaluation need not wait for the
+        rest of the pass."""
         try:
             await self.republish_unsent()
         except StoreError as exc:
             log.warning("chat_pass_failed", stage="republish", error=str(exc))
-        for session_id in self.sessions():
-            try:
-                outcomes = await self.ingest_once(session_id)
-            except StoreError as exc:
-                log.warning(
-                    "chat_pass_failed", stage="ingest", session_id=session_id, error=str(exc)
-                )
-                continue
+        limiter = trio.CapacityLimiter(INGEST_CONCURRENCY)
+
+        async def ingest(session_id: str) -> None:
+            async with limiter:
+                try:
+                    outcomes = await self.ingest_once(session_id)
+                except StoreError as exc:
+                    log.warning(
+                        "chat_pass_failed", stage="ingest", session_id=session_id, error=str(exc)
+                    )
+                    return
             news = any(not isinstance(outcome, Duplicate) for outcome in outcomes)
             if inbound is not None and news:
                 await inbound.send(InboundBatch(session_id, tuple(outcomes)))
+
+        async with trio.open_nursery() as nursery:
+            for session_id in self.sessions():
+                nursery.start_soon(ingest, session_id)

@@ -68,6 +68,9 @@ T = TypeVar("T")
 
 # A configured interval of 0 would spin; one second is the shortest period the tick takes.
 MIN_TICK_SECONDS: Final = 1.0
+# Sessions evaluated at once after the parties answered: each mostly waits on the model, so
+# one after the other would make the last of many sessions wait for all the others' calls.
+EVALUATION_CONCURRENCY: Final = 16
 
 
 class RoundStage(Protocol):
@@ -212,23 +215,25 @@ class MediationEngine:
         """MED-70 once: start attempts, the chat pass and its evaluations, the sweep, the
         summaries. A failing stage is logged and counted; the next stage runs anyway."""
         await self._stage("start", self.start.tick)
-        batches: list[InboundBatch] = []
+        rounds = self.rounds
+        limiter = trio.CapacityLimiter(EVALUATION_CONCURRENCY)
+        send, receive = trio.open_memory_channel[InboundBatch](math.inf)
 
         async def chat_pass() -> None:
-            send, receive = trio.open_memory_channel[InboundBatch](math.inf)
-            async with send, receive:
-                await self.chat.pass_once(send)
-                while True:
-                    try:
-                        batches.append(receive.receive_nowait())
-                    except trio.WouldBlock:
-                        break
+            async with send:
+                await self._stage("chat", _bound(self.chat.pass_once, send))
 
-        await self._stage("chat", chat_pass)
-        rounds = self.rounds
+        async def evaluate(stage: RoundStage, batch: InboundBatch) -> None:
+            async with limiter:
+                await self._stage("rounds", _bound(stage.on_batch, batch))
+
+        # A session's batch is evaluated while the pass goes on with the other sessions.
+        async with trio.open_nursery() as nursery, receive:
+            nursery.start_soon(chat_pass)
+            async for batch in receive:
+                if rounds is not None:
+                    nursery.start_soon(evaluate, rounds, batch)
         if rounds is not None:
-            for batch in batches:
-                await self._stage("rounds", _bound(rounds.on_batch, batch))
             await self._stage("evaluate", rounds.evaluate_pending)
             await self._stage("sweep", _bound(rounds.sweep, self._wall_clock()))
         if self.summaries is not None:
