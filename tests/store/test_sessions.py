@@ -51,7 +51,16 @@ from serbero.store.sessions import (
     record_take,
     record_verdict,
 )
-from tests.store.helpers import MED50_EVENTS, SOLVERS, T0, count, event, one, rows
+from tests.store.helpers import (
+    MED50_EVENTS,
+    SOLVERS,
+    T0,
+    count,
+    event,
+    new_session,
+    one,
+    rows,
+)
 from tests.support.clocks import FakeWallClock
 
 BUNDLE = "phase3-default"
@@ -59,16 +68,7 @@ HASH = "f" * 64
 
 
 def _new(session_id: str = "s-1", dispute_id: str = "d-1") -> NewSession:
-    return NewSession(
-        session_id=session_id,
-        dispute_id=dispute_id,
-        prompt_bundle_id=BUNDLE,
-        policy_hash=HASH,
-        buyer_shared_pubkey="1" * 64,
-        seller_shared_pubkey="2" * 64,
-        buyer_trade_pubkey="3" * 64,
-        seller_trade_pubkey="4" * 64,
-    )
+    return new_session(session_id, dispute_id, BUNDLE, HASH)
 
 
 def _events(conn: apsw.Connection) -> list[tuple[object, ...]]:
