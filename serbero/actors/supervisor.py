@@ -134,7 +134,8 @@ class DaemonContext(msgspec.Struct, frozen=True, kw_only=True):
     `ring_sender()` tells the outbox sender that new DMs were queued (it also finds them
     within `IDLE_RECHECK_SECONDS` without a ring); `snapshot()` is the live view;
     `mediation.wait_settled()` gives the mediation engine its context once bring-up is over;
-    `engine` is where the running engine attaches, so the ingest can ask it for starts.
+    `engine` is where the running engine attaches, so the ingest can ask it for starts;
+    `core_busy()` says the sender has notices in flight, which mediation's starts wait out.
     """
 
     config: Config
@@ -149,6 +150,7 @@ class DaemonContext(msgspec.Struct, frozen=True, kw_only=True):
     snapshot: SnapshotProvider
     mediation: MediationBringUp
     engine: MediationHandle
+    core_busy: Callable[[], bool]
 
 
 class OptionalActor(msgspec.Struct, frozen=True, kw_only=True):
@@ -381,6 +383,7 @@ class Supervisor:
                 snapshot=self.snapshot,
                 mediation=self.mediation,
                 engine=self.engine,
+                core_busy=self._sending_notices,
             )
             specs = self._core_actors(context, subscription, sending)
             specs += [
@@ -403,6 +406,9 @@ class Supervisor:
             if self._recorder is not None:
                 with trio.move_on_after(STOP_RECORD_SECONDS):
                     await self._recorder.record_stop()
+
+    def _sending_notices(self) -> bool:
+        return self.sender_stats.in_flight > 0
 
     def _core_actors(
         self, context: DaemonContext, subscription: Subscription, sending: SendingOrigin

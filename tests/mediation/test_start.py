@@ -14,7 +14,13 @@ import pytest
 import trio
 import trio.testing
 
-from serbero.actors.mediation.start import START_CONCURRENCY, OpenResult, Outcome, StartActor
+from serbero.actors.mediation.start import (
+    CORE_FIRST_MAX_WAIT_SECONDS,
+    START_CONCURRENCY,
+    OpenResult,
+    Outcome,
+    StartActor,
+)
 from serbero.actors.tracker import Tracker, open_tracker
 from serbero.reasoning.types import Role
 from serbero.store.connection import open_database
@@ -174,3 +180,22 @@ async def test_a_burst_runs_start_concurrency_attempts_at_a_time(tmp_path: Path)
         assert sorted(call[0] for call in recorder.calls) == sorted(disputes)
         assert actor.in_flight == frozenset()
         nursery.cancel_scope.cancel()
+
+
+async def test_an_attempt_waits_while_the_core_sends_notices(
+    tracker: Tracker, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Core first: no verdict or take while notices are in flight; at most the max wait."""
+    recorder = Recorder()
+    busy_until = trio.current_time() + 1.0
+    actor = StartActor(tracker, recorder, core_busy=lambda: trio.current_time() < busy_until)
+    began = trio.current_time()
+    await actor.tick()
+    assert [call[0] for call in recorder.calls] == [D1, D2]
+    assert 1.0 <= trio.current_time() - began < 1.1
+
+    always = StartActor(tracker, Recorder(), core_busy=lambda: True)
+    began = trio.current_time()
+    await always.tick()
+    # Each of the two attempts waited out the bound, then ran: mediation never starves.
+    assert trio.current_time() - began == pytest.approx(2 * CORE_FIRST_MAX_WAIT_SECONDS, abs=0.1)

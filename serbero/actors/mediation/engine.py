@@ -108,6 +108,7 @@ class MediationEngine:
         mostro_pubkey: str,
         handle: MediationHandle,
         ring_sender: Callable[[], None] = lambda: None,
+        core_busy: Callable[[], bool] = lambda: False,
         wall_clock: WallClock = system_wall_clock,
         rand: Callable[[int], bytes] = os.urandom,
     ) -> None:
@@ -130,7 +131,8 @@ class MediationEngine:
         self.opener = Opener(
             tracker, context, self.auth, self.take, self.chat, ring_sender=ring_sender
         )
-        self.start = StartActor(tracker, self.opener.attempt)
+        # Starts wait while the core delivers notices (its figures come first).
+        self.start = StartActor(tracker, self.opener.attempt, core_busy=core_busy)
         summaries = SummaryDelivery(tracker, context, ring_sender=ring_sender)
         self.evaluator = RoundEvaluator(
             tracker,
@@ -278,6 +280,7 @@ async def run_mediation_engine(context: DaemonContext) -> None:
         mostro_pubkey=context.mostro_pubkey,
         handle=context.engine,
         ring_sender=context.ring_sender,
+        core_busy=context.core_busy,
         wall_clock=context.wall_clock,
         rand=context.rand,
     )
