@@ -32,7 +32,7 @@ from serbero.store.connection import open_database
 from serbero.store.disputes import record_detected
 from serbero.store.errors import StoreFailure, UnknownDispute
 from serbero.store.escalation import pending_handoffs_page
-from serbero.store.rationale import RationaleOccurrence, store_rationale
+from serbero.store.rationale import RationaleOccurrence, StoredRationale, store_rationale
 from serbero.store.sessions import (
     AlreadyOpen,
     EligibleDispute,
@@ -69,6 +69,27 @@ HASH = "f" * 64
 
 def _new(session_id: str = "s-1", dispute_id: str = "d-1") -> NewSession:
     return new_session(session_id, dispute_id, BUNDLE, HASH)
+
+
+def _bind(
+    conn: apsw.Connection,
+    session_id: str,
+    stored: StoredRationale,
+    classification: str,
+    confidence: float,
+    now: int,
+) -> None:
+    bind_rationale(
+        conn,
+        session_id,
+        classification=classification,
+        confidence=confidence,
+        rationale_id=stored.rationale_id,
+        occurrence_id=stored.occurrence_id,
+        bundle_id=BUNDLE,
+        policy_hash=HASH,
+        now=now,
+    )
 
 
 def _events(conn: apsw.Connection) -> list[tuple[object, ...]]:
@@ -317,17 +338,7 @@ def test_the_happy_path_audit_order(conn: apsw.Connection) -> None:
     record_verdict(conn, "d-1", Verdict(decision="ask_clarification"), BUNDLE, HASH, T0)
     record_take(conn, "d-1", TakeOutcome(True), BUNDLE, HASH, T0)
     open_session(conn, _new(), T0)
-    bind_rationale(
-        conn,
-        "s-1",
-        classification="coordination_failure_resolvable",
-        confidence=0.9,
-        rationale_id=stored.rationale_id,
-        occurrence_id=stored.occurrence_id,
-        bundle_id=BUNDLE,
-        policy_hash=HASH,
-        now=T0,
-    )
+    _bind(conn, "s-1", stored, "coordination_failure_resolvable", 0.9, T0)
     record_outbound_round(conn, OutboundRound("s-1", _outbound("buyer"), _outbound("seller")), T0)
     record_outbound_sent(conn, "s-1", "1" * 64, "b" * 64, T0)
     record_outbound_sent(conn, "s-1", "2" * 64, "s" * 64, T0)
@@ -359,31 +370,11 @@ def test_bind_keeps_a_rationale_already_bound_to_another_session(conn: apsw.Conn
     )
     first = store_rationale(conn, occurrence, T0)
     open_session(conn, _new("s-1"), T0)
-    bind_rationale(
-        conn,
-        "s-1",
-        classification="unclear",
-        confidence=0.6,
-        rationale_id=first.rationale_id,
-        occurrence_id=first.occurrence_id,
-        bundle_id=BUNDLE,
-        policy_hash=HASH,
-        now=T0,
-    )
+    _bind(conn, "s-1", first, "unclear", 0.6, T0)
     conn.execute("UPDATE mediation_sessions SET state = 'closed'")
     second = store_rationale(conn, occurrence, T0 + 1)
     open_session(conn, _new("s-2"), T0 + 1)
-    bind_rationale(
-        conn,
-        "s-2",
-        classification="unclear",
-        confidence=0.6,
-        rationale_id=second.rationale_id,
-        occurrence_id=second.occurrence_id,
-        bundle_id=BUNDLE,
-        policy_hash=HASH,
-        now=T0 + 1,
-    )
+    _bind(conn, "s-2", second, "unclear", 0.6, T0 + 1)
     assert one(conn, "SELECT session_id FROM reasoning_rationales") == "s-1"
     assert rows(conn, "SELECT session_id FROM serbero_rationale_occurrences ORDER BY id") == [
         ("s-1",),
