@@ -392,11 +392,18 @@ class OutboxSender:
                 results = (exc,) * len(batch)
             else:
                 results = answered
+            # Look at the outbox again at once when rows wait there or a completion changed
+            # what is due: it let a row through, scheduled a retry, or queued follow-ups.
             ring = self._waiting
             for (row, delivery), result in zip(batch, results, strict=True):
                 if isinstance(result, OutboxCompletion):
                     self._completed(row, delivery, result)
-                    ring = ring or result.unblocks or result.next_attempt_at is not None
+                    ring = (
+                        ring
+                        or result.unblocks
+                        or result.next_attempt_at is not None
+                        or bool(result.queued)
+                    )
                 else:
                     _log_record_failed(row, delivery, result)
             self.stats.in_flight -= len(batch)

@@ -152,6 +152,8 @@ class OutboxCompletion(msgspec.Struct, frozen=True):
     initial notice caused, if any; `last_notified_at` is the value written, if any;
     `unblocks` says a later row of the same (dispute, solver) pair can now be handed out.
     `notification_id` is the attempt row written, None when a repeated failure wrote none.
+    `queued` names the rows what the completion implies queued in its commit (a failed
+    summary's escalation notice): due now, the sender looks for them at once.
     """
 
     outbox_id: int
@@ -164,6 +166,7 @@ class OutboxCompletion(msgspec.Struct, frozen=True):
     transition: TransitionResult | None
     last_notified_at: int | None
     unblocks: bool = False
+    queued: tuple[int, ...] = ()
 
 
 class OutboxOutcome(msgspec.Struct, frozen=True):

@@ -409,12 +409,14 @@ def settle_summary_dms(
     conn: apsw.Connection,
     completions: Sequence[OutboxCompletion | UnknownOutboxRow],
     now: int,
-) -> tuple[SummarySettled, ...]:
+) -> tuple[OutboxCompletion | UnknownOutboxRow, ...]:
     """`settle_summary_dm` for each completion of a batch, in the caller's transaction, each
     in its own savepoint: a session that cannot be settled is logged and never undoes the
-    DM outcomes recorded with it (the next completion or the tick settles it)."""
-    settled: list[SummarySettled] = []
+    DM outcomes recorded with it (the next completion or the tick settles it). Returns the
+    completions, each naming in `queued` the escalation notice its settling queued."""
+    settled: list[OutboxCompletion | UnknownOutboxRow] = []
     for completion in completions:
+        settled.append(completion)
         if not isinstance(completion, OutboxCompletion):
             continue
         try:
@@ -430,22 +432,22 @@ def settle_summary_dms(
             continue
         if done is None:
             continue
-        settled.append(done)
-        if done.closed:
+        if done.escalation is None:
             log.info(
                 "mediation_summary_delivered",
                 dispute_id=completion.dispute_id,
                 session_id=done.session_id,
             )
-        else:
-            log.warning(
-                "mediation_summary_escalated",
-                dispute_id=completion.dispute_id,
-                session_id=done.session_id,
-                trigger=NOTIFICATION_FAILED,
-                reason=ALL_SENDS_FAILED,
-                matched="",
-            )
+            continue
+        settled[-1] = msgspec.structs.replace(completion, queued=done.escalation.outbox_ids)
+        log.warning(
+            "mediation_summary_escalated",
+            dispute_id=completion.dispute_id,
+            session_id=done.session_id,
+            trigger=NOTIFICATION_FAILED,
+            reason=ALL_SENDS_FAILED,
+            matched="",
+        )
     return tuple(settled)
 
 
@@ -455,6 +457,4 @@ def complete_and_settle(
     """The sender's batch of DM outcomes (`complete_many`) and what they mean for summary
     sessions (`settle_summary_dms`), under one commit (MED-113)."""
     with transaction(conn):
-        completions = complete_many(conn, outcomes, now=now)
-        settle_summary_dms(conn, completions, now)
-    return completions
+        return settle_summary_dms(conn, complete_many(conn, outcomes, now=now), now)

@@ -29,7 +29,8 @@ from serbero.actors.tracker import Request, Tracker, open_tracker
 from serbero.actors.tracker_requests import RecordAssignment, RecordDetected
 from serbero.config import SolverConfig
 from serbero.protocol.keys import Keys
-from serbero.store.disputes import DisputeEvent
+from serbero.store.connection import open_database
+from serbero.store.disputes import DisputeEvent, record_detected
 from serbero.store.outbox import (
     FAILED_ROW_INTERVAL_SECONDS,
     FAILED_ROWS_IN_FULL,
@@ -37,7 +38,11 @@ from serbero.store.outbox import (
     RETRY_MAX_SECONDS,
     OutboxMessage,
 )
+from serbero.store.rationale import RationaleOccurrence
+from serbero.store.sessions import bind_rationale, open_session
+from serbero.store.summaries import GeneratedSummary, SummaryQueued, begin_summary, record_summary
 from tests.daemon.support import count_rows, query
+from tests.store.helpers import new_session
 from tests.support.clocks import START as T0
 from tests.support.clocks import TrioWallClock
 
@@ -402,3 +407,80 @@ async def test_a_dm_refused_all_day_is_retried_all_day_with_a_bounded_audit_trai
     stamps = [row[0] for row in query(db, "SELECT sent_at FROM notifications ORDER BY id")]
     later = stamps[FAILED_ROWS_IN_FULL - 1 :]
     assert all(b - a >= FAILED_ROW_INTERVAL_SECONDS for a, b in itertools.pairwise(later))
+
+
+# --- what a completion queues goes out at once -------------------------------------------------
+
+
+def _summary_queued(db: str, solvers: Sequence[SolverConfig]) -> None:
+    """A database with a summary stored and its DM queued to `solvers` (MED-110..112)."""
+    conn, _ = open_database(db)
+    try:
+        record_detected(conn, event("initiated"), (), T0)
+        open_session(conn, new_session("s-1", "d-1"), T0)
+        bind_rationale(
+            conn,
+            "s-1",
+            classification="coordination_failure_resolvable",
+            confidence=0.9,
+            rationale_id=None,
+            occurrence_id=None,
+            bundle_id="phase3-default",
+            policy_hash="f" * 64,
+            now=T0,
+            classified=True,
+        )
+        job = begin_summary(conn, "s-1", T0)
+        assert job is not None
+        summary = GeneratedSummary(
+            summary_text="The fiat arrived late.",
+            suggested_next_step="Confirm receipt with the seller.",
+            rationale=RationaleOccurrence(
+                text="both agree the payment was late",
+                purpose="summary",
+                dispute_id="d-1",
+                session_id="s-1",
+                provider="openai",
+                model="gpt-4o-mini",
+                prompt_bundle_id=job.prompt_bundle_id,
+                policy_hash=job.policy_hash,
+            ),
+        )
+        recorded = record_summary(conn, job, summary, [s.key for s in solvers], T0)
+        assert isinstance(recorded, SummaryQueued)
+    finally:
+        conn.close()
+
+
+async def test_the_notice_a_failed_summary_escalates_with_goes_out_at_once(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """MED-113: every summary DM fails for good; the commit recording the last failure
+    escalates the session and queues the solvers' notice, which the sender sends right
+    after that commit, not at its next look at an idle outbox."""
+    db = str(tmp_path / "serbero.db")
+    _summary_queued(db, SOLVERS)
+    sent: list[tuple[str, str, float]] = []
+
+    async def refuse_summaries(solver: SolverConfig, body: str, dm: DmIdentity) -> Delivery:
+        await trio.sleep(1)
+        if "The fiat arrived late." in body:
+            return Delivery(ok=False, error="invalid pubkey: scripted", retryable=False)
+        sent.append((solver.pubkey, body, trio.current_time()))
+        return Delivery(ok=True, error=None, retryable=True)
+
+    async with open_tracker(db, wall_clock=TrioWallClock(), offload=False) as tracker:
+        sender = stub_sender(tracker, refuse_summaries)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(sender.run)
+            await trio.sleep(IDLE_RECHECK_SECONDS / 2)
+            nursery.cancel_scope.cancel()
+    assert query(db, "SELECT state FROM mediation_sessions") == [("escalation_recommended",)]
+    assert sorted(solver for solver, _, _ in sent) == sorted(s.pubkey for s in SOLVERS)
+    # The summary DMs end at 1 s and are recorded together; the notice takes 1 s.
+    assert [at for _, _, at in sent] == [pytest.approx(2 + COMPLETION_LINGER)] * len(SOLVERS)
+    assert count_rows(
+        db,
+        "notification_outbox",
+        "notif_type = 'mediation_escalation_recommended' AND state = 'sent'",
+    ) == len(SOLVERS)

@@ -11,7 +11,7 @@ import pytest
 from serbero.protocol.handoff import decode_handoff_package
 from serbero.protocol.texts import summary_notice
 from serbero.store.disputes import record_detected
-from serbero.store.outbox import claim_due, complete
+from serbero.store.outbox import OutboxCompletion, OutboxOutcome, claim_due, complete
 from serbero.store.rationale import RationaleOccurrence, rationale_id
 from serbero.store.sessions import bind_rationale, open_session
 from serbero.store.summaries import (
@@ -23,6 +23,7 @@ from serbero.store.summaries import (
     SummaryJob,
     SummaryQueued,
     begin_summary,
+    complete_and_settle,
     escalate_summary,
     record_summary,
     settle_summary_dm,
@@ -301,3 +302,19 @@ def test_escalate_summary_through_the_recommend(conn: apsw.Connection) -> None:
     )  # fmt: skip
     assert again is None
     assert count(conn, "mediation_events", "kind = 'handoff_prepared'") == 1
+
+
+def test_a_batch_names_the_notice_its_failures_queued(conn: apsw.Connection) -> None:
+    """The sender's commit (`complete_and_settle`) tells it which rows the escalation
+    queued, so it sends them at once: named once, by the completion that escalated."""
+    ids = _queued(conn, SOLVERS[:2])
+    outcomes = [OutboxOutcome(i, ok=False, error="invalid pubkey: x", retry=False) for i in ids]
+    completions = complete_and_settle(conn, outcomes, T0 + 13)
+    notices = tuple(r[0] for r in rows(
+        conn,
+        "SELECT id FROM notification_outbox"
+        " WHERE notif_type = 'mediation_escalation_recommended' ORDER BY id",
+    ))  # fmt: skip
+    assert len(notices) == 2
+    queued = [c.queued for c in completions if isinstance(c, OutboxCompletion) and c.queued]
+    assert queued == [notices]
