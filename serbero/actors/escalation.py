@@ -8,7 +8,7 @@ its report, so nothing is ever queued between them (ESC-15).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Final
 
@@ -67,9 +67,11 @@ async def run_dispatcher(
     settings: EscalationConfig,
     solvers: Sequence[SolverConfig],
     wall_clock: WallClock,
+    ring_sender: Callable[[], None] = lambda: None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the scanner and the gate until cancelled; the first cycle is one interval away.
+    `ring_sender` wakes the outbox sender for the DMs a dispatch queued to retry.
 
     `solvers` and `settings` are a start-up snapshot (ESC-4); the start-up log lines are the
     caller's (`log_dispatcher_settings`).
@@ -82,6 +84,7 @@ async def run_dispatcher(
         solvers=solvers,
         fallback_to_all_solvers=settings.fallback_to_all_solvers,
         wall_clock=wall_clock,
+        ring_sender=ring_sender,
     )
     async with trio.open_nursery() as nursery:
         nursery.start_soon(gate_actor.run, gate, handoff_receive, done_send)

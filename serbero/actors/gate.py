@@ -14,7 +14,7 @@ a dispatch that cannot be committed after sending is re-sent then (at-least-once
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Final
 
 import msgspec
@@ -165,12 +165,15 @@ class Gate:
         solvers: Sequence[SolverConfig],
         fallback_to_all_solvers: bool,
         wall_clock: WallClock,
+        ring_sender: Callable[[], None] = lambda: None,
     ) -> None:
         self._tracker = tracker
         self._deliver = deliver
         self._solvers = tuple(solvers)
         self._fallback = fallback_to_all_solvers
         self._wall_clock = wall_clock
+        # Wakes the outbox sender for the retries a dispatch queued.
+        self._ring_sender = ring_sender
 
     async def process(self, handoff: HandoffRow) -> HandoffOutcome:
         """Steps 6.1-6.8 for one handoff; store errors leave it pending, never raise."""
@@ -348,6 +351,9 @@ class Gate:
             via_fallback=route.via_fallback,
             retries_queued=len(retries),
         )
+        if retries:
+            # Due now: the sender tries them once more at once, then with its backoff.
+            self._ring_sender()
         if dispatch.status == STATUS_DISPATCHED:
             return HandoffOutcome.DISPATCHED
         return HandoffOutcome.SEND_FAILED

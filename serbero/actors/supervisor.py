@@ -190,6 +190,7 @@ async def _escalation_dispatcher(context: DaemonContext) -> None:
         settings=context.config.escalation,
         solvers=context.config.solvers,
         wall_clock=context.wall_clock,
+        ring_sender=context.ring_sender,
     )
 
 

@@ -280,13 +280,19 @@ async def dispatcher_cycles(
     solvers: Sequence[SolverConfig],
     fallback: bool = False,
     wall_clock: WallClock,
+    ring_sender: Callable[[], None] = lambda: None,
 ) -> AsyncIterator[Cycle]:
     """The gate actor running, and a function that runs one scanner cycle on demand: the
     acceptance scenarios count cycles, not seconds."""
     handoff_send, handoff_receive = trio.open_memory_channel[HandoffRow](0)
     done_send, done_receive = trio.open_memory_channel[HandoffDone](0)
     gate = Gate(
-        tracker, deliver, solvers=solvers, fallback_to_all_solvers=fallback, wall_clock=wall_clock
+        tracker,
+        deliver,
+        solvers=solvers,
+        fallback_to_all_solvers=fallback,
+        wall_clock=wall_clock,
+        ring_sender=ring_sender,
     )
 
     async def cycle() -> CycleReport:

@@ -151,13 +151,23 @@ async def test_dms_no_relay_accepted_are_queued_for_the_outbox_until_delivered_o
     tracker: Tracker, writer: SecondWriter, wall_clock: FakeWallClock, handoff: int
 ) -> None:
     """#12 item 5: each failed recipient's DM is queued with the dispatch, dated as it went
-    out and tied to its handoff (so the retry is the same wrap, BEY-26); the outbox drops it
-    once the dispute is resolved."""
+    out and tied to its handoff (so the retry is the same wrap, BEY-26), and the sender is
+    woken for it; the outbox drops it once the dispute is resolved."""
     deliver = ScriptedDeliver(failing=[A.pubkey])
     t = wall_clock.now
-    async with dispatcher_cycles(tracker, deliver, solvers=[A, B], wall_clock=wall_clock) as cycle:
+    rings: list[int] = []
+    async with dispatcher_cycles(
+        tracker,
+        deliver,
+        solvers=[A, B],
+        wall_clock=wall_clock,
+        ring_sender=lambda: rings.append(
+            writer.rows("SELECT COUNT(*) FROM notification_outbox")[0][0]
+        ),
+    ) as cycle:
         with capture_logs() as logs:
             await cycle()
+    assert rings == [1], "rung once, after the retry was committed"
     ((_, body, _),) = [call for call in deliver.calls if call[0] == A.pubkey]
     assert writer.rows(
         "SELECT solver_pubkey, notif_type, body, cause, created_at, handoff_event_id, state"
@@ -188,11 +198,17 @@ async def test_a_key_that_cannot_be_parsed_is_not_queued_again(
 ) -> None:
     broken = SolverConfig.from_text("npub1-not-a-key", "write")
     deliver = ScriptedDeliver()
+    rings: list[None] = []
     async with dispatcher_cycles(
-        tracker, deliver, solvers=[broken, B], wall_clock=wall_clock
+        tracker,
+        deliver,
+        solvers=[broken, B],
+        wall_clock=wall_clock,
+        ring_sender=lambda: rings.append(None),
     ) as cycle:
         await cycle()
     assert writer.rows("SELECT COUNT(*) FROM notification_outbox") == [(0,)]
+    assert rings == [], "nothing queued, nothing to wake the sender for"
 
 
 async def test_fallback_flag_flows_into_row_and_audit(
