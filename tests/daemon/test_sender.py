@@ -38,11 +38,9 @@ from serbero.store.outbox import (
     RETRY_MAX_SECONDS,
     OutboxMessage,
 )
-from serbero.store.rationale import RationaleOccurrence
-from serbero.store.sessions import bind_rationale, open_session
-from serbero.store.summaries import GeneratedSummary, SummaryQueued, begin_summary, record_summary
+from serbero.store.summaries import SummaryQueued, begin_summary, record_summary
 from tests.daemon.support import count_rows, query
-from tests.store.helpers import new_session
+from tests.store.helpers import generated_summary, open_classified
 from tests.support.clocks import START as T0
 from tests.support.clocks import TrioWallClock
 
@@ -417,35 +415,10 @@ def _summary_queued(db: str, solvers: Sequence[SolverConfig]) -> None:
     conn, _ = open_database(db)
     try:
         record_detected(conn, event("initiated"), (), T0)
-        open_session(conn, new_session("s-1", "d-1"), T0)
-        bind_rationale(
-            conn,
-            "s-1",
-            classification="coordination_failure_resolvable",
-            confidence=0.9,
-            rationale_id=None,
-            occurrence_id=None,
-            bundle_id="phase3-default",
-            policy_hash="f" * 64,
-            now=T0,
-            classified=True,
-        )
+        open_classified(conn)
         job = begin_summary(conn, "s-1", T0)
         assert job is not None
-        summary = GeneratedSummary(
-            summary_text="The fiat arrived late.",
-            suggested_next_step="Confirm receipt with the seller.",
-            rationale=RationaleOccurrence(
-                text="both agree the payment was late",
-                purpose="summary",
-                dispute_id="d-1",
-                session_id="s-1",
-                provider="openai",
-                model="gpt-4o-mini",
-                prompt_bundle_id=job.prompt_bundle_id,
-                policy_hash=job.policy_hash,
-            ),
-        )
+        summary = generated_summary(job)
         recorded = record_summary(conn, job, summary, [s.key for s in solvers], T0)
         assert isinstance(recorded, SummaryQueued)
     finally:

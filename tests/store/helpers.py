@@ -10,11 +10,16 @@ import apsw
 
 from serbero.store.disputes import DisputeEvent
 from serbero.store.outbox import OutboxMessage
-from serbero.store.sessions import NewSession
+from serbero.store.rationale import RationaleOccurrence
+from serbero.store.sessions import NewSession, bind_rationale, open_session
+from serbero.store.summaries import GeneratedSummary, SummaryJob
 
 MOSTRO = "79be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798"
 SOLVERS = ("a" * 64, "b" * 64, "c" * 64)
 T0 = 1_700_000_000
+BUNDLE = "phase3-default"
+HASH = "f" * 64
+SUMMARY_RATIONALE = "both parties agree the payment was late"
 # MED-50: a happy-path open's events, in id order.
 MED50_EVENTS = [
     "start_attempt_started",
@@ -59,6 +64,51 @@ def new_session(
         seller_shared_pubkey="2" * 64,
         buyer_trade_pubkey="3" * 64,
         seller_trade_pubkey="4" * 64,
+    )
+
+
+def open_classified(
+    conn: apsw.Connection,
+    session_id: str = "s-1",
+    dispute_id: str = "d-1",
+    *,
+    bundle_id: str = BUNDLE,
+    policy_hash: str = HASH,
+    confidence: float = 0.85,
+    now: int = T0,
+) -> None:
+    """A session of a recorded dispute, classified `coordination_failure_resolvable` at open
+    (Q-2): due for its summary."""
+    open_session(conn, new_session(session_id, dispute_id, bundle_id, policy_hash), now)
+    bind_rationale(
+        conn,
+        session_id,
+        classification="coordination_failure_resolvable",
+        confidence=confidence,
+        rationale_id=None,
+        occurrence_id=None,
+        bundle_id=bundle_id,
+        policy_hash=policy_hash,
+        now=now,
+        classified=True,
+    )
+
+
+def generated_summary(job: SummaryJob, text: str = "The fiat arrived late.") -> GeneratedSummary:
+    """The summary of `job` as it passed the guard, with `SUMMARY_RATIONALE`."""
+    return GeneratedSummary(
+        summary_text=text,
+        suggested_next_step="Confirm receipt with the seller.",
+        rationale=RationaleOccurrence(
+            text=SUMMARY_RATIONALE,
+            purpose="summary",
+            dispute_id=job.dispute_id,
+            session_id=job.session_id,
+            provider="openai",
+            model="gpt-4o-mini",
+            prompt_bundle_id=job.prompt_bundle_id,
+            policy_hash=job.policy_hash,
+        ),
     )
 
 

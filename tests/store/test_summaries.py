@@ -12,12 +12,10 @@ from serbero.protocol.handoff import decode_handoff_package
 from serbero.protocol.texts import summary_notice
 from serbero.store.disputes import record_detected
 from serbero.store.outbox import OutboxCompletion, OutboxOutcome, claim_due, complete
-from serbero.store.rationale import RationaleOccurrence, rationale_id
-from serbero.store.sessions import bind_rationale, open_session
+from serbero.store.rationale import rationale_id
 from serbero.store.summaries import (
     ALL_SENDS_FAILED,
     NO_RECIPIENTS,
-    GeneratedSummary,
     SummaryEscalated,
     SummaryGone,
     SummaryJob,
@@ -30,46 +28,25 @@ from serbero.store.summaries import (
     summaries_due,
     summary_cause,
 )
-from tests.store.helpers import SOLVERS, T0, count, event, new_session, one, rows
-
-BUNDLE = "phase3-default"
-HASH = "f" * 64
-RATIONALE = "both parties agree the payment was late"
+from tests.store.helpers import (
+    BUNDLE,
+    HASH,
+    SOLVERS,
+    SUMMARY_RATIONALE,
+    T0,
+    count,
+    event,
+    generated_summary,
+    one,
+    open_classified,
+    rows,
+)
 
 
 def _classified(conn: apsw.Connection, session_id: str = "s-1", dispute_id: str = "d-1") -> None:
     """A dispute with a session classified `coordination_failure_resolvable` 0.85 at open."""
     record_detected(conn, event(dispute_id), (), T0)
-    open_session(conn, new_session(session_id, dispute_id, BUNDLE, HASH), T0)
-    bind_rationale(
-        conn,
-        session_id,
-        classification="coordination_failure_resolvable",
-        confidence=0.85,
-        rationale_id=None,
-        occurrence_id=None,
-        bundle_id=BUNDLE,
-        policy_hash=HASH,
-        now=T0,
-        classified=True,
-    )
-
-
-def _summary(job: SummaryJob, text: str = "The fiat arrived late.") -> GeneratedSummary:
-    return GeneratedSummary(
-        summary_text=text,
-        suggested_next_step="Confirm receipt with the seller.",
-        rationale=RationaleOccurrence(
-            text=RATIONALE,
-            purpose="summary",
-            dispute_id=job.dispute_id,
-            session_id=job.session_id,
-            provider="openai",
-            model="gpt-4o-mini",
-            prompt_bundle_id=BUNDLE,
-            policy_hash=HASH,
-        ),
-    )
+    open_classified(conn, session_id, dispute_id)
 
 
 def _state(conn: apsw.Connection, session_id: str = "s-1") -> str:
@@ -120,8 +97,8 @@ def test_mas10_the_summary_its_rationale_event_and_dm_in_one_transaction(
     _classified(conn)
     conn.execute("UPDATE disputes SET assigned_solver = ?", (SOLVERS[1],))
     job = _begin(conn)
-    record = record_summary(conn, job, _summary(job), SOLVERS, T0 + 11)
-    rid = rationale_id(RATIONALE)
+    record = record_summary(conn, job, generated_summary(job), SOLVERS, T0 + 11)
+    rid = rationale_id(SUMMARY_RATIONALE)
     assert isinstance(record, SummaryQueued)
     assert (record.rationale_id, record.recipients) == (rid, (SOLVERS[1],))
     assert rows(
@@ -139,7 +116,7 @@ def test_mas10_the_summary_its_rationale_event_and_dm_in_one_transaction(
         "SELECT session_id, prompt_bundle_id, policy_hash, rationale_text FROM"
         " reasoning_rationales WHERE rationale_id = ?",
         (rid,),
-    ) == [("s-1", BUNDLE, HASH, RATIONALE)]
+    ) == [("s-1", BUNDLE, HASH, SUMMARY_RATIONALE)]
     [generated] = rows(
         conn,
         "SELECT payload_json, rationale_id, prompt_bundle_id, policy_hash, occurred_at"
@@ -172,7 +149,7 @@ def test_mas11_unassigned_or_unknown_assignee_goes_to_every_solver(
     _classified(conn)
     conn.execute("UPDATE disputes SET assigned_solver = ?", (assigned,))
     job = _begin(conn)
-    record = record_summary(conn, job, _summary(job), SOLVERS, T0 + 11)
+    record = record_summary(conn, job, generated_summary(job), SOLVERS, T0 + 11)
     assert isinstance(record, SummaryQueued) and record.recipients == SOLVERS
     assert count(conn, "notification_outbox", "notif_type = 'mediation_summary'") == 3
 
@@ -180,7 +157,7 @@ def test_mas11_unassigned_or_unknown_assignee_goes_to_every_solver(
 def test_mas12_no_recipients_keeps_the_summary_and_escalates(conn: apsw.Connection) -> None:
     _classified(conn)
     job = _begin(conn)
-    record = record_summary(conn, job, _summary(job), (), T0 + 11)
+    record = record_summary(conn, job, generated_summary(job), (), T0 + 11)
     assert isinstance(record, SummaryEscalated)
     assert _state(conn) == "escalation_recommended"
     assert count(conn, "mediation_summaries") == 1
@@ -190,7 +167,7 @@ def test_mas12_no_recipients_keeps_the_summary_and_escalates(conn: apsw.Connecti
         one(conn, "SELECT payload_json FROM mediation_events WHERE kind = 'escalation_recommended'")
     )
     assert (payload["trigger"], payload["reason"]) == ("notification_failed", NO_RECIPIENTS)
-    assert payload["rationale_refs"] == [rationale_id(RATIONALE)]
+    assert payload["rationale_refs"] == [rationale_id(SUMMARY_RATIONALE)]
     package = decode_handoff_package(
         one(conn, "SELECT payload_json FROM mediation_events WHERE kind = 'handoff_prepared'")
     )
@@ -202,7 +179,9 @@ def test_a_session_that_left_summary_pending_gets_nothing(conn: apsw.Connection)
     _classified(conn)
     job = _begin(conn)
     conn.execute("UPDATE mediation_sessions SET state = 'closed'")
-    assert record_summary(conn, job, _summary(job), SOLVERS, T0 + 11) == SummaryGone("closed")
+    assert record_summary(conn, job, generated_summary(job), SOLVERS, T0 + 11) == SummaryGone(
+        "closed"
+    )
     assert count(conn, "mediation_summaries") == 0
     assert count(conn, "reasoning_rationales") == 0
     assert count(conn, "notification_outbox") == 0
@@ -218,7 +197,7 @@ def test_a_failed_write_leaves_the_session_due(conn: apsw.Connection) -> None:
         " BEGIN SELECT RAISE(ABORT, 'refused'); END"
     )
     with pytest.raises(apsw.ConstraintError):
-        record_summary(conn, job, _summary(job), SOLVERS, T0 + 11)
+        record_summary(conn, job, generated_summary(job), SOLVERS, T0 + 11)
     assert count(conn, "mediation_summaries") == 0
     assert count(conn, "mediation_events", "kind = 'summary_generated'") == 0
     assert summaries_due(conn) == ("s-1",)
@@ -227,7 +206,7 @@ def test_a_failed_write_leaves_the_session_due(conn: apsw.Connection) -> None:
 def _queued(conn: apsw.Connection, solvers: tuple[str, ...] = SOLVERS) -> tuple[int, ...]:
     _classified(conn)
     job = _begin(conn)
-    record = record_summary(conn, job, _summary(job), solvers, T0 + 11)
+    record = record_summary(conn, job, generated_summary(job), solvers, T0 + 11)
     assert isinstance(record, SummaryQueued)
     claim_due(conn, T0 + 12, 10)
     return record.outbox_ids

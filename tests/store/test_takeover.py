@@ -9,11 +9,18 @@ import msgspec
 
 from serbero.protocol.keys import Keys
 from serbero.store.disputes import record_detected
-from serbero.store.rationale import RationaleOccurrence
 from serbero.store.resolution import assign_dispute, resolve_dispute
-from serbero.store.sessions import bind_rationale, open_session
-from serbero.store.summaries import GeneratedSummary, SummaryQueued, begin_summary, record_summary
-from tests.store.helpers import SOLVERS, T0, count, event, new_session, one, rows
+from serbero.store.summaries import SummaryQueued, begin_summary, record_summary
+from tests.store.helpers import (
+    SOLVERS,
+    T0,
+    count,
+    event,
+    generated_summary,
+    one,
+    open_classified,
+    rows,
+)
 
 SERBERO = Keys.generate().public_hex
 HUMAN = Keys.generate().public_hex
@@ -25,28 +32,10 @@ def _summary_queued(conn: apsw.Connection) -> None:
     assign_dispute(
         conn, event("d-1", "in-progress", event_id="own"), SERBERO, (), T0, serbero_pubkey=SERBERO
     )
-    open_session(conn, new_session("s-1", "d-1"), T0)
-    bind_rationale(
-        conn, "s-1", classification="coordination_failure_resolvable", confidence=0.8,
-        rationale_id=None, occurrence_id=None, bundle_id="phase3-default", policy_hash="f" * 64,
-        now=T0, classified=True,
-    )  # fmt: skip
+    open_classified(conn, confidence=0.8)
     job = begin_summary(conn, "s-1", T0 + 1)
     assert job is not None
-    summary = GeneratedSummary(
-        summary_text="Late fiat.",
-        suggested_next_step="Confirm receipt.",
-        rationale=RationaleOccurrence(
-            text="why",
-            purpose="summary",
-            dispute_id="d-1",
-            session_id="s-1",
-            provider="openai",
-            model="m",
-            prompt_bundle_id="phase3-default",
-            policy_hash="f" * 64,
-        ),
-    )
+    summary = generated_summary(job, "Late fiat.")
     assert isinstance(record_summary(conn, job, summary, SOLVERS, T0 + 2), SummaryQueued)
 
 

@@ -26,10 +26,9 @@ from serbero.protocol.keys import Keys
 from serbero.store.connection import open_database
 from serbero.store.disputes import record_detected
 from serbero.store.rationale import rationale_id
-from serbero.store.sessions import bind_rationale, open_session
 from tests.reasoning.helpers import BUNDLE, SUMMARY_ANSWER, scripted_context
 from tests.relay.helpers import FAST
-from tests.store.helpers import event, new_session, rows
+from tests.store.helpers import event, open_classified, rows
 from tests.support.relay_fixtures import LocalRelayProcess
 from tests.support.scripted_llm import Reply, json_reply, open_scripted_llm, openai_reply
 from tests.support.solver_inbox import SolverInbox
@@ -47,22 +46,14 @@ def _db(tmp_path: Path, *, assigned: str | None = None) -> tuple[str, str]:
     try:
         record_detected(conn, event(dispute_id, ts=now - 60), (), now - 60)
         conn.execute("UPDATE disputes SET assigned_solver = ?", (assigned,))
-        open_session(
-            conn,
-            new_session(session_id, dispute_id, BUNDLE.bundle_id, BUNDLE.policy_hash),
-            now - 30,
-        )
-        bind_rationale(
+        open_classified(
             conn,
             session_id,
-            classification="coordination_failure_resolvable",
-            confidence=0.9,
-            rationale_id=None,
-            occurrence_id=None,
+            dispute_id,
             bundle_id=BUNDLE.bundle_id,
             policy_hash=BUNDLE.policy_hash,
+            confidence=0.9,
             now=now - 30,
-            classified=True,
         )
     finally:
         conn.close()
