@@ -251,7 +251,7 @@ class RoundEvaluator:
         action = decide(classification, MidSession(recorded.n))
         if isinstance(action, AskClarification):
             try:
-                await self._chat.send_round(
+                delivery = await self._chat.send_round(
                     session_id,
                     recorded.n,
                     action.buyer_text,
@@ -261,7 +261,14 @@ class RoundEvaluator:
             except (NoChatMaterial, ChatError, StoreError) as exc:
                 await self._failed(snapshot, "follow_up", str(exc))
                 return
-            log.info("mediation_follow_up_sent", session_id=session_id, round=recorded.n)
+            # The round is committed; a half no relay took goes out at the next pass.
+            log.info(
+                "mediation_follow_up_sent",
+                session_id=session_id,
+                round=recorded.n,
+                buyer_sent=delivery.buyer_sent,
+                seller_sent=delivery.seller_sent,
+            )
         elif isinstance(action, Summarize):
             await self._summarize(snapshot)
         else:
