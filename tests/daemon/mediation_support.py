@@ -11,7 +11,7 @@ from typing import Any
 
 import coincurve
 
-from tests.daemon.process import write_config
+from tests.daemon.process import DaemonProcess, write_config
 from tests.daemon.support import Harness, in_thread, query
 from tests.reasoning.helpers import ASK_ANSWER
 from tests.support.chat_party import ChatParty, shared_secret_hex
@@ -81,6 +81,17 @@ async def parties(
     finally:
         await in_thread(buyer.close)
         await in_thread(seller.close)
+
+
+async def opening_received(
+    daemon: DaemonProcess, mostro: MostroSim, dispute_id: str, buyer: ChatParty, seller: ChatParty
+) -> None:
+    """The subprocess daemon's engine is up, the buyer opens the dispute, and each party
+    holds its opening message."""
+    await in_thread(daemon.wait_for_event, "mediation_engine_started", WAIT)
+    await in_thread(mostro.open_dispute, dispute_id, "buyer")
+    await in_thread(buyer.wait_for_count, 1, WAIT)
+    await in_thread(seller.wait_for_count, 1, WAIT)
 
 
 def mediation_events(db_path: str, dispute_id: str) -> list[tuple[str, str | None, str]]:

@@ -18,6 +18,7 @@ from tests.daemon.mediation_support import (
     WAIT,
     Model,
     mediation_harness,
+    opening_received,
     parties,
     refuse_chat_of,
     sessions,
@@ -132,10 +133,7 @@ async def test_kill_9_mid_ingest_loses_no_inbound_message_and_counts_none_twice(
         async with parties(mostro, dispute, serbero_hex, local_relay.url) as (buyer, seller):
             first = DaemonProcess(config, h.serbero)
             try:
-                await in_thread(first.wait_for_event, "mediation_engine_started", WAIT)
-                await in_thread(mostro.open_dispute, dispute, "buyer")
-                await in_thread(buyer.wait_for_count, 1, WAIT)
-                await in_thread(seller.wait_for_count, 1, WAIT)
+                await opening_received(first, mostro, dispute, buyer, seller)
                 stopped(first)
             finally:
                 first.stop()
