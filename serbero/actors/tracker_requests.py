@@ -17,7 +17,6 @@ from serbero.store.auth_events import AuthEventKind, record_auth_event
 from serbero.store.chat import (
     InboundEnvelope,
     IngestOutcome,
-    OpeningRows,
     OutboundRound,
     SessionChatKeys,
     UnsentOutbound,
@@ -470,32 +469,15 @@ class GetLiveSession(Request[str | None], frozen=True):
         return live_session_of(conn, self.dispute_id)
 
 
-class OpenSession(Request[OpenOutcome], frozen=True, kw_only=True):
+class OpenSession(Request[OpenOutcome], frozen=True):
     """Commit the session after a take under a fresh UUIDv4, re-checked live (MED-47, Q-18),
     with its opening round's rows when it has one."""
 
-    dispute_id: str
-    prompt_bundle_id: str
-    policy_hash: str
-    buyer_shared_pubkey: str
-    seller_shared_pubkey: str
-    buyer_trade_pubkey: str
-    seller_trade_pubkey: str
-    opening: OpeningRows | None = None
+    session: NewSession
 
     def apply(self, conn: apsw.Connection, ctx: Context) -> OpenOutcome:
-        new = NewSession(
-            session_id=str(uuid.UUID(bytes=ctx.rand(16), version=4)),
-            dispute_id=self.dispute_id,
-            prompt_bundle_id=self.prompt_bundle_id,
-            policy_hash=self.policy_hash,
-            buyer_shared_pubkey=self.buyer_shared_pubkey,
-            seller_shared_pubkey=self.seller_shared_pubkey,
-            buyer_trade_pubkey=self.buyer_trade_pubkey,
-            seller_trade_pubkey=self.seller_trade_pubkey,
-            opening=self.opening,
-        )
-        return open_session(conn, new, ctx.now)
+        session_id = str(uuid.UUID(bytes=ctx.rand(16), version=4))
+        return open_session(conn, session_id, self.session, ctx.now)
 
 
 class BindRationale(Request[int], frozen=True, kw_only=True):

@@ -250,9 +250,9 @@ def record_take(
 
 
 class NewSession(msgspec.Struct, frozen=True, kw_only=True):
-    """A session to commit after a successful take (MED-47) and its parties' keys (BEY-16)."""
+    """A session to commit after a successful take (MED-47) and its parties' keys (BEY-16);
+    its id is drawn as it is committed."""
 
-    session_id: str
     dispute_id: str
     prompt_bundle_id: str
     policy_hash: str
@@ -290,10 +290,11 @@ def live_session_of(conn: apsw.Connection, dispute_id: str) -> str | None:
     return None if row is None else str(row[0])
 
 
-def open_session(conn: apsw.Connection, new: NewSession, now: int) -> OpenOutcome:
+def open_session(conn: apsw.Connection, session_id: str, new: NewSession, now: int) -> OpenOutcome:
     """MED-47: re-check for a live session under the write lock, then insert the session at
-    `awaiting_response` with its pinned bundle, its trade pubkeys, `session_opened` and, when
-    given, the opening round's rows (published after the commit, MED-82/83)."""
+    `awaiting_response` as `session_id`, with its pinned bundle, its trade pubkeys,
+    `session_opened` and, when given, the opening round's rows (published after the commit,
+    MED-82/83)."""
     with transaction(conn):
         if (
             conn.execute(
@@ -310,7 +311,7 @@ def open_session(conn: apsw.Connection, new: NewSession, now: int) -> OpenOutcom
             " prompt_bundle_id, policy_hash, buyer_shared_pubkey, seller_shared_pubkey,"
             " started_at, last_transition_at) VALUES (?, ?, ?, 0, ?, ?, ?, ?, ?, ?)",
             (
-                new.session_id,
+                session_id,
                 new.dispute_id,
                 AWAITING_RESPONSE,
                 new.prompt_bundle_id,
@@ -321,10 +322,10 @@ def open_session(conn: apsw.Connection, new: NewSession, now: int) -> OpenOutcom
                 now,
             ),
         )
-        record_trade_pubkeys(conn, new.session_id, new.buyer_trade_pubkey, new.seller_trade_pubkey)
+        record_trade_pubkeys(conn, session_id, new.buyer_trade_pubkey, new.seller_trade_pubkey)
         event_id = insert_event(
             conn,
-            session_id=new.session_id,
+            session_id=session_id,
             kind="session_opened",
             payload={},
             prompt_bundle_id=new.prompt_bundle_id,
@@ -332,8 +333,8 @@ def open_session(conn: apsw.Connection, new: NewSession, now: int) -> OpenOutcom
             occurred_at=now,
         )
         if new.opening is not None:
-            record_opening_rows(conn, new.session_id, new.opening, now)
-    return Opened(new.session_id, event_id)
+            record_opening_rows(conn, session_id, new.opening, now)
+    return Opened(session_id, event_id)
 
 
 def bind_rationale(

@@ -141,8 +141,8 @@ class World:
         )
         open_session(
             self.conn,
+            self.session_id,
             NewSession(
-                session_id=self.session_id,
                 dispute_id=self.dispute_id,
                 prompt_bundle_id=BUNDLE[0],
                 policy_hash=BUNDLE[1],

@@ -140,8 +140,8 @@ def _open(conn: apsw.Connection, seeded: Seeded, dispute_id: str, now: int) -> s
     seeded.trade_keys[dispute_id] = (seeded.key(), seeded.key())
     open_session(
         conn,
+        session_id,
         NewSession(
-            session_id=session_id,
             dispute_id=dispute_id,
             prompt_bundle_id=BUNDLE,
             policy_hash=HASH,

@@ -52,11 +52,10 @@ def event(
 
 
 def new_session(
-    session_id: str, dispute_id: str, bundle_id: str = "phase3-default", policy_hash: str = "f" * 64
+    dispute_id: str, bundle_id: str = "phase3-default", policy_hash: str = "f" * 64
 ) -> NewSession:
     """A session to open, with placeholder chat keys (the store does not check them)."""
     return NewSession(
-        session_id=session_id,
         dispute_id=dispute_id,
         prompt_bundle_id=bundle_id,
         policy_hash=policy_hash,
@@ -79,7 +78,7 @@ def open_classified(
 ) -> None:
     """A session of a recorded dispute, classified `coordination_failure_resolvable` at open
     (Q-2): due for its summary."""
-    open_session(conn, new_session(session_id, dispute_id, bundle_id, policy_hash), now)
+    open_session(conn, session_id, new_session(dispute_id, bundle_id, policy_hash), now)
     bind_rationale(
         conn,
         session_id,

@@ -41,7 +41,7 @@ SELLER = "2" * 64
 
 def seed_session(conn: apsw.Connection, session_id: str = "s-1", dispute_id: str = "d-1") -> str:
     record_detected(conn, event(dispute_id, initiator="seller"), (), T0)
-    open_session(conn, new_session(session_id, dispute_id, BUNDLE, HASH), T0)
+    open_session(conn, session_id, new_session(dispute_id, BUNDLE, HASH), T0)
     return session_id
 
 

@@ -67,8 +67,8 @@ BUNDLE = "phase3-default"
 HASH = "f" * 64
 
 
-def _new(session_id: str = "s-1", dispute_id: str = "d-1") -> NewSession:
-    return new_session(session_id, dispute_id, BUNDLE, HASH)
+def _new(dispute_id: str = "d-1") -> NewSession:
+    return new_session(dispute_id, BUNDLE, HASH)
 
 
 def _bind(
@@ -144,7 +144,7 @@ def test_blocking_sessions_and_dispute_scoped_recommends_end_eligibility(
     dispute event (Q-3); so does a dispute-scoped `escalation_recommended` (MED-20 (3), (4))."""
     for dispute_id in ("d-1", "d-2", "d-3"):
         record_detected(conn, event(dispute_id, ts=T0 - ord(dispute_id[-1])), (), T0)
-    open_session(conn, _new("s-1", "d-1"), T0)
+    open_session(conn, "s-1", _new("d-1"), T0)
     assert not is_eligible(conn, "d-1")
     conn.execute("UPDATE mediation_sessions SET state = 'escalation_recommended'")
     assert not is_eligible(conn, "d-1")
@@ -253,7 +253,7 @@ def test_take_events_and_the_policy_escalate_stop(conn: apsw.Connection) -> None
 
 def test_open_session_commits_awaiting_response_with_keys(conn: apsw.Connection) -> None:
     record_detected(conn, event("d-1"), (), T0)
-    outcome = open_session(conn, _new(), T0 + 5)
+    outcome = open_session(conn, "s-1", _new(), T0 + 5)
     assert isinstance(outcome, Opened) and outcome.session_id == "s-1"
     assert rows(
         conn,
@@ -267,13 +267,13 @@ def test_open_session_commits_awaiting_response_with_keys(conn: apsw.Connection)
 def test_open_session_rechecks_live_under_the_write(conn: apsw.Connection) -> None:
     """A concurrent open that committed first wins; the second writes nothing (Q-18)."""
     record_detected(conn, event("d-1"), (), T0)
-    open_session(conn, _new("s-1"), T0)
-    assert open_session(conn, _new("s-2"), T0) == AlreadyOpen("s-1")
+    open_session(conn, "s-1", _new(), T0)
+    assert open_session(conn, "s-2", _new(), T0) == AlreadyOpen("s-1")
     assert count(conn, "mediation_sessions") == 1
     assert count(conn, "serbero_session_trade_keys") == 1
     assert count(conn, "mediation_events") == 1
     with pytest.raises(UnknownDispute):
-        open_session(conn, _new("s-3", "missing"), T0)
+        open_session(conn, "s-3", _new("missing"), T0)
 
 
 def test_open_session_stores_the_opening_round_in_the_same_commit(
@@ -284,7 +284,7 @@ def test_open_session_stores_the_opening_round_in_the_same_commit(
     to the restart, Q-4); a session whose rows cannot be written is not committed either."""
     record_detected(conn, event("d-1"), (), T0)
     opening = OpeningRows(buyer=_outbound("buyer"), seller=_outbound("seller"))
-    open_session(conn, msgspec.structs.replace(_new(), opening=opening), T0 + 5)
+    open_session(conn, "s-1", msgspec.structs.replace(_new(), opening=opening), T0 + 5)
     assert rows(
         conn,
         "SELECT session_id, direction, party, inner_event_id, prompt_bundle_id, policy_hash,"
@@ -299,7 +299,7 @@ def test_open_session_stores_the_opening_round_in_the_same_commit(
     record_detected(conn, event("d-2"), (), T0)
     same_ids = OpeningRows(buyer=_outbound("buyer"), seller=_outbound("buyer"))
     with pytest.raises(apsw.ConstraintError):
-        open_session(conn, msgspec.structs.replace(_new("s-2", "d-2"), opening=same_ids), T0)
+        open_session(conn, "s-2", msgspec.structs.replace(_new("d-2"), opening=same_ids), T0)
     assert count(conn, "mediation_sessions") == 1
     assert count(conn, "serbero_session_trade_keys") == 1
     assert count(conn, "mediation_messages") == 2
@@ -337,7 +337,7 @@ def test_the_happy_path_audit_order(conn: apsw.Connection) -> None:
     )
     record_verdict(conn, "d-1", Verdict(decision="ask_clarification"), BUNDLE, HASH, T0)
     record_take(conn, "d-1", TakeOutcome(True), BUNDLE, HASH, T0)
-    open_session(conn, _new(), T0)
+    open_session(conn, "s-1", _new(), T0)
     _bind(conn, "s-1", stored, "coordination_failure_resolvable", 0.9, T0)
     record_outbound_round(conn, OutboundRound("s-1", _outbound("buyer"), _outbound("seller")), T0)
     record_outbound_sent(conn, "s-1", "1" * 64, "b" * 64, T0)
@@ -369,11 +369,11 @@ def test_bind_keeps_a_rationale_already_bound_to_another_session(conn: apsw.Conn
         policy_hash=HASH,
     )
     first = store_rationale(conn, occurrence, T0)
-    open_session(conn, _new("s-1"), T0)
+    open_session(conn, "s-1", _new(), T0)
     _bind(conn, "s-1", first, "unclear", 0.6, T0)
     conn.execute("UPDATE mediation_sessions SET state = 'closed'")
     second = store_rationale(conn, occurrence, T0 + 1)
-    open_session(conn, _new("s-2"), T0 + 1)
+    open_session(conn, "s-2", _new(), T0 + 1)
     _bind(conn, "s-2", second, "unclear", 0.6, T0 + 1)
     assert one(conn, "SELECT session_id FROM reasoning_rationales") == "s-1"
     assert rows(conn, "SELECT session_id FROM serbero_rationale_occurrences ORDER BY id") == [
@@ -512,17 +512,7 @@ async def test_the_tracker_runs_the_open_steps(db_path: str) -> None:
     ) as tracker:
         assert await tracker.ask(ListEligible()) == (EligibleDispute("d-1", "buyer"),)
         assert await tracker.ask(BeginStartAttempt("d-1", "tick_retry")) is True
-        opened = await tracker.ask(
-            OpenSession(
-                dispute_id="d-1",
-                prompt_bundle_id=BUNDLE,
-                policy_hash=HASH,
-                buyer_shared_pubkey="1" * 64,
-                seller_shared_pubkey="2" * 64,
-                buyer_trade_pubkey="3" * 64,
-                seller_trade_pubkey="4" * 64,
-            )
-        )
+        opened = await tracker.ask(OpenSession(_new()))
         assert opened == Opened(str(uuid.UUID(bytes=bytes(range(16)), version=4)), 2)
         keys = await tracker.ask(GetSessionChatKeys(opened.session_id))
         assert keys is not None and keys.buyer_trade_pubkey == "3" * 64

@@ -44,7 +44,7 @@ from serbero.reasoning.errors import ReasoningError
 from serbero.reasoning.types import Classification, ClassifyRequest, Role
 from serbero.store.errors import StoreError
 from serbero.store.rationale import FailedCall, RationaleOccurrence
-from serbero.store.sessions import AlreadyOpen, StartTrigger, TakeOutcome, Verdict
+from serbero.store.sessions import AlreadyOpen, NewSession, StartTrigger, TakeOutcome, Verdict
 
 __all__ = [
     "Opener",
@@ -190,18 +190,17 @@ class Opener:
             if isinstance(action, AskClarification)
             else None
         )
-        opened = await self._tracker.ask(
-            OpenSession(
-                dispute_id=dispute_id,
-                prompt_bundle_id=bundle_id,
-                policy_hash=policy_hash,
-                buyer_shared_pubkey=material.buyer_shared.public_hex,
-                seller_shared_pubkey=material.seller_shared.public_hex,
-                buyer_trade_pubkey=taken.buyer_trade_pubkey,
-                seller_trade_pubkey=taken.seller_trade_pubkey,
-                opening=None if prepared is None else prepared.opening(),
-            )
+        session = NewSession(
+            dispute_id=dispute_id,
+            prompt_bundle_id=bundle_id,
+            policy_hash=policy_hash,
+            buyer_shared_pubkey=material.buyer_shared.public_hex,
+            seller_shared_pubkey=material.seller_shared.public_hex,
+            buyer_trade_pubkey=taken.buyer_trade_pubkey,
+            seller_trade_pubkey=taken.seller_trade_pubkey,
+            opening=None if prepared is None else prepared.opening(),
         )
+        opened = await self._tracker.ask(OpenSession(session))
         if isinstance(opened, AlreadyOpen):
             return OpenResult(
                 outcome="already_open", dispute_id=dispute_id, session_id=opened.session_id
