@@ -115,10 +115,13 @@ class InboundEnvelope(msgspec.Struct, frozen=True):
 
 
 class Fresh(msgspec.Struct, frozen=True, tag="fresh"):
-    """A new message that moved the party's marker; `round_count` after it (MED-102)."""
+    """A new message that moved the party's marker; `round_count` after it (MED-102), and
+    whether it raised it: both parties have now answered as often as each other's turn
+    asked, so the round is complete."""
 
     inner_event_id: str
     round_count: int
+    round_complete: bool = False
 
 
 class Stale(msgspec.Struct, frozen=True, tag="stale"):
@@ -369,12 +372,13 @@ def ingest_inbound(
     marker_column = f"{envelope.party}_last_seen_inner_ts"
     with transaction(conn):
         row = conn.execute(
-            f"SELECT {marker_column}, started_at FROM mediation_sessions WHERE session_id = ?",
+            f"SELECT {marker_column}, started_at, round_count FROM mediation_sessions"
+            " WHERE session_id = ?",
             (session_id,),
         ).fetchone()
         if row is None:
             raise UnknownSession(session_id)
-        last_seen, started_at = row[0], int(row[1])
+        last_seen, started_at, previous_rounds = row[0], int(row[1]), int(row[2])
         created = envelope.inner_created_at
         stale = (last_seen is not None and created < int(last_seen)) or created < started_at
         conn.execute(
@@ -405,4 +409,8 @@ def ingest_inbound(
             " WHERE session_id = ?",
             (created, round_count, session_id),
         )
-        return Fresh(inner_event_id=envelope.inner_event_id, round_count=round_count)
+        return Fresh(
+            inner_event_id=envelope.inner_event_id,
+            round_count=round_count,
+            round_complete=round_count > previous_rounds,
+        )

@@ -77,6 +77,37 @@ async def test_the_parties_answers_lead_to_a_summary_for_the_solvers(
     assert query(db_path, "SELECT round_count_last_evaluated FROM mediation_sessions") == [(2,)]
 
 
+async def test_answers_reach_the_model_as_they_arrive_with_no_tick(
+    local_relay: LocalRelayProcess, tmp_path: Path
+) -> None:
+    """BEY-30 through the daemon, its tick an hour away: the buyer's answer alone waits (no
+    `Round 1.`); the seller's completes the round, so the live watch stores it and the
+    engine evaluates at once: the solvers read the summary and the session closes."""
+    dispute = str(uuid.uuid4())
+    db_path = str(tmp_path / "serbero.db")
+    async with (
+        open_scripted_llm(answer) as llm,
+        mediation_harness(local_relay.url, db_path) as h,
+        parties(h.sim, dispute, h.serbero.public_hex, local_relay.url) as (buyer, seller),
+        engine_daemon(mediated(h, llm)),
+    ):
+        await in_thread(h.sim.open_dispute, dispute, "buyer")
+        await in_thread(buyer.wait_for_count, 1, WAIT)
+        await in_thread(seller.wait_for_count, 1, WAIT)
+        await in_thread(buyer.reply, BUYER_ANSWER)
+        inbound = "SELECT COUNT(*) FROM mediation_messages WHERE direction = 'inbound'"
+        await eventually(lambda: query(db_path, inbound) == [(1,)], WAIT)
+        await in_thread(seller.reply, SELLER_ANSWER)
+        for dms in await h.wait_dms(1, "Suggested next step:"):
+            assert dms[0].content == "The buyer paid late.\n\nSuggested next step: confirm receipt"
+        await eventually(
+            lambda: query(db_path, "SELECT state FROM mediation_sessions") == [("closed",)], WAIT
+        )
+    assert len(buyer.notes()) == 1 and len(seller.notes()) == 1
+    kinds = [kind for kind, _, _ in mediation_events(db_path, dispute)]
+    assert kinds.count("classification_produced") == 2
+
+
 async def test_a_follow_up_round_then_the_round_limit_hands_the_dispute_over(
     local_relay: LocalRelayProcess, tmp_path: Path
 ) -> None:

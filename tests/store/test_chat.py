@@ -90,7 +90,7 @@ def test_mas7_one_reply_each_makes_a_round_and_moves_the_markers(
     first = ingest_inbound(session, "s-1", _inbound("buyer", "b1", 1000, "  I paid\n"), T0)
     second = ingest_inbound(session, "s-1", _inbound("seller", "s1", 1001, "No"), T0)
     assert first == Fresh(inner_event_id="b1", round_count=0)
-    assert second == Fresh(inner_event_id="s1", round_count=1)
+    assert second == Fresh(inner_event_id="s1", round_count=1, round_complete=True)
     assert ingest_inbound(session, "s-1", _inbound("buyer", "b1", 1000), T0) == Duplicate("b1")
     state = "SELECT state, round_count, buyer_last_seen_inner_ts, seller_last_seen_inner_ts"
     assert rows(session, state + " FROM mediation_sessions") == [

@@ -9,7 +9,9 @@ never got its `outbound_sent` is published again, as the same event, at the next
 transaction each (MED-100..102, Q-12); the database's unique index makes it idempotent.
 
 `run()` does both every `[chat].inbound_fetch_interval_seconds` (BEY-24) and, when given a
-channel, hands each session's ingest outcomes to its consumer (the round engine).
+channel, hands each session's ingest outcomes to its consumer (the round engine). Between
+passes, `ingest_wrap` takes a single wrap the live watch (`watch.py`) saw arrive, through the
+same checks and the same store write, so an answer need not wait for the next pass.
 """
 
 from __future__ import annotations
@@ -166,28 +168,47 @@ class ChatActor:
         self._retry_delays = tuple(publish_retry_delays)
         self._rand = rand
         self._materials: dict[str, ChatMaterial] = {}
-        # Per session: inner ids known stored, and wrap ids already judged unusable, so a
-        # message still on the relays costs no store write and a bad wrap one log line.
+        # Per session: inner ids known stored, and wrap ids that are no party message (a bad
+        # wrap, judged once and logged once, or one of Serbero's own), so a message still on
+        # the relays costs no store write and a bad wrap one log line.
         self._stored: dict[str, set[str]] = {}
-        self._dropped: dict[str, set[str]] = {}
+        self._ignored: dict[str, set[str]] = {}
+        # Set when a session gains or loses its keys; the live watch renews its filter then.
+        self._sessions_changed = trio.Event()
 
     # --- key cache -------------------------------------------------------------------------
 
     def remember(self, session_id: str, material: ChatMaterial) -> None:
         """Cache a session's material (right after the take, before anything is sent)."""
         self._materials[session_id] = material
+        self._sessions_changed.set()
 
     def material(self, session_id: str) -> ChatMaterial | None:
         return self._materials.get(session_id)
 
     def forget(self, session_id: str) -> None:
         """Drop a session that is no longer live."""
-        self._materials.pop(session_id, None)
+        if self._materials.pop(session_id, None) is not None:
+            self._sessions_changed.set()
         self._stored.pop(session_id, None)
-        self._dropped.pop(session_id, None)
+        self._ignored.pop(session_id, None)
 
     def sessions(self) -> tuple[str, ...]:
         return tuple(self._materials)
+
+    def shared_keys(self) -> dict[str, tuple[str, Party]]:
+        """Every cached session's two shared pubkeys, each with its session and party: what
+        a party's message is addressed to."""
+        keys: dict[str, tuple[str, Party]] = {}
+        for session_id, material in self._materials.items():
+            keys[material.buyer_shared.public_hex] = (session_id, "buyer")
+            keys[material.seller_shared.public_hex] = (session_id, "seller")
+        return keys
+
+    async def sessions_changed(self) -> None:
+        """Wait until a session gained or lost its keys since the last call returned."""
+        await self._sessions_changed.wait()
+        self._sessions_changed = trio.Event()
 
     async def restore(self) -> tuple[str, ...]:
         """BEY-16 / MED-151: re-derive every Live session's material from its stored trade
@@ -312,6 +333,8 @@ class ChatActor:
         """Publish with the MED-5 retries; on acceptance write `outbound_sent`."""
         delays = (*self._retry_delays, None)
         for attempt, delay in enumerate(delays, start=1):
+            # The relays echo it to the live watch, whose filter names the same shared key.
+            self._ignored.setdefault(session_id, set()).add(wrap.id)
             result = await self._pool.publish(wrap)
             if result.sent:
                 await self._tracker.ask(RecordOutboundSent(session_id, shared_pubkey, inner_id))
@@ -357,9 +380,35 @@ class ChatActor:
             return []
         opened_buyer = self._open(session_id, "buyer", material, buyer)
         opened_seller = self._open(session_id, "seller", material, seller)
+        return await self._store_ordered(session_id, opened_buyer, opened_seller)
+
+    async def ingest_wrap(self, session_id: str, party: Party, wrap: Event) -> list[IngestOutcome]:
+        """One wrap seen arriving on the live watch: the checks and the store write of
+        `ingest_once`, without a fetch. A wrap already judged (stored, Serbero's own, bad)
+        costs no store read."""
+        material = self._materials.get(session_id)
+        if material is None or wrap.id in self._ignored.get(session_id, ()):
+            return []
+        row = await self._tracker.ask(GetSessionChatKeys(session_id))
+        if row is None or row.state in NOT_LIVE_SESSION_STATES:
+            self.forget(session_id)
+            return []
+        if not _matches(material, row):
+            log.warning("chat_keys_mismatch", session_id=session_id)
+            return []
+        opened = self._open(session_id, party, material, [wrap])
+        if party == "buyer":
+            return await self._store_ordered(session_id, opened, [])
+        return await self._store_ordered(session_id, [], opened)
+
+    async def _store_ordered(
+        self, session_id: str, buyer: list[ChatMessage], seller: list[ChatMessage]
+    ) -> list[IngestOutcome]:
+        """MED-102: ingest in order, one transaction each; a message known stored reads as
+        Duplicate without a store write."""
         stored = self._stored.setdefault(session_id, set())
         outcomes: list[IngestOutcome] = []
-        for item in order_inbound(opened_buyer, opened_seller):
+        for item in order_inbound(buyer, seller):
             message = item.message
             if message.inner_event_id in stored:
                 outcomes.append(Duplicate(inner_event_id=message.inner_event_id))
@@ -410,15 +459,15 @@ class ChatActor:
         """MED-101: keep what the party signed; drop the rest, each wrap logged once."""
         shared = material.buyer_shared if party == "buyer" else material.seller_shared
         author = material.buyer_pubkey if party == "buyer" else material.seller_pubkey
-        dropped = self._dropped.setdefault(session_id, set())
+        ignored = self._ignored.setdefault(session_id, set())
         opened: list[ChatMessage] = []
         for wrap in wraps:
-            if wrap.id in dropped:
+            if wrap.id in ignored:
                 continue
             try:
                 opened.append(unwrap_chat(shared, author, wrap))
             except ChatError as exc:
-                dropped.add(wrap.id)
+                ignored.add(wrap.id)
                 if not self._is_own(shared, wrap):
                     log.warning(
                         "chat_wrap_dropped",

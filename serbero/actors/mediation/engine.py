@@ -5,7 +5,9 @@ Otherwise it builds the shared parts once (MED-11: the solver-auth handle, the t
 the chat actor with its key cache, the open procedure and the start actor), resumes what a
 restart left behind (§15), attaches to the daemon's `MediationHandle` so the ingest can ask
 for event-driven starts (MED-30), and then ticks every `[chat].inbound_fetch_interval_seconds`
-(BEY-24; MED-5: the first tick one period after start, never two at once).
+(BEY-24; MED-5: the first tick one period after start, never two at once). Between ticks the
+live watch (`watch.py`) stores each party answer as it arrives, and an answer that completes a
+round is evaluated at once (BEY-30), so the model sees it without waiting for the next tick.
 
 A tick runs MED-70's stages in order: (a) start attempts for eligible disputes, (b) the chat
 pass (republish unsent rows, ingest both parties of every session with keys) whose batches
@@ -38,6 +40,7 @@ from serbero.actors.mediation.rounds import RoundEvaluator
 from serbero.actors.mediation.start import StartActor
 from serbero.actors.mediation.summary import SummaryDelivery
 from serbero.actors.mediation.take import TakeClient
+from serbero.actors.mediation.watch import ChatWatch
 from serbero.actors.relay_pool import RelayPool
 from serbero.actors.restart import describe_error
 from serbero.actors.tracker import Tracker
@@ -77,6 +80,8 @@ class RoundStage(Protocol):
     """MED-70 (b)/(c) after the chat pass: evaluate inbound news, then sweep."""
 
     async def on_batch(self, batch: InboundBatch) -> None: ...
+
+    async def on_answer(self, batch: InboundBatch) -> None: ...
 
     async def evaluate_pending(self) -> None: ...
 
@@ -128,6 +133,9 @@ class MediationEngine:
         self.chat = ChatActor(
             pool, tracker, identity, wall_clock=wall_clock, fetch_interval=self.interval, rand=rand
         )
+        self.watch = ChatWatch(pool, self.chat)
+        # Evaluations running at once, from the tick and the live watch together.
+        self._evaluations = trio.CapacityLimiter(EVALUATION_CONCURRENCY)
         self.opener = Opener(
             tracker, context, self.auth, self.take, self.chat, ring_sender=ring_sender
         )
@@ -154,6 +162,9 @@ class MediationEngine:
             await nursery.start(self.take.run)
             await self.resume()
             await nursery.start(self.start.run)
+            answers, answers_out = trio.open_memory_channel[InboundBatch](math.inf)
+            await nursery.start(self.watch.run, answers)
+            nursery.start_soon(self._evaluate_answers, answers_out)
             self._handle.attach(
                 self.start,
                 self.figures,
@@ -218,23 +229,18 @@ class MediationEngine:
         summaries. A failing stage is logged and counted; the next stage runs anyway."""
         await self._stage("start", self.start.tick)
         rounds = self.rounds
-        limiter = trio.CapacityLimiter(EVALUATION_CONCURRENCY)
         send, receive = trio.open_memory_channel[InboundBatch](math.inf)
 
         async def chat_pass() -> None:
             async with send:
                 await self._stage("chat", _bound(self.chat.pass_once, send))
 
-        async def evaluate(stage: RoundStage, batch: InboundBatch) -> None:
-            async with limiter:
-                await self._stage("rounds", _bound(stage.on_batch, batch))
-
         # A session's batch is evaluated while the pass goes on with the other sessions.
         async with trio.open_nursery() as nursery, receive:
             nursery.start_soon(chat_pass)
             async for batch in receive:
                 if rounds is not None:
-                    nursery.start_soon(evaluate, rounds, batch)
+                    nursery.start_soon(self._evaluate, rounds.on_batch, batch)
         if rounds is not None:
             await self._stage("evaluate", rounds.evaluate_pending)
             await self._stage("sweep", _bound(rounds.sweep, self._wall_clock()))
@@ -243,6 +249,19 @@ class MediationEngine:
         await self._stage("count", self._count_live)
         self.figures.ticks += 1
         self.figures.last_tick_at = self._wall_clock()
+
+    async def _evaluate(
+        self, step: Callable[[InboundBatch], Awaitable[None]], batch: InboundBatch
+    ) -> None:
+        async with self._evaluations:
+            await self._stage("rounds", _bound(step, batch))
+
+    async def _evaluate_answers(self, answers: trio.MemoryReceiveChannel[InboundBatch]) -> None:
+        """The answers the live watch stored go to the rounds stage beside the tick (BEY-30)."""
+        async with trio.open_nursery() as nursery:
+            async for batch in answers:
+                if self.rounds is not None:
+                    nursery.start_soon(self._evaluate, self.rounds.on_answer, batch)
 
     async def _count_live(self) -> None:
         live = await self._tracker.ask(ListLiveSessionChatKeys())

@@ -7,9 +7,11 @@ for the solver (the session becomes `classified` and the summaries stage takes o
 escalation. Whatever ends a session goes through the session-scoped recommend, which writes
 the handoff and queues the solvers' notice in one transaction (MED-121..126).
 
-Each session is evaluated at most once per tick and never by two tasks at once. A failed
-evaluation (provider, store or relay) counts against the session's budget (MED-95): it is
-tried again on the next tick while the count stays below `FAILURE_THRESHOLD` (Q-1), and
+Each session is evaluated at most once per tick and never by two tasks at once. Between ticks,
+an answer the live watch stores that completes a round (both parties have answered) is
+evaluated at once; one stored while its session is being evaluated is evaluated right after.
+A failed evaluation (provider, store or relay) counts against the session's budget (MED-95):
+it is tried again on the next tick while the count stays below `FAILURE_THRESHOLD` (Q-1), and
 escalated `reasoning_unavailable` when it reaches it. This stage only ends sessions that wait
 on the parties; a `classified` or `summary_pending` session belongs to the summaries stage.
 """
@@ -97,6 +99,8 @@ class RoundEvaluator:
         self._ring_sender = ring_sender
         self._busy: set[str] = set()
         self._evaluated: set[str] = set()
+        # Busy sessions that got another answer meanwhile: evaluated again when free.
+        self._again: set[str] = set()
         self._losses_seen = auth.losses
 
     # --- entry points ----------------------------------------------------------------------
@@ -106,7 +110,11 @@ class RoundEvaluator:
         one evaluation if anything fresh arrived (MED-93)."""
         session_id = batch.session_id
         fresh = [outcome for outcome in batch.outcomes if isinstance(outcome, Fresh)]
-        if not fresh or session_id in self._busy:
+        if not fresh:
+            return
+        if session_id in self._busy:
+            # The running evaluation may have read the transcript before this answer.
+            self._again.add(session_id)
             return
         with self._claim(session_id):
             max_rounds = self._context.mediation.max_rounds
@@ -114,7 +122,14 @@ class RoundEvaluator:
                 if round_limit_reached(outcome.round_count, max_rounds):
                     await self._round_limit(session_id, outcome.inner_event_id)
                     return
-            await self._evaluate(session_id)
+            await self._evaluate_until_current(session_id)
+
+    async def on_answer(self, batch: InboundBatch) -> None:
+        """An answer the live watch stored between ticks (BEY-30): evaluated now when it
+        completed a round, the other party having answered already; a lone answer waits
+        for the tick (Q-1's pass), so one question's two answers are read together."""
+        if any(isinstance(outcome, Fresh) and outcome.round_complete for outcome in batch.outcomes):
+            await self.on_batch(batch)
 
     async def evaluate_pending(self) -> None:
         """Q-1: every `awaiting_response` session with fresh messages past its marker that
@@ -129,7 +144,7 @@ class RoundEvaluator:
             if session_id in self._busy or session_id in self._evaluated:
                 continue
             with self._claim(session_id):
-                await self._evaluate(session_id)
+                await self._evaluate_until_current(session_id)
         self._evaluated.clear()
 
     async def sweep(self, now: int) -> None:
@@ -179,6 +194,13 @@ class RoundEvaluator:
             yield
         finally:
             self._busy.discard(session_id)
+            self._again.discard(session_id)
+
+    async def _evaluate_until_current(self, session_id: str) -> None:
+        await self._evaluate(session_id)
+        while session_id in self._again:
+            self._again.discard(session_id)
+            await self._evaluate(session_id)
 
     async def _evaluate(self, session_id: str) -> None:
         """MED-93 for one session; every failure after the checks counts (MED-95)."""

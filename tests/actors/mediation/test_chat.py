@@ -176,7 +176,7 @@ async def test_mas7_replies_are_ingested_in_order_and_a_forgery_is_dropped_once(
     finally:
         buyer.close()
         seller.close()
-    assert first == [Fresh(buyer_inner, 0), Fresh(seller_inner, 1)]
+    assert first == [Fresh(buyer_inner, 0), Fresh(seller_inner, 1, round_complete=True)]
     assert again == [Duplicate(buyer_inner), Duplicate(seller_inner)]
     dropped = [e for e in logs if e["event"] == "chat_wrap_dropped"]
     assert [(e["party"], e["reason"]) for e in dropped] == [

@@ -58,6 +58,9 @@ class Stage:
     async def on_batch(self, batch: InboundBatch) -> None:
         self._called("on_batch", batch)
 
+    async def on_answer(self, batch: InboundBatch) -> None:
+        self._called("on_answer", batch)
+
     async def evaluate_pending(self) -> None:
         self._called("evaluate_pending")
 

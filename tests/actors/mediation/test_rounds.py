@@ -328,6 +328,49 @@ async def test_mas16_a_follow_up_summary_classifies_and_hands_the_transcript_ove
     assert w.kinds().count("classification_produced") == 2
 
 
+async def test_a_live_answer_is_evaluated_once_it_completes_the_round(
+    tmp_path: Path, local_relay: LocalRelayProcess
+) -> None:
+    """BEY-30: the buyer's answer alone waits for the tick; the seller's, completing the
+    round, is evaluated at once, with both answers in the transcript."""
+    async with world(tmp_path, local_relay) as w:
+        batch = await w.answer("I paid at 10:00.", "It arrived, all good.")
+        buyer_only, seller_completes = batch.outcomes
+        await w.evaluator.on_answer(InboundBatch(w.session_id, (buyer_only,)))
+        assert w.classify_calls() == 0
+        w.llm.script(openai_reply(SUMMARIZE_ANSWER))
+        await w.evaluator.on_answer(InboundBatch(w.session_id, (seller_completes,)))
+        assert w.classify_calls() == 1
+    assert w.session() == ("classified", 1, 2, 0)
+    [(_, transcript)] = w.delivered
+    assert [e.party for e in transcript][2:] == ["buyer", "seller"]
+
+
+async def test_an_answer_stored_during_its_sessions_evaluation_is_evaluated_right_after(
+    tmp_path: Path, local_relay: LocalRelayProcess
+) -> None:
+    """The first reading (slow) asks again; the next round's answers arrive while it runs:
+    the live hand-on finds the session busy and returns, and the evaluation that was running
+    reads the session again as soon as it ends, with no tick."""
+    async with world(tmp_path, local_relay) as w:
+        batch = await w.answer("I paid at 10:00.", "Nothing arrived yet.")
+        w.llm.script(openai_reply(_answer(), delay=2.0), openai_reply(SUMMARIZE_ANSWER))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(w.evaluator.on_batch, batch)
+            with trio.fail_after(WAIT):
+                while w.classify_calls() < 1:
+                    await trio.sleep(0.01)
+            later = await w.answer("Bank: ACME, ref 42.", "Checked again: it is there.")
+            await w.evaluator.on_answer(later)
+            assert w.classify_calls() == 1
+        assert w.classify_calls() == 2
+    assert w.session()[:3] == ("classified", 2, 4)
+    assert [content for _, content in w.outbound()][2:] == [
+        "Round 1. Buyer: Which bank did you use?",
+        "Round 1. Seller: Which account did you check?",
+    ]
+
+
 async def test_mas13_an_authority_flag_mid_session_escalates_without_a_message(
     tmp_path: Path, local_relay: LocalRelayProcess
 ) -> None:
