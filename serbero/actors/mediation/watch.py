@@ -5,8 +5,9 @@ The chat pass fetches every live session once per `[chat].inbound_fetch_interval
 model sees it. The watch holds one live subscription whose filter names every cached
 session's two shared pubkeys; each wrap it receives goes through `ChatActor.ingest_wrap` (the
 pass's checks and store write) and, when it brought something new, on to the round engine at
-once. A session the filter gains is fetched once right after the renewal, for what a relay
-stored before it took the filter. It is only a shortcut: what it misses (an answer sent while
+once. A session the filter gains late (a renewal held back by the spacing, or sessions
+resumed after a restart) is fetched once right after the renewal, for what a relay stored
+before it took the filter. It is only a shortcut: what it misses (an answer sent while
 a relay was reconnecting, a session beyond `MAX_WATCHED_KEYS`) is found by the next pass,
 which still looks back as far as before (MED-100).
 
@@ -77,6 +78,8 @@ class ChatWatch:
         renewal: its messages are no longer stored, and renewing costs the relays a REQ."""
         current: Subscription | None = None
         watched: dict[str, tuple[str, Party]] = {}
+        # The sessions cached before the watch started (a restart) may have answers waiting.
+        held = True
         try:
             async with trio.open_nursery() as nursery:
                 task_status.started()
@@ -87,8 +90,9 @@ class ChatWatch:
                         renewed = await self._subscribe(keys) if keys else None
                         if renewed is not None:
                             nursery.start_soon(self._forward, renewed, keys, batches)
-                            added = _sessions(keys) - _sessions(watched)
-                            nursery.start_soon(self._catch_up, added, batches)
+                            if held:
+                                added = _sessions(keys) - _sessions(watched)
+                                nursery.start_soon(self._catch_up, added, batches)
                         if current is not None:
                             nursery.start_soon(self._close_later, current)
                         current, watched = renewed, keys
@@ -100,6 +104,8 @@ class ChatWatch:
                             renewals=self.renewals,
                         )
                     await self._chat.sessions_changed()
+                    # A renewal held back by the spacing may come after an answer: catch up.
+                    held = trio.current_time() < checked_at + RENEW_SPACING_SECONDS
                     await trio.sleep_until(checked_at + RENEW_SPACING_SECONDS)
         finally:
             with trio.CancelScope(shield=True):
@@ -134,9 +140,10 @@ class ChatWatch:
     async def _catch_up(
         self, sessions: set[str], batches: trio.MemorySendChannel[InboundBatch]
     ) -> None:
-        """One fetch for each session the renewed filter added: an answer a relay stored
+        """One fetch for each session a held-back renewal added: an answer a relay stored
         before it took the filter was not forwarded on it. The fetch goes out after the
-        REQ, so whatever it does not find, the filter does."""
+        REQ, so whatever it does not find, the filter does. A renewal made the moment a
+        session got its keys needs none: its parties have not read the opening yet."""
         for session_id in sessions:
             try:
                 outcomes = await self._chat.ingest_once(session_id)

@@ -123,13 +123,19 @@ async def test_answers_are_stored_as_they_arrive_and_a_complete_round_says_so(
 async def test_an_answer_sent_before_the_filter_named_the_session_is_caught_up(
     tmp_path: Path, local_relay: LocalRelayProcess
 ) -> None:
-    """The buyer answers while the session has no keys cached yet (a relay forwarded it to
-    nobody): the renewal that adds the session fetches it once."""
+    """The buyer answers before the session's keys are cached (a relay forwarded it to
+    nobody); the renewal that adds the session is held back by the spacing, since another
+    session was added just before, so it fetches the session once."""
     world = make_world(tmp_path)
     buyer, seller = parties(world, local_relay.url)
     try:
         async with watching(world, local_relay.url) as w:
             buyer_inner = await reply(buyer, "Quick answer.")
+            other = derive_chat_material(
+                world.serbero, Keys.generate().public_hex, Keys.generate().public_hex
+            )
+            w.actor.remember("session-0", other)
+            await w.watched(1)
             w.actor.remember(SESSION, world.material)
             assert await w.next_batch() == InboundBatch(SESSION, (Fresh(buyer_inner, 0),))
             await w.nothing_more()
