@@ -16,9 +16,10 @@ from pathlib import Path
 import msgspec
 
 from tests.daemon.mediation_support import WAIT, mediation_events, mediation_harness, parties
-from tests.daemon.support import eventually, in_thread, query
+from tests.daemon.support import Harness, eventually, in_thread, query
 from tests.daemon.test_mediation_engine import empty_working_directory, engine_daemon, mediated
 from tests.reasoning.helpers import ASK_ANSWER, SUMMARY_ANSWER
+from tests.support.chat_party import ChatParty
 from tests.support.relay_fixtures import LocalRelayProcess
 from tests.support.scripted_llm import RecordedRequest, Reply, open_scripted_llm, openai_reply
 
@@ -45,6 +46,22 @@ def answer(request: RecordedRequest) -> Reply:
     return openai_reply(ASK_ANSWER)
 
 
+async def opening_read(h: Harness, dispute: str, buyer: ChatParty, seller: ChatParty) -> None:
+    """The buyer opens the dispute and each party holds Serbero's opening message."""
+    await in_thread(h.sim.open_dispute, dispute, "buyer")
+    await in_thread(buyer.wait_for_count, 1, WAIT)
+    await in_thread(seller.wait_for_count, 1, WAIT)
+
+
+async def summary_read_and_closed(h: Harness, db_path: str) -> None:
+    """Every solver reads the summary and the session closes."""
+    for dms in await h.wait_dms(1, "Suggested next step:"):
+        assert dms[0].content == "The buyer paid late.\n\nSuggested next step: confirm receipt"
+    await eventually(
+        lambda: query(db_path, "SELECT state FROM mediation_sessions") == [("closed",)], WAIT
+    )
+
+
 async def test_the_parties_answers_lead_to_a_summary_for_the_solvers(
     local_relay: LocalRelayProcess, tmp_path: Path
 ) -> None:
@@ -59,16 +76,10 @@ async def test_the_parties_answers_lead_to_a_summary_for_the_solvers(
         parties(h.sim, dispute, h.serbero.public_hex, local_relay.url) as (buyer, seller),
         engine_daemon(mediated(h, llm, tick=1)),
     ):
-        await in_thread(h.sim.open_dispute, dispute, "buyer")
-        await in_thread(buyer.wait_for_count, 1, WAIT)
-        await in_thread(seller.wait_for_count, 1, WAIT)
+        await opening_read(h, dispute, buyer, seller)
         await in_thread(buyer.reply, BUYER_ANSWER)
         await in_thread(seller.reply, SELLER_ANSWER)
-        for dms in await h.wait_dms(1, "Suggested next step:"):
-            assert dms[0].content == "The buyer paid late.\n\nSuggested next step: confirm receipt"
-        await eventually(
-            lambda: query(db_path, "SELECT state FROM mediation_sessions") == [("closed",)], WAIT
-        )
+        await summary_read_and_closed(h, db_path)
     assert len(buyer.notes()) == 1 and len(seller.notes()) == 1
     kinds = [kind for kind, _, _ in mediation_events(db_path, dispute)]
     assert kinds.count("classification_produced") == 2
@@ -91,18 +102,12 @@ async def test_answers_reach_the_model_as_they_arrive_with_no_tick(
         parties(h.sim, dispute, h.serbero.public_hex, local_relay.url) as (buyer, seller),
         engine_daemon(mediated(h, llm)),
     ):
-        await in_thread(h.sim.open_dispute, dispute, "buyer")
-        await in_thread(buyer.wait_for_count, 1, WAIT)
-        await in_thread(seller.wait_for_count, 1, WAIT)
+        await opening_read(h, dispute, buyer, seller)
         await in_thread(buyer.reply, BUYER_ANSWER)
         inbound = "SELECT COUNT(*) FROM mediation_messages WHERE direction = 'inbound'"
         await eventually(lambda: query(db_path, inbound) == [(1,)], WAIT)
         await in_thread(seller.reply, SELLER_ANSWER)
-        for dms in await h.wait_dms(1, "Suggested next step:"):
-            assert dms[0].content == "The buyer paid late.\n\nSuggested next step: confirm receipt"
-        await eventually(
-            lambda: query(db_path, "SELECT state FROM mediation_sessions") == [("closed",)], WAIT
-        )
+        await summary_read_and_closed(h, db_path)
     assert len(buyer.notes()) == 1 and len(seller.notes()) == 1
     kinds = [kind for kind, _, _ in mediation_events(db_path, dispute)]
     assert kinds.count("classification_produced") == 2
@@ -127,9 +132,7 @@ async def test_a_follow_up_round_then_the_round_limit_hands_the_dispute_over(
         parties(h.sim, dispute, h.serbero.public_hex, local_relay.url) as (buyer, seller),
         engine_daemon(mediated(h, llm, tick=1, max_rounds=2)),
     ):
-        await in_thread(h.sim.open_dispute, dispute, "buyer")
-        await in_thread(buyer.wait_for_count, 1, WAIT)
-        await in_thread(seller.wait_for_count, 1, WAIT)
+        await opening_read(h, dispute, buyer, seller)
         await in_thread(buyer.reply, BUYER_ANSWER)
         await in_thread(seller.reply, SELLER_ANSWER)
         [_, buyer_round] = await in_thread(buyer.wait_for_count, 2, WAIT)

@@ -363,15 +363,8 @@ class ChatActor:
         connected: nothing this pass. Outcomes are in ingest order; a message already
         stored reads as Duplicate without a store write.
         """
-        material = self._materials.get(session_id)
+        material = await self._live_material(session_id)
         if material is None:
-            return []
-        row = await self._tracker.ask(GetSessionChatKeys(session_id))
-        if row is None or row.state in NOT_LIVE_SESSION_STATES:
-            self.forget(session_id)
-            return []
-        if not _matches(material, row):
-            log.warning("chat_keys_mismatch", session_id=session_id)
             return []
         try:
             buyer, seller = await self._fetch_both(material)
@@ -386,20 +379,30 @@ class ChatActor:
         """One wrap seen arriving on the live watch: the checks and the store write of
         `ingest_once`, without a fetch. A wrap already judged (stored, Serbero's own, bad)
         costs no store read."""
-        material = self._materials.get(session_id)
-        if material is None or wrap.id in self._ignored.get(session_id, ()):
+        if wrap.id in self._ignored.get(session_id, ()):
             return []
-        row = await self._tracker.ask(GetSessionChatKeys(session_id))
-        if row is None or row.state in NOT_LIVE_SESSION_STATES:
-            self.forget(session_id)
-            return []
-        if not _matches(material, row):
-            log.warning("chat_keys_mismatch", session_id=session_id)
+        material = await self._live_material(session_id)
+        if material is None:
             return []
         opened = self._open(session_id, party, material, [wrap])
         if party == "buyer":
             return await self._store_ordered(session_id, opened, [])
         return await self._store_ordered(session_id, [], opened)
+
+    async def _live_material(self, session_id: str) -> ChatMaterial | None:
+        """The cached material of a session still Live whose row names the same shared
+        keys; a session that left the Live set is forgotten."""
+        material = self._materials.get(session_id)
+        if material is None:
+            return None
+        row = await self._tracker.ask(GetSessionChatKeys(session_id))
+        if row is None or row.state in NOT_LIVE_SESSION_STATES:
+            self.forget(session_id)
+            return None
+        if not _matches(material, row):
+            log.warning("chat_keys_mismatch", session_id=session_id)
+            return None
+        return material
 
     async def _store_ordered(
         self, session_id: str, buyer: list[ChatMessage], seller: list[ChatMessage]
