@@ -81,6 +81,8 @@ class EngineView(Protocol):
     @property
     def sessions_with_keys(self) -> int: ...
     @property
+    def sessions_watched(self) -> int: ...
+    @property
     def starts_in_flight(self) -> int: ...
     @property
     def last_tick_at(self) -> int | None: ...
@@ -144,9 +146,9 @@ def health_answer(snapshot: HealthView) -> HealthAnswer:
     decisions_in_flight, outbox_pending, outbox_in_flight), `deliveries` (delivered,
     failed), `actors` (name -> state, restarts, last_error), `mediation` (state `off` /
     `starting` / `ready` / `failed`, provider, model, policy_hash, for a failure its stage
-    and error, and `engine`: running, sessions_live, sessions_with_keys, starts_in_flight,
-    last_tick_at, stage_failures, solver_auth). Mediation never changes the status: the core
-    runs without it.
+    and error, and `engine`: running, sessions_live, sessions_with_keys, sessions_watched,
+    starts_in_flight, last_tick_at, stage_failures, solver_auth). Mediation never changes the
+    status: the core runs without it.
     """
     database_since = snapshot.database_unavailable_since
     if snapshot.relays_connected == 0:
@@ -213,6 +215,7 @@ def health_answer(snapshot: HealthView) -> HealthAnswer:
                 "running": engine.running,
                 "sessions_live": engine.sessions_live,
                 "sessions_with_keys": engine.sessions_with_keys,
+                "sessions_watched": engine.sessions_watched,
                 "starts_in_flight": engine.starts_in_flight,
                 "last_tick_at": engine.last_tick_at,
                 "stage_failures": engine.stage_failures,

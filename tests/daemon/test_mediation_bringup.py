@@ -122,6 +122,7 @@ async def test_a_healthy_provider_makes_mediation_ready(
                 "running": True,
                 "sessions_live": 0,
                 "sessions_with_keys": 0,
+                "sessions_watched": 0,
                 "starts_in_flight": 0,
                 "last_tick_at": None,
                 "stage_failures": 0,

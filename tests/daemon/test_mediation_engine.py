@@ -117,7 +117,7 @@ async def test_mas1_mas4_a_new_dispute_is_mediated_by_the_daemon(
             await trio.sleep(0.5)
             assert len(buyer.notes()) == 1 and len(seller.notes()) == 1
             engine = context.snapshot().mediation_engine
-            assert engine.running and engine.sessions_with_keys == 1
+            assert engine.running and engine.sessions_with_keys == engine.sessions_watched == 1
     assert buyer_note.author == seller_note.author == serbero_hex
     assert buyer_note.content == "Buyer: When did you pay?"
     assert seller_note.content == "Seller: Please check again."

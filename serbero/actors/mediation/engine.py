@@ -170,6 +170,7 @@ class MediationEngine:
                 self.figures,
                 in_flight=lambda: len(self.start.in_flight),
                 with_keys=lambda: len(self.chat.sessions()),
+                watched=lambda: self.watch.watched_sessions,
                 solver_auth=lambda: self.auth.state.value,
             )
             try:

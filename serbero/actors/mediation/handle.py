@@ -35,6 +35,8 @@ class EngineStatus(msgspec.Struct, frozen=True, kw_only=True):
     - `sessions_live`: Live sessions (MED-4) at the last tick or resume; None before.
     - `sessions_with_keys`: of those, the ones whose chat keys are in memory (the chat
       pass reads them); the rest only the sweep can act on (MED-151).
+    - `sessions_watched`: of those, the ones the live watch's filter names, whose answers
+      are read as the relays deliver them (BEY-30); the rest wait for the chat pass.
     - `starts_in_flight`: start attempts running now; `start_requests_dropped`: new
       disputes the ingest could not hand over (queue full), left to the tick.
     - `ticks`, `last_tick_at`: completed ticks and the wall-clock second the last ended.
@@ -47,6 +49,7 @@ class EngineStatus(msgspec.Struct, frozen=True, kw_only=True):
     running: bool
     sessions_live: int | None
     sessions_with_keys: int
+    sessions_watched: int
     starts_in_flight: int
     start_requests_dropped: int
     ticks: int
@@ -83,6 +86,7 @@ class MediationHandle:
         self._figures = EngineFigures()
         self._in_flight: Callable[[], int] = _none
         self._with_keys: Callable[[], int] = _none
+        self._watched: Callable[[], int] = _none
         self._solver_auth: Callable[[], str | None] = _unknown
         self._dropped = 0
 
@@ -104,17 +108,18 @@ class MediationHandle:
         *,
         in_flight: Callable[[], int],
         with_keys: Callable[[], int],
+        watched: Callable[[], int] = _none,
         solver_auth: Callable[[], str | None] = _unknown,
     ) -> None:
         """The engine runs: requests reach `start`, the status reads the engine's figures."""
         self._start, self._figures = start, figures
-        self._in_flight, self._with_keys = in_flight, with_keys
+        self._in_flight, self._with_keys, self._watched = in_flight, with_keys, watched
         self._solver_auth = solver_auth
 
     def detach(self) -> None:
         """The engine stopped: requests are no-ops again (a restarted engine re-attaches)."""
         self._start = None
-        self._in_flight = self._with_keys = _none
+        self._in_flight = self._with_keys = self._watched = _none
         self._solver_auth = _unknown
 
     def status(self) -> EngineStatus:
@@ -123,6 +128,7 @@ class MediationHandle:
             running=self._start is not None,
             sessions_live=figures.sessions_live,
             sessions_with_keys=self._with_keys(),
+            sessions_watched=self._watched(),
             starts_in_flight=self._in_flight(),
             start_requests_dropped=self._dropped,
             ticks=figures.ticks,
