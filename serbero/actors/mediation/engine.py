@@ -100,7 +100,11 @@ async def solver_auth_check() -> None:
 
 
 class MediationEngine:
-    """Owns mediation's actors for one daemon; `await engine.run()` until cancelled."""
+    """Owns mediation's actors for one daemon; `await engine.run()` until cancelled.
+
+    `ring_sender` wakes the outbox sender after a stage queued solver DMs; `core_busy` says
+    whether the sender has notices in flight (start attempts wait for it, core first).
+    """
 
     def __init__(
         self,
@@ -121,8 +125,6 @@ class MediationEngine:
         self._context = context
         self._tracker = tracker
         self._handle = handle
-        # Tells the outbox sender that a stage queued solver DMs (they go out at once).
-        self.ring_sender = ring_sender
         self._wall_clock = wall_clock
         self.interval = max(float(config.chat.inbound_fetch_interval_seconds), MIN_TICK_SECONDS)
         self.figures = EngineFigures()
