@@ -17,7 +17,8 @@ same checks and the same store write, so an answer need not wait for the next pa
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from typing import Final
 
 import msgspec
@@ -71,6 +72,7 @@ __all__ = [
     "NoChatMaterial",
     "PreparedRound",
     "RoundDelivery",
+    "ingest_and_hand_on",
     "round_texts",
 ]
 
@@ -142,6 +144,23 @@ def _matches(material: ChatMaterial, row: SessionChatKeys) -> bool:
         row.buyer_shared_pubkey == material.buyer_shared.public_hex
         and row.seller_shared_pubkey == material.seller_shared.public_hex
     )
+
+
+async def ingest_and_hand_on(
+    stage: str,
+    session_id: str,
+    ingest: Callable[[], Awaitable[list[IngestOutcome]]],
+    inbound: trio.MemorySendChannel[InboundBatch] | None,
+) -> None:
+    """Run one of the chat actor's ingests and hand its outcomes to `inbound` when one is
+    new; a store failure is logged and leaves the messages on the relays for the next pass."""
+    try:
+        outcomes = await ingest()
+    except StoreError as exc:
+        log.warning("chat_pass_failed", stage=stage, session_id=session_id, error=str(exc))
+        return
+    if inbound is not None and any(not isinstance(o, Duplicate) for o in outcomes):
+        await inbound.send(InboundBatch(session_id, tuple(outcomes)))
 
 
 class ChatActor:
@@ -331,10 +350,11 @@ class ChatActor:
         self, session_id: str, shared_pubkey: str, inner_id: str, wrap: Event
     ) -> bool:
         """Publish with the MED-5 retries; on acceptance write `outbound_sent`."""
+        # The pass's fetch on this shared key returns Serbero's own wraps too: known here,
+        # they cost no unwrap.
+        self._ignored.setdefault(session_id, set()).add(wrap.id)
         delays = (*self._retry_delays, None)
         for attempt, delay in enumerate(delays, start=1):
-            # The relays echo it to the live watch, whose filter names the same shared key.
-            self._ignored.setdefault(session_id, set()).add(wrap.id)
             result = await self._pool.publish(wrap)
             if result.sent:
                 await self._tracker.ask(RecordOutboundSent(session_id, shared_pubkey, inner_id))
@@ -385,9 +405,8 @@ class ChatActor:
         if material is None:
             return []
         opened = self._open(session_id, party, material, [wrap])
-        if party == "buyer":
-            return await self._store_ordered(session_id, opened, [])
-        return await self._store_ordered(session_id, [], opened)
+        buyer, seller = (opened, []) if party == "buyer" else ([], opened)
+        return await self._store_ordered(session_id, buyer, seller)
 
     async def _live_material(self, session_id: str) -> ChatMaterial | None:
         """The cached material of a session still Live whose row names the same shared
@@ -518,16 +537,8 @@ class ChatActor:
 
         async def ingest(session_id: str) -> None:
             async with limiter:
-                try:
-                    outcomes = await self.ingest_once(session_id)
-                except StoreError as exc:
-                    log.warning(
-                        "chat_pass_failed", stage="ingest", session_id=session_id, error=str(exc)
-                    )
-                    return
-            news = any(not isinstance(outcome, Duplicate) for outcome in outcomes)
-            if inbound is not None and news:
-                await inbound.send(InboundBatch(session_id, tuple(outcomes)))
+                read = partial(self.ingest_once, session_id)
+                await ingest_and_hand_on("ingest", session_id, read, inbound)
 
         async with trio.open_nursery() as nursery:
             for session_id in self.sessions():

@@ -19,18 +19,17 @@ its successor was sent, so nothing the relay forwarded in between is dropped.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Final
 
 import trio
 
-from serbero.actors.mediation.chat import ChatActor, InboundBatch
+from serbero.actors.mediation.chat import ChatActor, InboundBatch, ingest_and_hand_on
 from serbero.actors.relay_pool import RelayPool, Subscription
 from serbero.log import get_logger
 from serbero.protocol.chat import CHAT_WRAP_KIND, Party
 from serbero.protocol.event import Event
 from serbero.protocol.messages import Filter
-from serbero.store.chat import Duplicate, IngestOutcome
-from serbero.store.errors import StoreError
 
 __all__ = [
     "MAX_WATCHED_KEYS",
@@ -63,8 +62,14 @@ class ChatWatch:
         self._pool = pool
         self._chat = chat
         self._open: set[Subscription] = set()
+        # The newest subscription and the keys its filter names.
+        self._current: Subscription | None = None
+        self._watched: dict[str, tuple[str, Party]] = {}
         self.renewals = 0
-        self.watched_sessions = 0
+
+    @property
+    def watched_sessions(self) -> int:
+        return len(self._watched) // 2
 
     async def run(
         self,
@@ -76,8 +81,6 @@ class ChatWatch:
         `RENEW_SPACING_SECONDS`), close it when none is left, and hand on every new answer,
         until cancelled. A session that ended keeps its keys in the filter until the next
         renewal: its messages are no longer stored, and renewing costs the relays a REQ."""
-        current: Subscription | None = None
-        watched: dict[str, tuple[str, Party]] = {}
         # The sessions cached before the watch started (a restart) may have answers waiting.
         held = True
         try:
@@ -86,23 +89,8 @@ class ChatWatch:
                 while True:
                     checked_at = trio.current_time()
                     keys = self._wanted()
-                    if not keys.keys() <= watched.keys() or (current is not None and not keys):
-                        renewed = await self._subscribe(keys) if keys else None
-                        if renewed is not None:
-                            nursery.start_soon(self._forward, renewed, keys, batches)
-                            if held:
-                                added = _sessions(keys) - _sessions(watched)
-                                nursery.start_soon(self._catch_up, added, batches)
-                        if current is not None:
-                            nursery.start_soon(self._close_later, current)
-                        current, watched = renewed, keys
-                        self.renewals += 1
-                        self.watched_sessions = len(keys) // 2
-                        log.debug(
-                            "chat_watch_renewed",
-                            sessions=self.watched_sessions,
-                            renewals=self.renewals,
-                        )
+                    if self._needs_renewal(keys):
+                        await self._renew(nursery, keys, held, batches)
                     await self._chat.sessions_changed()
                     # A renewal held back by the spacing may come after an answer: catch up.
                     held = trio.current_time() < checked_at + RENEW_SPACING_SECONDS
@@ -111,6 +99,30 @@ class ChatWatch:
             with trio.CancelScope(shield=True):
                 for subscription in tuple(self._open):
                     await self._close(subscription)
+
+    def _needs_renewal(self, keys: dict[str, tuple[str, Party]]) -> bool:
+        """A session the filter does not name, or a filter left open with no session."""
+        return not keys.keys() <= self._watched.keys() or (self._current is not None and not keys)
+
+    async def _renew(
+        self,
+        nursery: trio.Nursery,
+        keys: dict[str, tuple[str, Party]],
+        held: bool,
+        batches: trio.MemorySendChannel[InboundBatch],
+    ) -> None:
+        """Open the filter for `keys` (none when empty), then retire the previous one."""
+        renewed = await self._subscribe(keys) if keys else None
+        if renewed is not None:
+            nursery.start_soon(self._forward, renewed, keys, batches)
+            if held:
+                added = _sessions(keys) - _sessions(self._watched)
+                nursery.start_soon(self._catch_up, added, batches)
+        if self._current is not None:
+            nursery.start_soon(self._close_later, self._current)
+        self._current, self._watched = renewed, keys
+        self.renewals += 1
+        log.debug("chat_watch_renewed", sessions=self.watched_sessions, renewals=self.renewals)
 
     def _wanted(self) -> dict[str, tuple[str, Party]]:
         keys = self._chat.shared_keys()
@@ -145,14 +157,8 @@ class ChatWatch:
         REQ, so whatever it does not find, the filter does. A renewal made the moment a
         session got its keys needs none: its parties have not read the opening yet."""
         for session_id in sessions:
-            try:
-                outcomes = await self._chat.ingest_once(session_id)
-            except StoreError as exc:
-                log.warning(
-                    "chat_pass_failed", stage="watch", session_id=session_id, error=str(exc)
-                )
-                continue
-            await _hand_on(batches, session_id, outcomes)
+            read = partial(self._chat.ingest_once, session_id)
+            await ingest_and_hand_on("watch", session_id, read, batches)
 
     async def _forward(
         self,
@@ -163,18 +169,10 @@ class ChatWatch:
         """Until the subscription closes: ingest each wrap for the session it names."""
         async for received in subscription:
             target = _addressee(received.event, keys)
-            if target is None:
-                continue
-            session_id, party = target
-            try:
-                outcomes = await self._chat.ingest_wrap(session_id, party, received.event)
-            except StoreError as exc:
-                # The message stays on the relays; the next pass stores it.
-                log.warning(
-                    "chat_pass_failed", stage="watch", session_id=session_id, error=str(exc)
-                )
-                continue
-            await _hand_on(batches, session_id, outcomes)
+            if target is not None:
+                session_id, party = target
+                ingest = partial(self._chat.ingest_wrap, session_id, party, received.event)
+                await ingest_and_hand_on("watch", session_id, ingest, batches)
 
 
 def _addressee(event: Event, keys: dict[str, tuple[str, Party]]) -> tuple[str, Party] | None:
@@ -187,12 +185,3 @@ def _addressee(event: Event, keys: dict[str, tuple[str, Party]]) -> tuple[str, P
 
 def _sessions(keys: dict[str, tuple[str, Party]]) -> set[str]:
     return {session_id for session_id, _ in keys.values()}
-
-
-async def _hand_on(
-    batches: trio.MemorySendChannel[InboundBatch],
-    session_id: str,
-    outcomes: list[IngestOutcome],
-) -> None:
-    if any(not isinstance(outcome, Duplicate) for outcome in outcomes):
-        await batches.send(InboundBatch(session_id, tuple(outcomes)))
