@@ -29,9 +29,8 @@ Rules the sender can rely on:
 - Rows whose purpose is gone are *abandoned* instead of sent: an initial notice once the
   dispute left `new`/`notified`, a re-notification once it left `notified`, an assignment
   notice, an escalation DM or a mediation summary once it is resolved. In-flight rows are
-  left to finish. A
-  claim looks only at the rows it would hand out, so its cost follows `limit`, not the
-  backlog.
+  left to finish. A claim looks only at the rows it would hand out, so its cost follows
+  `limit`, not the backlog.
 """
 
 from __future__ import annotations
@@ -84,13 +83,7 @@ _UNRESOLVED: Final = (
 LIVE_STATES_BY_TYPE: Final[Mapping[str, tuple[str, ...]]] = {
     NotifType.INITIAL: (LifecycleState.NEW, LifecycleState.NOTIFIED),
     NotifType.RENOTIFICATION: (LifecycleState.NOTIFIED,),
-    NotifType.ASSIGNMENT: (
-        LifecycleState.NEW,
-        LifecycleState.NOTIFIED,
-        LifecycleState.TAKEN,
-        LifecycleState.WAITING,
-        LifecycleState.ESCALATED,
-    ),
+    NotifType.ASSIGNMENT: _UNRESOLVED,
     # An escalation DM is superseded once the dispute is resolved (ESC-18).
     NotifType.MEDIATION_ESCALATION_RECOMMENDED: _UNRESOLVED,
     # So is a summary not sent yet: the resolution superseded its session (MED-140), and
@@ -269,9 +262,9 @@ def abandon_cause(conn: apsw.Connection, dispute_id: str, cause: str, now: int) 
     """Mark the pending, not-in-flight rows queued for `cause` `abandoned`: what they were
     to say is no longer so. Returns the count; caller owns the transaction."""
     conn.execute(
-        "UPDATE notification_outbox SET state = 'abandoned', finished_at = :now,"
-        " claimed_at = NULL WHERE dispute_id = :dispute_id AND cause = :cause"
-        " AND state = 'pending' AND (claimed_at IS NULL OR claimed_at <= :stale)",
+        "UPDATE notification_outbox AS o SET state = 'abandoned', finished_at = :now,"
+        " claimed_at = NULL WHERE o.dispute_id = :dispute_id AND o.cause = :cause"
+        f" AND o.state = 'pending' AND {_UNCLAIMED}",
         {"now": now, "stale": now - CLAIM_LEASE_SECONDS, "dispute_id": dispute_id, "cause": cause},
     )
     return int(conn.changes())
