@@ -27,6 +27,12 @@ TAKEOVER_REASON: Final = "dispute_taken_by_human"
 _DISPUTE_SCOPED: Final = f"session_id IS NULL AND {payload_field('dispute_id')} = ?"
 
 
+def summary_cause(session_id: str) -> str:
+    """The outbox `cause` of a session's summary DMs: it names the session, so a DM's
+    completion finds it."""
+    return f"{SUMMARY_CAUSE_PREFIX}{session_id}"
+
+
 def supersede_live_session(
     conn: apsw.Connection,
     dispute_id: str,
@@ -81,7 +87,7 @@ def supersede_live_session(
         policy_hash=policy_hash,
         occurred_at=now,
     )
-    abandon_cause(conn, dispute_id, f"{SUMMARY_CAUSE_PREFIX}{session_id}", now)
+    abandon_cause(conn, dispute_id, summary_cause(session_id), now)
     return session_id
 
 

@@ -28,7 +28,7 @@ from serbero.store.escalate import (
     SessionEscalation,
     recommend_session_escalation,
 )
-from serbero.store.mediation import SUMMARY_CAUSE_PREFIX
+from serbero.store.mediation import SUMMARY_CAUSE_PREFIX, summary_cause
 from serbero.store.notifications import NotifType
 from serbero.store.outbox import FAILED, SENT, OutboxCompletion, OutboxOutcome, complete_many
 from serbero.store.rationale import RationaleOccurrence, store_rationale
@@ -53,7 +53,6 @@ __all__ = [
     "settle_summary_dm",
     "settle_summary_dms",
     "summaries_due",
-    "summary_cause",
 ]
 
 log = get_logger("serbero.mediation")
@@ -66,12 +65,6 @@ NOTIFICATION_FAILED: Final = "notification_failed"
 # MED-112/113's reasons, exact.
 NO_RECIPIENTS: Final = "no solver recipients configured"
 ALL_SENDS_FAILED: Final = "all recipient sends failed"
-# The outbox `cause` of a summary DM names its session, so its completion finds it.
-
-
-def summary_cause(session_id: str) -> str:
-    """The outbox `cause` of a session's summary DMs."""
-    return f"{SUMMARY_CAUSE_PREFIX}{session_id}"
 
 
 class SummaryJob(msgspec.Struct, frozen=True, kw_only=True):

@@ -11,6 +11,7 @@ import pytest
 from serbero.protocol.handoff import decode_handoff_package
 from serbero.protocol.texts import summary_notice
 from serbero.store.disputes import record_detected
+from serbero.store.mediation import summary_cause
 from serbero.store.outbox import OutboxCompletion, OutboxOutcome, claim_due, complete
 from serbero.store.rationale import rationale_id
 from serbero.store.summaries import (
@@ -26,7 +27,6 @@ from serbero.store.summaries import (
     record_summary,
     settle_summary_dm,
     summaries_due,
-    summary_cause,
 )
 from tests.store.helpers import (
     BUNDLE,
