@@ -156,6 +156,13 @@ def _latest_classification(
     return None
 
 
+def session_classification(conn: apsw.Connection, session_id: str) -> ReportClassification | None:
+    """The session's latest `classification_produced` label and confidence, or None."""
+    return _latest_classification(
+        conn, "session_id = ? AND kind = 'classification_produced'", (session_id,)
+    )
+
+
 def _exists(conn: apsw.Connection, sql: str, args: tuple[object, ...]) -> bool:
     row = conn.execute(f"SELECT EXISTS ({sql})", args).fetchone()
     return bool(row[0]) if row is not None else False
@@ -174,9 +181,7 @@ def resolution_report_facts(conn: apsw.Connection, dispute_id: str) -> ReportFac
     latest: ReportSession | None = None
     if session is not None:
         latest = ReportSession(session_id=str(session[0]), state=str(session[1]))
-        found = _latest_classification(
-            conn, "session_id = ? AND kind = 'classification_produced'", (latest.session_id,)
-        )
+        found = session_classification(conn, latest.session_id)
         row = conn.execute(
             "SELECT COUNT(DISTINCT party) FROM mediation_messages"
             " WHERE session_id = ? AND direction = 'outbound'",

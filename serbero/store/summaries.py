@@ -28,7 +28,7 @@ from serbero.store.escalate import (
     SessionEscalation,
     recommend_session_escalation,
 )
-from serbero.store.mediation import SUMMARY_CAUSE_PREFIX, summary_cause
+from serbero.store.mediation import SUMMARY_CAUSE_PREFIX, session_classification, summary_cause
 from serbero.store.notifications import NotifType
 from serbero.store.outbox import FAILED, SENT, OutboxCompletion, OutboxOutcome, complete_many
 from serbero.store.rationale import RationaleOccurrence, store_rationale
@@ -87,30 +87,6 @@ def _has_summary(conn: apsw.Connection, session_id: str) -> bool:
     return row is not None
 
 
-def _latest_classification(
-    conn: apsw.Connection, session_id: str
-) -> tuple[str | None, float | None]:
-    for (payload_json,) in conn.execute(
-        "SELECT payload_json FROM mediation_events WHERE session_id = ?"
-        " AND kind = 'classification_produced' ORDER BY occurred_at DESC, id DESC",
-        (session_id,),
-    ):
-        try:
-            payload = msgspec.json.decode(payload_json)
-        except msgspec.DecodeError:
-            continue
-        if not isinstance(payload, dict):
-            continue
-        label, confidence = payload.get("classification"), payload.get("confidence")
-        if (
-            isinstance(label, str)
-            and isinstance(confidence, int | float)
-            and not isinstance(confidence, bool)
-        ):
-            return label, float(confidence)
-    return None, None
-
-
 def begin_summary(conn: apsw.Connection, session_id: str, now: int) -> SummaryJob | None:
     """MED-110 step 1: `classified -> summary_pending`, and the job. A `summary_pending`
     session without a summary row is a summary a crash interrupted: its job again, state
@@ -132,14 +108,14 @@ def begin_summary(conn: apsw.Connection, session_id: str, now: int) -> SummaryJo
             )
         elif state != SUMMARY_PENDING or _has_summary(conn, session_id):
             return None
-        label, confidence = _latest_classification(conn, session_id)
+        found = session_classification(conn, session_id)
     return SummaryJob(
         session_id=session_id,
         dispute_id=dispute_id,
         prompt_bundle_id=bundle_id,
         policy_hash=policy_hash,
-        classification=label,
-        confidence=confidence,
+        classification=None if found is None else found.label,
+        confidence=None if found is None else found.confidence,
     )
 
 
