@@ -26,6 +26,7 @@ from serbero.ops.mediation import (
 from serbero.ops.status import StatusReport
 from serbero.ops.timeline import Timeline
 from serbero.printable import display_width, printable
+from serbero.protocol.dispute_event import DisputeStatus
 from serbero.store.disputes import Dispute
 
 __all__ = [
@@ -39,8 +40,6 @@ __all__ = [
 ]
 
 NONE_SHOWN: Final = "-"
-# The Mostro status of a dispute a solver took (a session it superseded says so).
-TAKEN_STATUS: Final = "in-progress"
 _HEX64: Final = re.compile(r"\b[0-9a-f]{64}\b")
 _SHORT_HEAD: Final = 8
 _SHORT_TAIL: Final = 4
@@ -251,7 +250,7 @@ _PART_WIDTH: Final = 16
 
 
 def _superseded(session: SessionView) -> str:
-    if session.superseded_by == TAKEN_STATUS:
+    if session.superseded_by == DisputeStatus.IN_PROGRESS:
         return "a solver took the dispute"
     return f"the dispute was resolved: {printable(session.superseded_by or NONE_SHOWN)}"
 
