@@ -297,3 +297,20 @@ def test_a_batch_names_the_notice_its_failures_queued(conn: apsw.Connection) -> 
     assert len(notices) == 2
     queued = [c.queued for c in completions if isinstance(c, OutboxCompletion) and c.queued]
     assert queued == [notices]
+
+
+def test_a_settling_that_fails_keeps_the_dm_outcome_and_the_session(
+    conn: apsw.Connection,
+) -> None:
+    """A session that cannot be settled (here it no longer belongs to the DM's dispute, so
+    its escalation is refused) is logged; the DM's failure stays recorded in the same
+    commit and the session stays `summary_pending` with nothing of the escalation written."""
+    [only] = _queued(conn, SOLVERS[:1])
+    record_detected(conn, event("d-2"), (), T0)
+    conn.execute("UPDATE mediation_sessions SET dispute_id = 'd-2'")
+    outcome = OutboxOutcome(only, ok=False, error="invalid pubkey: x", retry=False)
+    [completion] = complete_and_settle(conn, [outcome], T0 + 13)
+    assert isinstance(completion, OutboxCompletion) and completion.queued == ()
+    assert one(conn, "SELECT state FROM notification_outbox WHERE id = ?", (only,)) == "failed"
+    assert _state(conn) == "summary_pending"
+    assert count(conn, "mediation_events", "kind = 'escalation_recommended'") == 0
