@@ -379,18 +379,18 @@ def settle_summary_dms(
     completions: Sequence[OutboxCompletion | UnknownOutboxRow],
     now: int,
 ) -> tuple[OutboxCompletion | UnknownOutboxRow, ...]:
-    """`settle_summary_dm` for each completion of a batch, in the caller's transaction, each
-    in its own savepoint: a session that cannot be settled is logged and never undoes the
-    DM outcomes recorded with it (the next completion or the tick settles it). Returns the
-    completions, each naming in `queued` the escalation notice its settling queued."""
+    """`settle_summary_dm` for each completion of a batch, in the caller's transaction: a
+    session that cannot be settled is logged, and its settling's own savepoint rolls back
+    alone, never undoing the DM outcomes recorded with it (the next completion or the tick
+    settles it). Returns the completions, each naming in `queued` the escalation notice its
+    settling queued."""
     settled: list[OutboxCompletion | UnknownOutboxRow] = []
     for completion in completions:
         settled.append(completion)
         if not isinstance(completion, OutboxCompletion):
             continue
         try:
-            with transaction(conn):
-                done = settle_summary_dm(conn, completion, now)
+            done = settle_summary_dm(conn, completion, now)
         except StoreError as exc:
             log.warning(
                 "mediation_summary_settle_failed",
