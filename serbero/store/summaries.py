@@ -49,6 +49,7 @@ __all__ = [
     "begin_summary",
     "complete_and_settle",
     "escalate_summary",
+    "log_summary_escalated",
     "record_summary",
     "settle_summary_dm",
     "settle_summary_dms",
@@ -308,6 +309,21 @@ def escalate_summary(
         return None
 
 
+def log_summary_escalated(
+    dispute_id: str, session_id: str, trigger: str, reason: str, matched: str = ""
+) -> None:
+    """`mediation_summary_escalated`, one shape for every way a summary escalates (the
+    delivery's and the DM settling's)."""
+    log.warning(
+        "mediation_summary_escalated",
+        dispute_id=dispute_id,
+        session_id=session_id,
+        trigger=trigger,
+        reason=reason,
+        matched=matched,
+    )
+
+
 class SummarySettled(msgspec.Struct, frozen=True, kw_only=True):
     """What a summary DM's completion did to its session: `closed` (the first DM sent), or
     `escalation` (the last recipient failed for good)."""
@@ -409,13 +425,8 @@ def settle_summary_dms(
             )
             continue
         settled[-1] = msgspec.structs.replace(completion, queued=done.escalation.outbox_ids)
-        log.warning(
-            "mediation_summary_escalated",
-            dispute_id=completion.dispute_id,
-            session_id=done.session_id,
-            trigger=NOTIFICATION_FAILED,
-            reason=ALL_SENDS_FAILED,
-            matched="",
+        log_summary_escalated(
+            completion.dispute_id, done.session_id, NOTIFICATION_FAILED, ALL_SENDS_FAILED
         )
     return tuple(settled)
 

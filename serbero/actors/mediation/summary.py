@@ -37,6 +37,7 @@ from serbero.store.summaries import (
     SummaryEscalated,
     SummaryGone,
     SummaryJob,
+    log_summary_escalated,
 )
 
 __all__ = ["SummaryDelivery"]
@@ -161,14 +162,7 @@ class SummaryDelivery:
             return
         if isinstance(record, SummaryEscalated):
             self._ring_sender()
-            log.warning(
-                "mediation_summary_escalated",
-                dispute_id=job.dispute_id,
-                session_id=session_id,
-                trigger=NOTIFICATION_FAILED,
-                reason=NO_RECIPIENTS,
-                matched="",
-            )
+            log_summary_escalated(job.dispute_id, session_id, NOTIFICATION_FAILED, NO_RECIPIENTS)
             return
         self._ring_sender()
         log.info(
@@ -188,11 +182,4 @@ class SummaryDelivery:
             return
         if escalated.outbox_ids:
             self._ring_sender()
-        log.warning(
-            "mediation_summary_escalated",
-            dispute_id=job.dispute_id,
-            session_id=job.session_id,
-            trigger=trigger,
-            reason=reason,
-            matched=matched,
-        )
+        log_summary_escalated(job.dispute_id, job.session_id, trigger, reason, matched)
