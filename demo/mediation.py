@@ -28,7 +28,7 @@ import msgspec
 from demo.console import Console
 from serbero.reasoning.prompting import EMPTY_TRANSCRIPT
 from tests.support.chat_party import ChatNote, ChatParty
-from tests.support.scripted_llm import RecordedRequest, Reply, json_reply, openai_reply
+from tests.support.scripted_llm import RecordedRequest, Reply, openai_reply
 from tests.support.sdk_thread import PublishError
 
 __all__ = [
@@ -132,11 +132,7 @@ class ScriptedModel:
             self._stories[dispute_id] = story
 
     def __call__(self, request: RecordedRequest) -> Reply:
-        try:
-            prompt = str(request.json()["messages"][-1]["content"])
-        except (ValueError, KeyError, IndexError, TypeError):
-            # Not a chat completion: answer as an API would, never take the server down.
-            return json_reply({"error": "not a chat completion request"}, status=400)
+        prompt = str(request.json()["messages"][-1]["content"])
         found = _DISPUTE_LINE.search(prompt)
         if found is None:
             return openai_reply(HEALTH_ANSWER)

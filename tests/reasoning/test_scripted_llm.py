@@ -8,7 +8,13 @@ from pathlib import Path
 
 import httpx
 
-from tests.support.scripted_llm import json_reply, openai_reply, scripted_llm_thread
+from tests.support.scripted_llm import (
+    RecordedRequest,
+    Reply,
+    json_reply,
+    openai_reply,
+    scripted_llm_thread,
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 
@@ -30,6 +36,34 @@ def test_thread_server_answers_in_script_order_then_default() -> None:
     ]
     assert llm.requests[1].json() == {"n": 2}
     assert llm.requests[2].body == b"raw"
+
+
+def test_a_responder_is_handed_only_model_calls() -> None:
+    """A stray request (no body, not JSON, no `messages`) gets 400 without reaching the
+    responder, which would raise on it and take the server down; it is still recorded, and
+    the next model call is answered."""
+    handed: list[str] = []
+
+    def responder(request: RecordedRequest) -> Reply:
+        handed.append(str(request.json()["messages"][-1]["content"]))
+        return openai_reply("pong")
+
+    chat = {"messages": [{"role": "user", "content": "ping"}]}
+    with scripted_llm_thread(responder) as llm, httpx.Client(base_url=llm.url) as client:
+        strays = [
+            client.get("/"),
+            client.post("/v1/chat/completions", content=b"not json"),
+            client.post("/v1/chat/completions", json={"model": "m"}),
+            client.post("/v1/chat/completions", json={"messages": []}),
+            client.post("/v1/chat/completions", json={"messages": ["ping"]}),
+            client.post("/v1/chat/completions", json=[chat]),
+        ]
+        answered = client.post("/v1/chat/completions", json=chat)
+    assert [reply.status_code for reply in strays] == [400] * len(strays)
+    assert strays[0].json() == {"error": "not a model API request"}
+    assert answered.json()["choices"][0]["message"]["content"] == "pong"
+    assert handed == ["ping"]
+    assert len(llm.requests) == len(strays) + 1
 
 
 def test_process_server_answers_until_stdin_closes() -> None:

@@ -4,6 +4,9 @@ Tests, benchmarks and the demo point a reasoning provider at `ScriptedLLM.url` a
 what each call gets back: queue `Reply`s with `script()` (one per request, in order), or
 give a `default` used once the queue is empty. Every request is recorded (method, path,
 headers, body, arrival time), so a test can check the exact wire shape an adapter sent.
+A default that is a function (a responder) is handed only model calls, JSON with a
+`messages` list: anything else gets 400 as from a real API (a stray request from another
+process on the machine must not make a responder raise and take the server down).
 
 Inside a Trio test: `async with open_scripted_llm() as llm: ...`. From code that is not in
 a Trio loop (a daemon in a subprocess, the demo): `with scripted_llm_thread() as llm: ...`
@@ -150,7 +153,11 @@ class ScriptedLLM:
             default = self._default
         if default is None:
             return json_reply({"error": "no scripted reply left"}, status=599)
-        return default if isinstance(default, Reply) else default(request)
+        if isinstance(default, Reply):
+            return default
+        if not _is_model_call(request):
+            return json_reply({"error": "not a model API request"}, status=400)
+        return default(request)
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         listeners = await trio.open_tcp_listeners(0, host=LOOPBACK, backlog=1024)
@@ -207,6 +214,21 @@ class ScriptedLLM:
             await stream.send_all(connection.send(h11.Data(data=piece)) or b"")
         await stream.send_all(connection.send(h11.EndOfMessage()) or b"")
         return connection.our_state is h11.DONE and connection.their_state is h11.DONE
+
+
+def _is_model_call(request: RecordedRequest) -> bool:
+    """Whether the body is a chat call as the OpenAI and Anthropic APIs take it: a JSON
+    object with a non-empty `messages` list of objects that each have `content`."""
+    try:
+        document = request.json()
+    except ValueError:
+        return False
+    messages = document.get("messages") if isinstance(document, dict) else None
+    return (
+        isinstance(messages, list)
+        and bool(messages)
+        and all(isinstance(m, dict) and "content" in m for m in messages)
+    )
 
 
 def _pieces(body: bytes, count: int) -> list[bytes]:
