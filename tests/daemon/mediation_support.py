@@ -1,5 +1,6 @@
 """Shared parts of the daemon-level mediation tests: the scripted model, the harness with a
-Mostro that answers takes, the parties, and database probes."""
+Mostro that answers takes, the parties, the steps every session test waits for, and
+database probes."""
 
 from __future__ import annotations
 
@@ -12,13 +13,20 @@ from typing import Any
 import coincurve
 
 from tests.daemon.process import DaemonProcess, write_config
-from tests.daemon.support import Harness, in_thread, query
+from tests.daemon.support import Harness, eventually, in_thread, query
 from tests.reasoning.helpers import ASK_ANSWER
 from tests.support.chat_party import ChatParty, shared_secret_hex
 from tests.support.mostro_sim import MostroSim
 from tests.support.scripted_llm import RecordedRequest, Reply, json_reply, openai_reply
 
 WAIT = 20.0
+# The model's reading once the parties' answers settle the dispute: a summary for the solvers.
+SUMMARIZE_VERDICT = (
+    '{"classification":"coordination_failure_resolvable","confidence":0.9,'
+    '"suggested_action":"summarize","rationale":"the fiat was only late","flags":[]}'
+)
+# What the solvers read for `tests.reasoning.helpers.SUMMARY_ANSWER`.
+SUMMARY_DM = "The buyer paid late.\n\nSuggested next step: confirm receipt"
 
 
 class Model:
@@ -81,12 +89,27 @@ async def parties(
 async def opening_received(
     daemon: DaemonProcess, mostro: MostroSim, dispute_id: str, buyer: ChatParty, seller: ChatParty
 ) -> None:
-    """The subprocess daemon's engine is up, the buyer opens the dispute, and each party
-    holds its opening message."""
+    """The subprocess daemon's engine is up, then `opening_read`."""
     await in_thread(daemon.wait_for_event, "mediation_engine_started", WAIT)
+    await opening_read(mostro, dispute_id, buyer, seller)
+
+
+async def opening_read(
+    mostro: MostroSim, dispute_id: str, buyer: ChatParty, seller: ChatParty
+) -> None:
+    """The buyer opens the dispute and each party holds Serbero's opening message."""
     await in_thread(mostro.open_dispute, dispute_id, "buyer")
     await in_thread(buyer.wait_for_count, 1, WAIT)
     await in_thread(seller.wait_for_count, 1, WAIT)
+
+
+async def summary_read_and_closed(h: Harness, db_path: str) -> None:
+    """Every solver reads the summary and the session closes."""
+    for dms in await h.wait_dms(1, "Suggested next step:"):
+        assert dms[0].content == SUMMARY_DM
+    await eventually(
+        lambda: query(db_path, "SELECT state FROM mediation_sessions") == [("closed",)], WAIT
+    )
 
 
 def mediation_events(db_path: str, dispute_id: str) -> list[tuple[str, str | None, str]]:

@@ -15,20 +15,23 @@ from pathlib import Path
 
 import msgspec
 
-from tests.daemon.mediation_support import WAIT, mediation_events, mediation_harness, parties
-from tests.daemon.support import Harness, eventually, in_thread, query
+from tests.daemon.mediation_support import (
+    SUMMARIZE_VERDICT,
+    WAIT,
+    mediation_events,
+    mediation_harness,
+    opening_read,
+    parties,
+    summary_read_and_closed,
+)
+from tests.daemon.support import eventually, in_thread, query
 from tests.daemon.test_mediation_engine import empty_working_directory, engine_daemon, mediated
 from tests.reasoning.helpers import ASK_ANSWER, SUMMARY_ANSWER
-from tests.support.chat_party import ChatParty
 from tests.support.relay_fixtures import LocalRelayProcess
 from tests.support.scripted_llm import RecordedRequest, Reply, open_scripted_llm, openai_reply
 
 __all__ = ["empty_working_directory"]
 
-SUMMARIZE_VERDICT = (
-    '{"classification":"coordination_failure_resolvable","confidence":0.9,'
-    '"suggested_action":"summarize","rationale":"the fiat was only late","flags":[]}'
-)
 BUYER_ANSWER = "I paid at 10:00 from my bank."
 SELLER_ANSWER = "It just arrived, sorry for the delay."
 
@@ -46,22 +49,6 @@ def answer(request: RecordedRequest) -> Reply:
     return openai_reply(ASK_ANSWER)
 
 
-async def opening_read(h: Harness, dispute: str, buyer: ChatParty, seller: ChatParty) -> None:
-    """The buyer opens the dispute and each party holds Serbero's opening message."""
-    await in_thread(h.sim.open_dispute, dispute, "buyer")
-    await in_thread(buyer.wait_for_count, 1, WAIT)
-    await in_thread(seller.wait_for_count, 1, WAIT)
-
-
-async def summary_read_and_closed(h: Harness, db_path: str) -> None:
-    """Every solver reads the summary and the session closes."""
-    for dms in await h.wait_dms(1, "Suggested next step:"):
-        assert dms[0].content == "The buyer paid late.\n\nSuggested next step: confirm receipt"
-    await eventually(
-        lambda: query(db_path, "SELECT state FROM mediation_sessions") == [("closed",)], WAIT
-    )
-
-
 async def test_the_parties_answers_lead_to_a_summary_for_the_solvers(
     local_relay: LocalRelayProcess, tmp_path: Path
 ) -> None:
@@ -76,7 +63,7 @@ async def test_the_parties_answers_lead_to_a_summary_for_the_solvers(
         parties(h.sim, dispute, h.serbero.public_hex, local_relay.url) as (buyer, seller),
         engine_daemon(mediated(h, llm, tick=1)),
     ):
-        await opening_read(h, dispute, buyer, seller)
+        await opening_read(h.sim, dispute, buyer, seller)
         await in_thread(buyer.reply, BUYER_ANSWER)
         await in_thread(seller.reply, SELLER_ANSWER)
         await summary_read_and_closed(h, db_path)
@@ -102,7 +89,7 @@ async def test_answers_reach_the_model_as_they_arrive_with_no_tick(
         parties(h.sim, dispute, h.serbero.public_hex, local_relay.url) as (buyer, seller),
         engine_daemon(mediated(h, llm)),
     ):
-        await opening_read(h, dispute, buyer, seller)
+        await opening_read(h.sim, dispute, buyer, seller)
         await in_thread(buyer.reply, BUYER_ANSWER)
         inbound = "SELECT COUNT(*) FROM mediation_messages WHERE direction = 'inbound'"
         await eventually(lambda: query(db_path, inbound) == [(1,)], WAIT)
@@ -132,7 +119,7 @@ async def test_a_follow_up_round_then_the_round_limit_hands_the_dispute_over(
         parties(h.sim, dispute, h.serbero.public_hex, local_relay.url) as (buyer, seller),
         engine_daemon(mediated(h, llm, tick=1, max_rounds=2)),
     ):
-        await opening_read(h, dispute, buyer, seller)
+        await opening_read(h.sim, dispute, buyer, seller)
         await in_thread(buyer.reply, BUYER_ANSWER)
         await in_thread(seller.reply, SELLER_ANSWER)
         [_, buyer_round] = await in_thread(buyer.wait_for_count, 2, WAIT)

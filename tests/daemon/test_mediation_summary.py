@@ -14,19 +14,18 @@ from pathlib import Path
 
 import trio
 
-from tests.daemon.mediation_support import WAIT, mediation_harness
-from tests.daemon.support import eventually, in_thread, query
+from tests.daemon.mediation_support import (
+    SUMMARIZE_VERDICT,
+    mediation_harness,
+    summary_read_and_closed,
+)
+from tests.daemon.support import in_thread, query
 from tests.daemon.test_mediation_engine import empty_working_directory, engine_daemon, mediated
 from tests.reasoning.helpers import SUMMARY_ANSWER
 from tests.support.relay_fixtures import LocalRelayProcess
 from tests.support.scripted_llm import RecordedRequest, Reply, open_scripted_llm, openai_reply
 
 __all__ = ["empty_working_directory"]
-
-SUMMARIZE_VERDICT = (
-    '{"classification":"coordination_failure_resolvable","confidence":0.9,'
-    '"suggested_action":"summarize","rationale":"the fiat was only late","flags":[]}'
-)
 
 
 def answer(request: RecordedRequest) -> Reply:
@@ -50,11 +49,7 @@ async def test_q2_an_open_time_summary_reaches_every_solver_and_closes_the_sessi
         engine_daemon(mediated(h, llm, tick=1)),
     ):
         await in_thread(h.sim.open_dispute, dispute, "buyer")
-        for dms in await h.wait_dms(1, "Suggested next step:"):
-            assert dms[0].content == "The buyer paid late.\n\nSuggested next step: confirm receipt"
-        await eventually(
-            lambda: query(db_path, "SELECT state FROM mediation_sessions") == [("closed",)], WAIT
-        )
+        await summary_read_and_closed(h, db_path)
         await trio.sleep(2.5)  # more ticks: nothing more to deliver, nothing to start again
     assert [inbox.count_containing("Suggested next step:") for inbox in h.inboxes] == [1, 1]
     # the closed session keeps the dispute from a second verdict and take.
