@@ -37,7 +37,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, ExitStack
 from pathlib import Path
 from typing import IO, Final
 
@@ -293,24 +293,22 @@ def run_sessions(args: argparse.Namespace, workdir: Path) -> SessionFigures:
     """Every process up, the disputes published at once, until every session ended and
     the summaries reached the solver."""
     serbero, mostro_keys, solver = Keys.generate(), Keys.generate(), Keys.generate()
-    relay = LocalRelayProcess(free_loopback_port())
-    relay.start()
-    cleanups: list[Callable[[], object]] = [relay.stop]
-    try:
+    with ExitStack() as stack:
+        relay = LocalRelayProcess(free_loopback_port())
+        relay.start()
+        stack.callback(relay.stop)
         inbox = Child("inbox", relay.url, "0", solver.secret.hex())
-        cleanups.append(inbox.stop)
+        stack.callback(inbox.stop)
         deliveries = Deliveries([inbox])
-        model = model_process(args.model_delay)
-        model_url = model.__enter__()
-        cleanups.append(lambda: model.__exit__(None, None, None))
+        model_url = stack.enter_context(model_process(args.model_delay))
         config = daemon_config(serbero, mostro_keys, relay.url, [solver])
         config += mediation_config(model_url)
         config += f"\n[chat]\ninbound_fetch_interval_seconds = {FETCH_INTERVAL}\n"
         daemon = DaemonProcess(workdir / "serbero", config, {REASONING_KEY_ENV: "sk-bench"})
-        cleanups.append(daemon.stop)
+        stack.callback(daemon.stop)
         daemon.wait_event("mediation_engine_started")
         mostro = MostroSim(mostro_keys.secret.hex(), [relay.url], answer_takes=True).start()
-        cleanups.append(mostro.close)
+        stack.callback(mostro.close)
         dispute_ids = [str(uuid.uuid4()) for _ in range(args.sessions)]
         parties_file = workdir / "parties.json"
         parties_file.write_text(json.dumps([[d, *mostro.trade_keys(d)] for d in dispute_ids]))
@@ -322,7 +320,7 @@ def run_sessions(args: argparse.Namespace, workdir: Path) -> SessionFigures:
             str(parties_file),
             module="bench.mediation",
         )
-        cleanups.append(parties.stop)
+        stack.callback(parties.stop)
         answers = Answers(parties.stdout)
         events = [mostro.sign_opening(d) for d in dispute_ids]
         before = deliveries.counts()
@@ -342,9 +340,6 @@ def run_sessions(args: argparse.Namespace, workdir: Path) -> SessionFigures:
             if dispute_id in last_answer:
                 latencies.append(dm.arrived - last_answer[dispute_id])
         return SessionFigures(latencies, answers.count(), states, all_ended, hwm, rss)
-    finally:
-        while cleanups:
-            cleanups.pop()()
 
 
 def print_sessions(args: argparse.Namespace, figures: SessionFigures) -> bool:
